@@ -1,0 +1,3 @@
+"""fedcare: privacy-preserving federated learning for hospitals."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,60 @@
+"""fedcare ClientApp: a hospital site. Thin: read the message, call plain functions, reply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedcare.client.site import SiteSpec, evaluate_round, resolve_site, train_round
+from fedcare.common.config import RunConfig
+from fedcare.common.errors import LedgerCorrupted, PrivacyBudgetExceeded
+
+# Error codes this app replies with (Flower's own codes are below 100).
+PRIVACY_BUDGET_EXHAUSTED = 100
+LEDGER_UNUSABLE = 101
+UNNAMED_RUN = "unnamed-run"
+
+app = ClientApp()
+
+
+def _read(msg: Message, context: Context) -> tuple[RunConfig, SiteSpec, Any, list[Any]]:
+    config = RunConfig.from_mapping(context.run_config)
+    round_config = msg.content.config_records["config"]
+    site = resolve_site(config, context.node_config,
+                        run_name=str(round_config.get("run-name", UNNAMED_RUN)))
+    return config, site, round_config, msg.content.array_records["arrays"].to_numpy_ndarrays()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    config, site, round_config, weights = _read(msg, context)
+    try:
+        outcome = train_round(config, site, weights,
+                              run_id=str(round_config.get("run-name", UNNAMED_RUN)),
+                              server_round=int(round_config["server-round"]),
+                              proximal_mu=float(round_config.get("proximal-mu", 0.0)))
+    except PrivacyBudgetExceeded as err:
+        return Message(Error(code=PRIVACY_BUDGET_EXHAUSTED, reason=str(err)), reply_to=msg)
+    except LedgerCorrupted as err:
+        return Message(Error(code=LEDGER_UNUSABLE, reason=str(err)), reply_to=msg)
+    site_info: dict[str, Any] = {"name": site.name}
+    if outcome.statement is not None:
+        site_info["privacy"] = outcome.statement.short()
+    content = RecordDict({"arrays": ArrayRecord(outcome.weights),
+                          "metrics": MetricRecord(dict(outcome.metrics())),
+                          "site": ConfigRecord(site_info)})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    config, site, _, weights = _read(msg, context)
+    result = evaluate_round(config, site, weights)
+    metrics: dict[str, Any] = {"num-examples": result.num_examples, "accuracy": result.accuracy,
+                               "auc": result.auc, "loss": result.loss,
+                               "positives": result.positives}
+    content = RecordDict({"metrics": MetricRecord(metrics),
+                          "site": ConfigRecord({"name": site.name})})
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,234 @@
+"""What one hospital site does for a round, as plain functions (the ClientApp stays thin).
+
+A site is either a *virtual* site of a simulation (``partition-id`` in its node
+config: data comes from a partition of the chosen dataset) or a *real* site of a
+deployment (``data-path`` and ``state-dir`` in its node config: data comes from the
+hospital's own CSV). Either way it keeps a state directory holding its privacy
+ledger and its site-local preprocessing, which never leave the site.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedcare.client.training import DPSettings, EvalResult, derive_seed, get_trainer, secure_seed
+from fedcare.common.config import RunConfig
+from fedcare.common.datasets import SiteData, load_federated_site, load_site_from_csv
+from fedcare.common.errors import ConfigError
+from fedcare.common.privacy import (
+    LedgerEntry,
+    PrivacyLedger,
+    PrivacyStatement,
+    RoundSpend,
+    calibrate_noise_multiplier,
+    compose_epsilon,
+    plan_round,
+)
+
+logger = logging.getLogger(__name__)
+
+PREPROCESSOR_FILENAME = "preprocessor.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteSpec:
+    """Where a site's data and state live; derived from node config once per message."""
+
+    name: str
+    state_dir: Path
+    epsilon_budget: float
+    partition_id: int | None = None
+    num_partitions: int | None = None
+    data_path: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOutcome:
+    weights: list[np.ndarray]
+    num_examples: int
+    steps: int
+    seconds: float
+    statement: PrivacyStatement | None  # None only when DP was explicitly switched off
+    epsilon_run: float
+
+    def metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"num-examples": self.num_examples, "steps": self.steps,
+                                       "train-seconds": round(self.seconds, 4)}
+        if self.statement is not None:
+            out.update({"epsilon": self.statement.epsilon, "epsilon-run": self.epsilon_run,
+                        "delta": self.statement.delta,
+                        "noise-multiplier": self.statement.noise_multiplier,
+                        "sampling-rate": self.statement.sampling_rate})
+        return out
+
+
+def resolve_site(config: RunConfig, node_config: Mapping[str, object], *,
+                 run_name: str) -> SiteSpec:
+    """Read a node's config: a deployment site names its CSV, a virtual one its partition."""
+    if "data-path" in node_config:
+        problems = [f"node config: {key} must be set for a deployed site"
+                    for key in ("site-name", "state-dir") if not node_config.get(key)]
+        budget = _node_budget(node_config, config.epsilon_budget, problems)
+        if problems:
+            raise ConfigError(problems)
+        return SiteSpec(name=str(node_config["site-name"]),
+                        state_dir=Path(str(node_config["state-dir"])),
+                        data_path=str(node_config["data-path"]), epsilon_budget=budget)
+    try:
+        partition_id = int(node_config["partition-id"])  # type: ignore[call-overload]
+        num_partitions = int(node_config["num-partitions"])  # type: ignore[call-overload]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError([f"node config: needs data-path (deployment) or partition-id and "
+                           f"num-partitions (simulation); got {dict(node_config)!r}"]) from err
+    name = site_display_name(config, partition_id)
+    root = (Path(config.state_dir) if config.state_dir
+            else Path(config.output_dir) / run_name / "sites")
+    return SiteSpec(name=name, state_dir=root / name, partition_id=partition_id,
+                    num_partitions=num_partitions, epsilon_budget=config.epsilon_budget)
+
+
+def site_display_name(config: RunConfig, partition_id: int) -> str:
+    if config.dataset == "heart-disease" and config.partitioning == "natural":
+        from fedcare.common.datasets.heart_disease import SITES
+
+        return SITES[partition_id] if 0 <= partition_id < len(SITES) else f"site-{partition_id}"
+    return f"site-{partition_id}"
+
+
+def _node_budget(node_config: Mapping[str, object], run_budget: float,
+                 problems: list[str]) -> float:
+    """A hospital may lower, never raise, the consortium's budget for its site."""
+    raw = node_config.get("epsilon-budget")
+    if raw is None:
+        return run_budget
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not raw > 0:
+        problems.append(f"node config: epsilon-budget must be a number > 0; got {raw!r}")
+        return run_budget
+    return min(float(raw), run_budget)
+
+
+@functools.lru_cache(maxsize=16)
+def load_site(config: RunConfig, site: SiteSpec) -> SiteData:
+    """Load, validate, split and preprocess a site's rows once per process."""
+    if site.data_path is not None:
+        data = load_site_from_csv(path=site.data_path, dataset=config.dataset, site_name=site.name,
+                                  split_seed=config.split_seed, test_fraction=config.test_fraction)
+    else:
+        assert site.partition_id is not None and site.num_partitions is not None
+        data = load_federated_site(
+            dataset=config.dataset, partition_id=site.partition_id,
+            num_partitions=site.num_partitions, partitioning=config.partitioning,
+            data_dir=config.data_dir, split_seed=config.split_seed,
+            test_fraction=config.test_fraction, dirichlet_alpha=config.dirichlet_alpha,
+            partition_seed=config.partition_seed)
+    _save_preprocessor(site.state_dir, data)
+    logger.info("site %s: %d train rows, %d test rows (%s)", site.name, len(data.y_train),
+                len(data.y_test), data.report.summary())
+    return data
+
+
+def _save_preprocessor(state_dir: Path, data: SiteData) -> None:
+    """Keep the site-local scaling statistics at the site, for prediction later."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / PREPROCESSOR_FILENAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data.preprocessor.to_dict(), indent=2))
+    tmp.replace(path)
+
+
+@functools.lru_cache(maxsize=64)
+def noise_multiplier_for(config: RunConfig, num_examples: int) -> float:
+    """The noise this site uses: given, or calibrated so the *whole run* meets the target."""
+    privacy = config.privacy()
+    assert privacy is not None
+    if privacy.noise_multiplier is not None:
+        return privacy.noise_multiplier
+    assert privacy.target_epsilon is not None
+    sigma = calibrate_noise_multiplier(
+        target_epsilon=privacy.target_epsilon, delta=privacy.delta, num_examples=num_examples,
+        batch_size=privacy.batch_size, local_epochs=privacy.local_epochs,
+        rounds=config.num_rounds, accountant=privacy.accountant)
+    logger.info("calibrated noise multiplier %.4f for %d rows, %d rounds, target eps %.3g",
+                sigma, num_examples, config.num_rounds, privacy.target_epsilon)
+    return sigma
+
+
+def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *,
+                run_id: str, server_round: int, proximal_mu: float) -> TrainOutcome:
+    """Train one round from the global ``weights``; spend is recorded *before* training.
+
+    Raises ``PrivacyBudgetExceeded`` (nothing trained, nothing recorded) when the round
+    would take the site past its budget.
+    """
+    data = load_site(config, site)
+    privacy = config.privacy()
+    trainer = get_trainer(input_dim=data.x_train.shape[1], hidden_units=config.hidden_layer_sizes,
+                          local_optimizer=config.local_optimizer, dp_backend=config.dp_backend)
+    n = len(data.y_train)
+    dp: DPSettings | None = None
+    statement: PrivacyStatement | None = None
+    ledger: PrivacyLedger | None = None
+    spend: RoundSpend | None = None
+    if privacy is None:
+        logger.warning("site %s: DP is OFF (dp-mode=off): this update carries no privacy "
+                       "guarantee", site.name)
+    else:
+        sigma = noise_multiplier_for(config, n)
+        spend = plan_round(num_examples=n, batch_size=privacy.batch_size,
+                           local_epochs=privacy.local_epochs, noise_multiplier=sigma)
+        ledger = PrivacyLedger(site.state_dir, site=site.name)
+        entry = LedgerEntry(run_id=run_id, server_round=server_round,
+                            recorded_at=datetime.now(UTC).isoformat(), spend=spend,
+                            clip_norm=privacy.clip_norm, num_examples=n)
+        ledger.record(entry, delta=privacy.delta, budget=site.epsilon_budget,
+                      accountant=privacy.accountant)
+        dp = DPSettings(noise_multiplier=sigma, clip_norm=privacy.clip_norm)
+    trainer.set_weights(weights)
+    result = trainer.train(
+        data.x_train, data.y_train, epochs=config.local_epochs, batch_size=config.batch_size,
+        learning_rate=config.learning_rate, dp=dp, proximal_mu=proximal_mu,
+        sampling_seed=derive_seed(config.seed, site.name, server_round),
+        noise_seed=secure_seed() if config.secure_noise else derive_seed(
+            config.seed, site.name, server_round, "noise"))
+    logger.info("site %s round %d: %d steps in %.2fs, local train loss %.4f (kept at the site)",
+                site.name, server_round, result.steps, result.seconds, result.mean_loss)
+    epsilon_run = math.nan
+    if privacy is not None and ledger is not None and spend is not None:
+        statement = site_statement(config, ledger, spend)
+        epsilon_run = compose_epsilon(
+            [e.spend for e in ledger.entries if e.run_id == run_id], delta=privacy.delta,
+            accountant=privacy.accountant)
+    return TrainOutcome(weights=trainer.get_weights(), num_examples=n, steps=result.steps,
+                        seconds=result.seconds, statement=statement, epsilon_run=epsilon_run)
+
+
+def site_statement(config: RunConfig, ledger: PrivacyLedger, last: RoundSpend) -> PrivacyStatement:
+    """Everything this site's ledger holds, composed, at the configured delta."""
+    privacy = config.privacy()
+    assert privacy is not None
+    entries = ledger.entries
+    return PrivacyStatement(
+        epsilon=ledger.epsilon(delta=privacy.delta, accountant=privacy.accountant),
+        delta=privacy.delta, accountant=privacy.accountant, rounds=len(entries),
+        steps=sum(e.spend.steps for e in entries), noise_multiplier=last.noise_multiplier,
+        sampling_rate=last.sampling_rate, clip_norm=privacy.clip_norm,
+        num_examples=entries[-1].num_examples)
+
+
+def evaluate_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]) -> EvalResult:
+    """Score the global model on this site's held-out rows."""
+    data = load_site(config, site)
+    trainer = get_trainer(input_dim=data.x_train.shape[1], hidden_units=config.hidden_layer_sizes,
+                          local_optimizer=config.local_optimizer, dp_backend=config.dp_backend)
+    trainer.set_weights(weights)
+    return trainer.evaluate(data.x_test, data.y_test)

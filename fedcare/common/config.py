@@ -1,0 +1,252 @@
+"""Run settings: ``[tool.flwr.app.config]`` (kebab-case) parsed once into a frozen dataclass.
+
+The same parser serves ``flwr run .`` (Flower hands us ``context.run_config``), the
+``fedcare`` CLI (flags become overrides) and the tests. Unknown keys are rejected,
+numbers arriving from TOML as ``int`` are coerced explicitly, and every problem is
+collected and raised together as one :class:`~fedcare.common.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from fedcare.common.errors import ConfigError
+from fedcare.common.privacy.config import ACCOUNTANTS, PrivacyConfig
+
+DATASETS = ("breast-cancer", "heart-disease")
+PARTITIONINGS = ("natural", "iid", "dirichlet")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum")
+DP_MODES = ("target-epsilon", "noise-multiplier", "off")
+DP_BACKENDS = ("bookkeeping", "tfp-fast-clipping")
+LOCAL_OPTIMIZERS = ("sgd", "adam")
+MAX_HIDDEN_UNITS = 4096
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Every setting of a federated run. Field ``foo_bar`` is config key ``foo-bar``."""
+
+    # data
+    dataset: str = "breast-cancer"
+    data_dir: str = ""
+    partitioning: str = "iid"
+    dirichlet_alpha: float = 0.5
+    partition_seed: int = 0
+    split_seed: int = 43
+    test_fraction: float = 0.25
+    # federation
+    num_rounds: int = 10
+    strategy: str = "fedavg"
+    fraction_train: float = 1.0
+    min_sites: int = 2
+    proximal_mu: float = 0.01
+    server_learning_rate: float = 0.1
+    trimmed_beta: float = 0.2
+    krum_byzantine: int = 0
+    # local training
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.1
+    local_optimizer: str = "sgd"
+    hidden_units: str = "64,32"
+    seed: int = 0
+    # differential privacy
+    dp_mode: str = "target-epsilon"
+    target_epsilon: float = 1.0
+    noise_multiplier: float = 1.0
+    clip_norm: float = 1.0
+    delta: float = 1e-3
+    epsilon_budget: float = 5.0
+    accountant: str = "rdp"
+    dp_backend: str = "bookkeeping"
+    secure_noise: bool = True
+    # outputs
+    output_dir: str = "runs"
+    run_name: str = ""
+    state_dir: str = ""
+
+    def __post_init__(self) -> None:
+        problems = _type_problems(self)
+        if not problems:
+            problems = _value_problems(self)
+        if problems:
+            raise ConfigError(problems)
+
+    # -- derived views -------------------------------------------------------------
+    @property
+    def dp_enabled(self) -> bool:
+        return self.dp_mode != "off"
+
+    @property
+    def hidden_layer_sizes(self) -> tuple[int, ...]:
+        return _parse_hidden_units(self.hidden_units)
+
+    def privacy(self) -> PrivacyConfig | None:
+        """The validated privacy settings, or ``None`` when DP is explicitly off."""
+        if not self.dp_enabled:
+            return None
+        calibrate = self.dp_mode == "target-epsilon"
+        return PrivacyConfig(
+            noise_multiplier=None if calibrate else self.noise_multiplier,
+            target_epsilon=self.target_epsilon if calibrate else None,
+            clip_norm=self.clip_norm,
+            batch_size=self.batch_size,
+            local_epochs=self.local_epochs,
+            delta=self.delta,
+            epsilon_budget=self.epsilon_budget,
+            accountant=self.accountant,
+        )
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The kebab-case mapping Flower carries as ``run_config``."""
+        return {_key(f.name): getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> RunConfig:
+        """Parse a kebab-case mapping (``context.run_config`` or CLI overrides).
+
+        Missing keys take the defaults above; unknown keys are an error.
+        """
+        known = {_key(f.name): f for f in fields(cls)}
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+        for key, raw in mapping.items():
+            field = known.get(key)
+            if field is None:
+                problems.append(
+                    f"config: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+                continue
+            coerced, problem = _coerce(key, raw, _field_type(field))
+            if problem:
+                problems.append(problem)
+            else:
+                values[field.name] = coerced
+        if problems:
+            raise ConfigError(problems)
+        return cls(**values)
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _field_type(field: dataclasses.Field[Any]) -> type:
+    return {"str": str, "int": int, "float": float, "bool": bool}[str(field.type)]
+
+
+def _coerce(key: str, raw: Any, kind: type) -> tuple[Any, str | None]:
+    """Coerce TOML/CLI values explicitly: ``10`` may stand for ``10.0``; nothing else moves."""
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw, None
+        if isinstance(raw, str) and raw.lower() in ("true", "false"):
+            return raw.lower() == "true", None
+        return raw, f"config: {key} must be true or false; got {raw!r}"
+    if isinstance(raw, bool):
+        return raw, f"config: {key} must be a {kind.__name__}; got {raw!r}"
+    if kind is float:
+        if isinstance(raw, (int, float)):
+            return float(raw), None
+        if isinstance(raw, str):
+            try:
+                return float(raw), None
+            except ValueError:
+                pass
+        return raw, f"config: {key} must be a number; got {raw!r}"
+    if kind is int:
+        if isinstance(raw, int):
+            return raw, None
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw), None
+        if isinstance(raw, str):
+            try:
+                return int(raw), None
+            except ValueError:
+                pass
+        return raw, f"config: {key} must be a whole number; got {raw!r}"
+    if isinstance(raw, str):
+        return raw, None
+    return raw, f"config: {key} must be a string; got {raw!r}"
+
+
+def _type_problems(config: RunConfig) -> list[str]:
+    problems = []
+    for field in fields(config):
+        value = getattr(config, field.name)
+        kind = _field_type(field)
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(config, field.name, float(value))
+            ok = True
+        if not ok:
+            problems.append(f"config: {_key(field.name)} must be a {kind.__name__}; got {value!r}")
+    return problems
+
+
+def _parse_hidden_units(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    sizes = tuple(int(p) for p in parts)  # ValueError surfaces through _value_problems
+    if not sizes or any(s < 1 or s > MAX_HIDDEN_UNITS for s in sizes):
+        raise ValueError(text)
+    return sizes
+
+
+def _choice(problems: list[str], key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        problems.append(f"config: {key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check(problems: list[str], ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        problems.append(f"config: {key} must be {rule}; got {value!r}")
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+def _value_problems(c: RunConfig) -> list[str]:
+    p: list[str] = []
+    _choice(p, "dataset", c.dataset, DATASETS)
+    _choice(p, "partitioning", c.partitioning, PARTITIONINGS)
+    _choice(p, "strategy", c.strategy, STRATEGIES)
+    _choice(p, "dp-mode", c.dp_mode, DP_MODES)
+    _choice(p, "dp-backend", c.dp_backend, DP_BACKENDS)
+    _choice(p, "local-optimizer", c.local_optimizer, LOCAL_OPTIMIZERS)
+    _choice(p, "accountant", c.accountant, ACCOUNTANTS)
+    _check(p, _finite(c.dirichlet_alpha) and c.dirichlet_alpha > 0, "dirichlet-alpha", "> 0",
+           c.dirichlet_alpha)
+    _check(p, 0 < c.test_fraction < 1, "test-fraction", "in (0, 1)", c.test_fraction)
+    _check(p, c.num_rounds >= 1, "num-rounds", ">= 1", c.num_rounds)
+    _check(p, 0 < c.fraction_train <= 1, "fraction-train", "in (0, 1]", c.fraction_train)
+    _check(p, c.min_sites >= 1, "min-sites", ">= 1", c.min_sites)
+    _check(p, _finite(c.proximal_mu) and c.proximal_mu >= 0, "proximal-mu", ">= 0", c.proximal_mu)
+    _check(p, _finite(c.server_learning_rate) and c.server_learning_rate > 0,
+           "server-learning-rate", "> 0", c.server_learning_rate)
+    _check(p, 0 <= c.trimmed_beta < 0.5, "trimmed-beta", "in [0, 0.5)", c.trimmed_beta)
+    _check(p, c.krum_byzantine >= 0, "krum-byzantine", ">= 0", c.krum_byzantine)
+    _check(p, c.local_epochs >= 1, "local-epochs", ">= 1", c.local_epochs)
+    _check(p, c.batch_size >= 1, "batch-size", ">= 1", c.batch_size)
+    _check(p, _finite(c.learning_rate) and c.learning_rate > 0, "learning-rate", "> 0",
+           c.learning_rate)
+    for seed_key, seed in (("seed", c.seed), ("split-seed", c.split_seed),
+                           ("partition-seed", c.partition_seed)):
+        _check(p, 0 <= seed < 2**32, seed_key, "in [0, 2**32)", seed)
+    try:
+        _parse_hidden_units(c.hidden_units)
+    except ValueError:
+        p.append(f"config: hidden-units must be comma-separated sizes in [1, {MAX_HIDDEN_UNITS}] "
+                 f"such as '64,32'; got {c.hidden_units!r}")
+    if c.dp_enabled and not p:
+        try:
+            c.privacy()
+        except ConfigError as err:
+            p.extend(err.problems)
+    return p

@@ -1,0 +1,827 @@
+"""A site's tabular data: read, validate, split and preprocess.
+
+``load_site_csv`` reads a hospital's CSV as text and checks every cell against a
+:class:`~fedcare.common.schema.TabularSchema`. It never coerces silently: every problem
+is collected (file, line, column, rule, value) and raised once as a
+:class:`~fedcare.common.errors.DataValidationError`, so a data manager fixes the file in
+one pass. Row numbers are the line numbers a person sees in an editor: the header is
+line 1 and the first data row is line 2.
+
+Empty cells are values the hospital did not record. In optional columns they are either
+dropped with their row (``missing="drop"``, counted in the :class:`LoadReport`) or kept
+as NaN for imputation (``missing="keep"``). An empty label is always a problem.
+
+:class:`Preprocessor` is the site-local transform (impute, standardize, one-hot with the
+schema's fixed categories) fitted on a site's own training rows only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+import numpy as np
+import pandas as pd
+
+from fedcare.common.errors import DataValidationError
+from fedcare.common.schema import Column, TabularSchema, format_number
+
+logger = logging.getLogger(__name__)
+
+MissingPolicy = Literal["drop", "keep"]
+MISSING_POLICIES: tuple[str, ...] = ("drop", "keep")
+MAX_LISTED_PROBLEMS = 200
+"""At most this many problems are listed in one error; the rest are counted."""
+
+# Tokens people type for "not recorded". They are NOT treated as missing (that would be
+# a silent coercion); they only earn a hint in the problem message.
+_MISSING_TOKENS = frozenset({"?", "na", "n/a", "nan", "null", "none", "-", ".", "missing"})
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class DataProblem:
+    """One finding in a data file.
+
+    ``row`` is the line number as a person sees it in an editor (header = line 1), or
+    ``None`` for a problem with the whole file or its header.
+    """
+
+    file: str
+    row: int | None
+    column: str | None
+    message: str
+
+    def __str__(self) -> str:
+        parts = [self.file]
+        if self.row is not None:
+            parts.append(f"row {self.row}")
+        if self.column is not None:
+            parts.append(f"column {self.column!r}")
+        return ": ".join(parts) + ": " + self.message
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What loading one site's data did.
+
+    ``rows_read`` counts the data rows in the source; ``missing_by_column`` counts empty
+    cells per feature column over all rows read (columns with none are left out).
+    """
+
+    source: str
+    rows_read: int
+    rows_kept: int
+    rows_dropped_missing: int
+    missing_by_column: dict[str, int]
+
+    def summary(self) -> str:
+        """One human line, e.g. ``hungary.csv: read 294 rows, kept 261, ...``."""
+        line = (
+            f"{self.source}: read {self.rows_read} rows, kept {self.rows_kept}, "
+            f"dropped {self.rows_dropped_missing} with empty cells"
+        )
+        if self.missing_by_column:
+            cells = ", ".join(f"{k} {v}" for k, v in self.missing_by_column.items())
+            line += f" (empty cells: {cells})"
+        return line
+
+
+@dataclass(frozen=True)
+class SiteTable:
+    """A validated site table: schema feature columns (float64, NaN = missing) and labels."""
+
+    features: pd.DataFrame
+    labels: np.ndarray
+    report: LoadReport
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """One site's train/test split (features still raw, labels int64 0/1)."""
+
+    x_train: pd.DataFrame
+    y_train: np.ndarray
+    x_test: pd.DataFrame
+    y_test: np.ndarray
+
+
+# --------------------------------------------------------------------------- problems
+
+
+@dataclass(frozen=True)
+class _IssueGroup:
+    """Many problems of one kind in one column, formatted lazily (only if listed)."""
+
+    lines: np.ndarray
+    order: int  # column position for sorting; -1 for row-level problems
+    column: str | None
+    describe: Callable[[int], str]
+
+
+class _ProblemLog:
+    """Collects every problem; formats only the first ``MAX_LISTED_PROBLEMS``."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self._fixed: list[DataProblem] = []
+        self._groups: list[_IssueGroup] = []
+
+    def add(self, message: str, *, row: int | None = None, column: str | None = None) -> None:
+        self._fixed.append(DataProblem(self.file, row, column, message))
+
+    def add_group(
+        self,
+        lines: np.ndarray,
+        *,
+        order: int,
+        column: str | None,
+        describe: Callable[[int], str],
+    ) -> None:
+        if len(lines):
+            self._groups.append(_IssueGroup(np.asarray(lines, dtype=np.int64), order, column,
+                                            describe))
+
+    @property
+    def total(self) -> int:
+        return len(self._fixed) + sum(len(g.lines) for g in self._groups)
+
+    def problems(self, cap: int = MAX_LISTED_PROBLEMS) -> list[DataProblem]:
+        listed = list(self._fixed[:cap])
+        room = cap - len(listed)
+        if self._groups and room > 0:
+            lines = np.concatenate([g.lines for g in self._groups])
+            orders = np.concatenate([np.full(len(g.lines), g.order) for g in self._groups])
+            group = np.concatenate([np.full(len(g.lines), i) for i, g in enumerate(self._groups)])
+            within = np.concatenate([np.arange(len(g.lines)) for g in self._groups])
+            for k in np.lexsort((within, orders, lines))[:room]:
+                g = self._groups[int(group[k])]
+                listed.append(
+                    DataProblem(self.file, int(lines[k]), g.column, g.describe(int(within[k])))
+                )
+        hidden = self.total - len(listed)
+        if hidden > 0:
+            listed.append(
+                DataProblem(self.file, None, None,
+                            f"... and {hidden} more problem(s) not listed ({self.total} in all)")
+            )
+        return listed
+
+    def raise_if_any(self) -> None:
+        if self.total:
+            self.fail()
+
+    def fail(self) -> NoReturn:
+        raise DataValidationError(self.file, self.problems(), total=self.total)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    values: np.ndarray  # float64; NaN where empty or not a finite number
+    missing: np.ndarray  # bool: empty cell
+    invalid: np.ndarray  # bool: non-empty but not a finite number
+    shown: np.ndarray  # object: the cell as the person wrote it (for messages)
+
+
+def _parse_column(series: pd.Series) -> _Parsed:
+    """Parse one column into numbers without coercing anything silently."""
+    if pd.api.types.is_bool_dtype(series) or (
+        pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_complex_dtype(series)
+    ):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan).copy()
+        missing = np.isnan(values)
+        invalid = np.isinf(values)
+        values[invalid] = np.nan
+        return _Parsed(values, missing, invalid, series.to_numpy(dtype=object))
+    cells = series.astype(object)
+    null = cells.isna()
+    text = cells.where(~null, "").astype(str).str.strip()
+    missing_s = text == ""
+    numbers = pd.to_numeric(text.where(~missing_s), errors="coerce")
+    values = numbers.to_numpy(dtype=np.float64, na_value=np.nan).copy()
+    missing = missing_s.to_numpy(dtype=bool)
+    invalid = ~missing & ~np.isfinite(values)
+    values[invalid] = np.nan
+    return _Parsed(values, missing, invalid, text.to_numpy(dtype=object))
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _hint(shown: object, column: Column) -> str:
+    if str(shown).strip().lower() in _MISSING_TOKENS:
+        if column.optional:
+            return " (leave the cell empty if the value was not recorded)"
+        return " (this column may not be empty)"
+    return ""
+
+
+def _check_column(
+    column: Column,
+    parsed: _Parsed,
+    lines: np.ndarray,
+    log: _ProblemLog,
+    *,
+    order: int,
+    is_label: bool,
+    binary_label: bool,
+) -> None:
+    """Record every bad cell of one column."""
+    values = parsed.values
+    present = ~parsed.missing & ~parsed.invalid
+    bad = parsed.invalid.copy()
+    rule = column.rule()
+    if column.kind == "numeric":
+        with np.errstate(invalid="ignore"):
+            if column.minimum is not None:
+                bad |= present & (values < column.minimum)
+            if column.maximum is not None:
+                bad |= present & (values > column.maximum)
+    else:
+        bad |= present & ~np.isin(values, column.allowed_codes())
+    if binary_label and column.kind != "binary":
+        bad |= present & ~np.isin(values, (0.0, 1.0))
+        rule = "0 or 1"
+
+    positions = np.flatnonzero(bad)
+    shown = parsed.shown
+
+    def describe_bad(i: int, _pos: np.ndarray = positions, _rule: str = rule) -> str:
+        cell = shown[_pos[i]]
+        return f"must be {_rule}; got {_clip(str(cell))!r}{_hint(cell, column)}"
+
+    log.add_group(lines[positions], order=order, column=column.name, describe=describe_bad)
+
+    if is_label or not column.optional:
+        empty = np.flatnonzero(parsed.missing)
+        why = "every row needs a label" if is_label else "this column may not be empty"
+
+        def describe_empty(i: int, _rule: str = rule, _why: str = why) -> str:
+            return f"must be {_rule} ({_why}); got an empty cell"
+
+        log.add_group(lines[empty], order=order, column=column.name, describe=describe_empty)
+
+
+def _check_missing_policy(missing: str) -> None:
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing must be one of {', '.join(MISSING_POLICIES)}; got {missing!r}")
+
+
+def _check_header(names: Sequence[str], schema: TabularSchema, log: _ProblemLog) -> set[str]:
+    """Record header problems; return the schema columns present exactly once."""
+    wanted = schema.column_names()
+    counts: dict[str, list[int]] = {}
+    for i, name in enumerate(names, start=1):
+        counts.setdefault(name, []).append(i)
+    for name, where in counts.items():
+        if name == "":
+            for i in where:
+                log.add(f"header column {i} must have a name; got an empty header cell")
+        elif len(where) > 1:
+            log.add(
+                f"must appear once in the header; got {len(where)} times "
+                f"(header columns {', '.join(map(str, where))})",
+                column=name,
+            )
+    known = set(wanted) | set(schema.ignored_columns)
+    for name in counts:
+        if name and name not in known:
+            close = get_close_matches(name, list(known), n=1) or [
+                k for k in known if k.lower() == name.lower()
+            ]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            ignored = (
+                f"; or one of the ignored columns: {', '.join(schema.ignored_columns)}"
+                if schema.ignored_columns else ""
+            )
+            log.add(
+                f"must be a {schema.name} column ({', '.join(wanted)}{ignored}); "
+                f"got an unknown column{hint}",
+                column=name,
+            )
+    absent = [w for w in wanted if w not in counts]
+    if absent:
+        log.add(
+            f"header must name every {schema.name} column; missing "
+            + ", ".join(repr(a) for a in absent)
+        )
+    return {w for w in wanted if len(counts.get(w, ())) == 1}
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def validate_frame(
+    frame: pd.DataFrame,
+    schema: TabularSchema,
+    *,
+    source: str,
+    missing: MissingPolicy = "drop",
+    line_numbers: Sequence[int] | np.ndarray | None = None,
+) -> SiteTable:
+    """Validate an in-memory table against ``schema`` and return its features and labels.
+
+    Cells may be text (parsed as numbers, whitespace stripped, empty = missing) or
+    numbers (NaN = missing). ``line_numbers`` gives each row's line number for problem
+    messages; by default row ``i`` is line ``i + 2``, as in a CSV written with a header.
+    Raises :class:`DataValidationError` listing every problem.
+    """
+    _check_missing_policy(missing)
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"frame must be a pandas DataFrame; got {type(frame).__name__}")
+    return _validate(frame, schema, source=source, missing=missing, line_numbers=line_numbers,
+                     log=_ProblemLog(source), rows_read=len(frame))
+
+
+def _validate(
+    frame: pd.DataFrame,
+    schema: TabularSchema,
+    *,
+    source: str,
+    missing: MissingPolicy,
+    line_numbers: Sequence[int] | np.ndarray | None,
+    log: _ProblemLog,
+    rows_read: int,
+) -> SiteTable:
+    n = len(frame)
+    if line_numbers is None:
+        lines = np.arange(2, n + 2, dtype=np.int64)
+    else:
+        lines = np.asarray(line_numbers, dtype=np.int64)
+        if lines.shape != (n,):
+            raise ValueError(
+                f"line_numbers must hold one number per row ({n}); got shape {lines.shape}"
+            )
+    names = [str(c).strip().lstrip("\ufeff") for c in frame.columns]
+    usable = _check_header(names, schema, log)
+    if rows_read == 0:
+        log.add("file must hold at least one data row after the header; got none")
+
+    parsed: dict[str, _Parsed] = {}
+    for order, column in enumerate((*schema.features, schema.label)):
+        if column.name not in usable:
+            continue
+        parsed[column.name] = p = _parse_column(frame.iloc[:, names.index(column.name)])
+        is_label = column is schema.label
+        _check_column(column, p, lines, log, order=order, is_label=is_label,
+                      binary_label=is_label and schema.label_threshold is None)
+    log.raise_if_any()
+
+    feature_names = schema.feature_names()
+    missing_counts = {name: int(parsed[name].missing.sum()) for name in feature_names}
+    any_missing = np.zeros(n, dtype=bool)
+    for name in feature_names:
+        any_missing |= parsed[name].missing
+    keep = ~any_missing if missing == "drop" else np.ones(n, dtype=bool)
+    kept = int(keep.sum())
+    report = LoadReport(
+        source=source,
+        rows_read=rows_read,
+        rows_kept=kept,
+        rows_dropped_missing=n - kept,
+        missing_by_column={k: v for k, v in missing_counts.items() if v},
+    )
+    if n and kept == 0:
+        log.add(
+            f"file must keep at least one row after dropping rows with empty cells; every one "
+            f"of its {n} rows has an empty cell ({report.summary()})"
+        )
+        log.raise_if_any()
+
+    features = pd.DataFrame({name: parsed[name].values[keep] for name in feature_names},
+                            columns=list(feature_names), dtype=np.float64)
+    raw_label = parsed[schema.label.name].values[keep]
+    if schema.label_threshold is None:
+        labels = raw_label.astype(np.int64)
+    else:
+        labels = (raw_label > schema.label_threshold).astype(np.int64)
+    logger.info("%s", report.summary())
+    return SiteTable(features=features, labels=labels, report=report)
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def _read_text(path: str | os.PathLike[str], log: _ProblemLog) -> str | None:
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        log.add("file must exist; got no file at this path")
+        return None
+    except IsADirectoryError:
+        log.add("path must be a file; got a directory")
+        return None
+    except PermissionError:
+        log.add("file must be readable; got permission denied")
+        return None
+    except OSError as exc:
+        log.add(f"file must be readable; got {exc.strerror or exc}")
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        utf16 = " (it looks like UTF-16)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        log.add(
+            f"file must be UTF-8 text; got byte 0x{raw[exc.start]:02x} at byte offset "
+            f"{exc.start}, which is not valid UTF-8{utf16} (save the file as 'CSV UTF-8')",
+            row=line,
+        )
+        return None
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        log.add("file must hold a header line and data rows; got an empty file")
+        return None
+    return text
+
+
+def _looks_like_data(cells: Sequence[str]) -> bool:
+    def is_number(cell: str) -> bool:
+        try:
+            float(cell)
+        except ValueError:
+            return False
+        return True
+
+    filled = [c for c in cells if c]
+    return bool(filled) and all(is_number(c) for c in filled)
+
+
+def load_site_csv(
+    path: str | os.PathLike[str],
+    schema: TabularSchema,
+    *,
+    missing: MissingPolicy = "drop",
+) -> SiteTable:
+    """Read and validate one site's CSV file.
+
+    The file is read as UTF-8 text (a leading BOM is dropped); every cell stays a string
+    until it is checked, so nothing is inferred or coerced behind the user's back. Every
+    problem (file, header, row shape, cell value) is collected and raised once as a
+    :class:`DataValidationError`. ``missing`` decides what happens to rows with empty
+    cells in optional columns: ``"drop"`` drops and counts them, ``"keep"`` keeps NaN.
+    """
+    _check_missing_policy(missing)
+    source = os.fspath(path)
+    log = _ProblemLog(source)
+    text = _read_text(path, log)
+    if text is None:
+        log.fail()
+
+    # Python's csv module rather than pandas' parser: it hands back every record with its
+    # own cell count, so every ragged row is reported (pandas stops at the first long row
+    # and pads short ones with NaN), and it infers nothing: cells stay str.
+    reader = csv.reader(io.StringIO(text, newline=""))
+    records: list[list[str]] = []
+    starts: list[int] = []
+    header: list[str] | None = None
+    header_line = 0
+    previous = 0
+    try:
+        for record in reader:
+            start = previous + 1
+            previous = reader.line_num
+            if not record or (len(record) == 1 and not record[0].strip()):
+                continue  # a blank line is not a row
+            if header is None:
+                header = [cell.strip() for cell in record]
+                header_line = start
+            else:
+                records.append(record)
+                starts.append(start)
+    except csv.Error as exc:
+        log.add(f"line must be valid CSV; got {exc}", row=reader.line_num)
+        log.fail()
+    if header is None:  # pragma: no cover - text.strip() was non-empty
+        log.add("file must hold a header line; got none")
+        log.fail()
+    if _looks_like_data(header):
+        log.add(
+            f"line {header_line} must be a header naming the columns "
+            f"({', '.join(schema.column_names())}); got what looks like a data row",
+            row=header_line,
+        )
+        log.fail()
+
+    width = len(header)
+    counts = np.fromiter((len(r) for r in records), dtype=np.int64, count=len(records))
+    lines = np.asarray(starts, dtype=np.int64)
+    ragged = np.flatnonzero(counts != width)
+
+    def describe_ragged(i: int) -> str:
+        return (f"row must have {width} cells (one per header column); "
+                f"got {counts[ragged[i]]}")
+
+    log.add_group(lines[ragged], order=-1, column=None, describe=describe_ragged)
+    good = counts == width
+    if len(ragged):
+        records = [r for r, ok in zip(records, good, strict=True) if ok]
+    frame = pd.DataFrame(records, dtype=object) if records else pd.DataFrame(
+        np.empty((0, width), dtype=object))
+    frame.columns = pd.Index(header, dtype=object)
+    return _validate(frame, schema, source=source, missing=missing, line_numbers=lines[good],
+                     log=log, rows_read=len(counts))
+
+
+# --------------------------------------------------------------------------- split
+
+
+def split_train_test(table: SiteTable, *, test_fraction: float, seed: int) -> SplitData:
+    """One seeded train/test split of a site, stratified by label when possible.
+
+    Test size follows scikit-learn: ``ceil(test_fraction * n)``. Stratified when every
+    class has at least 2 rows and both parts can hold one row of each class; otherwise a
+    plain shuffled split (logged at INFO).
+    """
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not (
+        0.0 < test_fraction < 1.0
+    ):
+        raise ValueError(f"test_fraction must be a number in (0, 1); got {test_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer; got {seed!r}")
+    n = len(table.labels)
+    n_test = math.ceil(test_fraction * n)
+    if n_test < 1 or n_test >= n:
+        raise ValueError(
+            f"{table.report.source}: test_fraction {test_fraction} must leave at least one "
+            f"train row and one test row; got {n} rows ({n_test} would be test rows)"
+        )
+    from sklearn.model_selection import train_test_split  # slow import: only when needed
+
+    classes, class_counts = np.unique(table.labels, return_counts=True)
+    stratify = (
+        len(classes) > 1
+        and int(class_counts.min()) >= 2
+        and n_test >= len(classes)
+        and n - n_test >= len(classes)
+    )
+    logger.info(
+        "%s: %s split of %d rows, %d test (seed %d)",
+        table.report.source, "stratified" if stratify else "unstratified", n, n_test, seed,
+    )
+    x_train, x_test, y_train, y_test = train_test_split(
+        table.features,
+        table.labels,
+        test_size=test_fraction,
+        random_state=int(seed),
+        stratify=table.labels if stratify else None,
+    )
+    return SplitData(
+        x_train=x_train, y_train=np.asarray(y_train, dtype=np.int64),
+        x_test=x_test, y_test=np.asarray(y_test, dtype=np.int64),
+    )
+
+
+# --------------------------------------------------------------------------- preprocess
+
+PREPROCESSOR_FORMAT = "fedcare.preprocessor"
+PREPROCESSOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _ColumnStats:
+    name: str
+    kind: str
+    fill: float  # imputation value
+    center: float = 0.0  # numeric only
+    scale: float = 1.0  # numeric only
+    categories: tuple[float, ...] = ()  # categorical only
+
+
+def _most_frequent(values: np.ndarray, codes: Sequence[float]) -> float:
+    """The code seen most often (ties: the first in ``codes`` order)."""
+    counts = [int(np.count_nonzero(values == c)) for c in codes]
+    return float(codes[int(np.argmax(counts))])
+
+
+class Preprocessor:
+    """Site-local preprocessing fitted on one site's training rows only.
+
+    Numeric columns: impute the median, then standardize (mean 0, std 1; a constant
+    column keeps scale 1). Binary columns: impute the most frequent value, leave 0/1.
+    Categorical columns: impute the most frequent code, one-hot with the schema's fixed
+    categories, so every site yields the same columns in schema order.
+    """
+
+    def __init__(self, schema: TabularSchema) -> None:
+        self.schema = schema
+        self._stats: tuple[_ColumnStats, ...] | None = None
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._stats is not None
+
+    @property
+    def encoded_feature_names(self) -> tuple[str, ...]:
+        return self.schema.encoded_feature_names()
+
+    def _matrix(self, x: pd.DataFrame, action: str) -> np.ndarray:
+        if not isinstance(x, pd.DataFrame):
+            raise TypeError(f"Preprocessor.{action}: x must be a pandas DataFrame; "
+                            f"got {type(x).__name__}")
+        names = self.schema.feature_names()
+        absent = [n for n in names if n not in x.columns]
+        extra = [str(c) for c in x.columns if c not in names]
+        if absent or extra:
+            raise ValueError(
+                f"Preprocessor.{action}: x must have exactly the {self.schema.name} feature "
+                f"columns; missing {absent}, unexpected {extra}"
+            )
+        try:
+            matrix = x.loc[:, list(names)].to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"Preprocessor.{action}: x must hold numbers; got {exc}") from exc
+        if np.isinf(matrix).any():
+            raise ValueError(f"Preprocessor.{action}: x must hold finite numbers or NaN; "
+                             "got an infinite value")
+        for j, column in enumerate(self.schema.features):
+            if column.kind == "numeric":
+                continue
+            values = matrix[:, j]
+            seen = values[~np.isnan(values)]
+            unknown = sorted(set(seen.tolist()) - set(column.allowed_codes()))
+            if unknown:
+                raise ValueError(
+                    f"Preprocessor.{action}: column {column.name!r} must be {column.rule()}; "
+                    f"got {', '.join(format_number(u) for u in unknown[:5])}"
+                )
+        return matrix
+
+    def fit(self, x_train: pd.DataFrame) -> Preprocessor:
+        """Learn imputation and scaling from ``x_train`` (this site's train rows) only."""
+        matrix = self._matrix(x_train, "fit")
+        if len(matrix) == 0:
+            raise ValueError("Preprocessor.fit: x_train must have at least one row; got 0")
+        stats: list[_ColumnStats] = []
+        for j, column in enumerate(self.schema.features):
+            values = matrix[:, j]
+            seen = values[~np.isnan(values)]
+            if len(seen) == 0:
+                raise ValueError(
+                    f"Preprocessor.fit: column {column.name!r} must have at least one value "
+                    "in the training rows to impute from; got only empty cells"
+                )
+            if column.kind == "numeric":
+                fill = float(np.median(seen))
+                filled = np.where(np.isnan(values), fill, values)
+                center = float(filled.mean())
+                std = float(filled.std())
+                tiny = 10 * np.finfo(np.float64).eps * max(1.0, abs(center))
+                scale = std if math.isfinite(std) and std > tiny else 1.0
+                stats.append(_ColumnStats(column.name, column.kind, fill, center, scale))
+            else:
+                codes = column.allowed_codes()
+                stats.append(_ColumnStats(column.name, column.kind, _most_frequent(seen, codes),
+                                          categories=codes if column.kind == "categorical"
+                                          else ()))
+        self._stats = tuple(stats)
+        return self
+
+    def transform(self, x: pd.DataFrame) -> np.ndarray:
+        """Impute, scale and one-hot ``x``: float32, shape ``(n, len(encoded names))``."""
+        if self._stats is None:
+            raise RuntimeError(
+                "Preprocessor.transform: the preprocessor must be fitted first; call "
+                "fit(x_train) or Preprocessor.from_dict(...)"
+            )
+        matrix = self._matrix(x, "transform")
+        blocks: list[np.ndarray] = []
+        for j, stat in enumerate(self._stats):
+            values = np.where(np.isnan(matrix[:, j]), stat.fill, matrix[:, j])
+            if stat.kind == "numeric":
+                blocks.append(((values - stat.center) / stat.scale)[:, None])
+            elif stat.kind == "binary":
+                blocks.append(values[:, None])
+            else:
+                blocks.append((values[:, None] == np.asarray(stat.categories)[None, :])
+                              .astype(np.float64))
+        out = np.hstack(blocks) if blocks else np.empty((len(matrix), 0))
+        return out.astype(np.float32)
+
+    def fit_transform(self, x_train: pd.DataFrame) -> np.ndarray:
+        return self.fit(x_train).transform(x_train)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable record of the fitted statistics."""
+        if self._stats is None:
+            raise RuntimeError("Preprocessor.to_dict: the preprocessor must be fitted first")
+        columns: list[dict[str, Any]] = []
+        for stat in self._stats:
+            entry: dict[str, Any] = {"name": stat.name, "kind": stat.kind, "fill": stat.fill}
+            if stat.kind == "numeric":
+                entry.update(center=stat.center, scale=stat.scale)
+            if stat.kind == "categorical":
+                entry["categories"] = [float(c) for c in stat.categories]
+            columns.append(entry)
+        return {
+            "format": PREPROCESSOR_FORMAT,
+            "version": PREPROCESSOR_VERSION,
+            "schema": self.schema.name,
+            "encoded_feature_names": list(self.schema.encoded_feature_names()),
+            "columns": columns,
+        }
+
+    @classmethod
+    def from_dict(cls, schema: TabularSchema, data: dict[str, Any]) -> Preprocessor:
+        """Rebuild a fitted preprocessor; ``ValueError`` listing every mismatch."""
+        where = "preprocessor record"
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} must be a dict; got {type(data).__name__}")
+        problems: list[str] = []
+        expected = {
+            "format": PREPROCESSOR_FORMAT,
+            "version": PREPROCESSOR_VERSION,
+            "schema": schema.name,
+            "encoded_feature_names": list(schema.encoded_feature_names()),
+        }
+        for key, want in expected.items():
+            if data.get(key) != want:
+                problems.append(f"{key} must be {want!r}; got {data.get(key, '<absent>')!r}")
+        unknown = sorted(set(data) - set(expected) - {"columns"})
+        if unknown:
+            problems.append(f"keys must be {sorted([*expected, 'columns'])}; got extra {unknown}")
+        columns = data.get("columns")
+        stats: list[_ColumnStats] = []
+        if not isinstance(columns, list) or len(columns) != len(schema.features):
+            problems.append(
+                f"columns must be a list of {len(schema.features)} entries; "
+                f"got {type(columns).__name__} of length "
+                f"{len(columns) if isinstance(columns, list) else 'n/a'}"
+            )
+        else:
+            for column, entry in zip(schema.features, columns, strict=True):
+                stat = _stats_from_entry(column, entry, problems)
+                if stat is not None:
+                    stats.append(stat)
+        if problems:
+            raise ValueError(f"{where} does not match schema {schema.name!r}: "
+                             + "; ".join(problems))
+        made = cls(schema)
+        made._stats = tuple(stats)
+        return made
+
+
+def _finite(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _stats_from_entry(column: Column, entry: object, problems: list[str]) -> _ColumnStats | None:
+    where = f"column {column.name!r}"
+    if not isinstance(entry, dict):
+        problems.append(f"{where} must be a dict; got {type(entry).__name__}")
+        return None
+    keys = {"name", "kind", "fill"}
+    if column.kind == "numeric":
+        keys |= {"center", "scale"}
+    if column.kind == "categorical":
+        keys |= {"categories"}
+    before = len(problems)
+    if set(entry) != keys:
+        problems.append(f"{where} keys must be {sorted(keys)}; got {sorted(entry)}")
+        return None
+    if entry["name"] != column.name:
+        problems.append(f"{where} name must be {column.name!r}; got {entry['name']!r}")
+    if entry["kind"] != column.kind:
+        problems.append(f"{where} kind must be {column.kind!r}; got {entry['kind']!r}")
+    for key in sorted(keys - {"name", "kind", "categories"}):
+        if not _finite(entry[key]):
+            problems.append(f"{where} {key} must be a finite number; got {entry[key]!r}")
+    if column.kind == "numeric" and _finite(entry["scale"]) and entry["scale"] <= 0:
+        problems.append(f"{where} scale must be > 0; got {entry['scale']!r}")
+    if column.kind != "numeric" and _finite(entry["fill"]) and (
+        float(entry["fill"]) not in column.allowed_codes()
+    ):
+        problems.append(f"{where} fill must be {column.rule()}; got {entry['fill']!r}")
+    if column.kind == "categorical" and entry["categories"] != list(column.allowed_codes()):
+        problems.append(
+            f"{where} categories must be {list(column.allowed_codes())}; "
+            f"got {entry['categories']!r}"
+        )
+    if len(problems) > before:
+        return None
+    return _ColumnStats(
+        name=column.name,
+        kind=column.kind,
+        fill=float(entry["fill"]),
+        center=float(entry.get("center", 0.0)),
+        scale=float(entry.get("scale", 1.0)),
+        categories=column.allowed_codes() if column.kind == "categorical" else (),
+    )

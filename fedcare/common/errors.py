@@ -1,0 +1,47 @@
+"""The fedcare exception hierarchy.
+
+Every message follows one grammar: ``<where>: <name> must be <rule>; got <value>``.
+Validators collect all problems first and raise once, so a user fixes a file or a
+config in one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class FedcareError(Exception):
+    """Base class for every error fedcare raises on purpose."""
+
+
+class ConfigError(FedcareError, ValueError):
+    """A run, node or privacy setting is invalid. Lists every problem found."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(self.problems) if len(self.problems) == 1 else
+                         f"{len(self.problems)} config problems:\n  " + "\n  ".join(self.problems))
+
+
+class DataValidationError(FedcareError, ValueError):
+    """A site's data file failed validation. ``problems`` holds every finding."""
+
+    def __init__(self, source: str, problems: Sequence[object], *,
+                 total: int | None = None) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        self.total = len(self.problems) if total is None else total  # the list may be capped
+        lines = "\n  ".join(str(p) for p in self.problems)
+        super().__init__(f"{source}: {self.total} data problem(s):\n  {lines}")
+
+
+class PrivacyBudgetExceeded(FedcareError):
+    """Training the planned round would take a site past its epsilon budget."""
+
+
+class LedgerCorrupted(FedcareError):
+    """A site's privacy ledger cannot be read or fails its integrity checks."""
+
+
+class UpdateRejected(FedcareError):
+    """A model update failed validation on the server and was not aggregated."""

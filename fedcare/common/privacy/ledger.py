@@ -1,0 +1,427 @@
+"""A site's privacy ledger: every round's spend, on the site's own disk, forever.
+
+The ledger stores *spends* (``dp_accounting`` event parameters), never a running
+epsilon: epsilon is recomputed from all entries every time it is asked for, at
+whatever delta and accountant the caller states. It is never reset; a new run
+appends to it, so a site's budget covers all runs.
+
+File format (``privacy-ledger.json`` in the site's state directory)::
+
+    {"format": "fedcare-privacy-ledger", "version": 1, "site": "<site>",
+     "entries": [{"run_id": ..., "server_round": ..., "recorded_at": ...,
+                  "clip_norm": ..., "num_examples": ...,
+                  "spend": {"mechanism": "poisson-gaussian", "sampling_rate": ...,
+                            "noise_multiplier": ..., "steps": ...}}, ...]}
+
+It is read strictly (plain ``json``; no pickle, no eval): anything unexpected
+raises :class:`~fedcare.common.errors.LedgerCorrupted` naming the file, because a
+ledger we cannot trust must stop training rather than be guessed at.
+
+Writes are atomic: a temporary file in the same directory is written, flushed and
+fsync'ed, then ``os.replace``'d over the ledger, and the directory is fsync'ed. A
+crash leaves either the old or the new ledger, plus at worst a stray temporary
+file, which loading ignores.
+
+Concurrency: one process per site is expected. Even so, :meth:`PrivacyLedger.record`
+takes an exclusive advisory lock (``fcntl.flock`` on ``privacy-ledger.json.lock``,
+where available) and re-reads the file before appending, so two ledger objects on
+the same directory (or a restarted process) cannot overwrite each other's entries.
+
+Duplicate rounds: recording the same ``(run_id, server_round)`` twice raises
+``ValueError``. A retried fit message means training ran (or is about to run)
+again with fresh noise, which is a real second spend; silently skipping it would
+undercount, and silently adding it would hide a protocol fault. The client should
+test :meth:`PrivacyLedger.has_round` and refuse a retried round before training,
+and record the round *before* its noisy update leaves the site (recording before
+training is the fail-closed choice: a crash then over-counts, never under-counts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from fedcare.common.errors import LedgerCorrupted, PrivacyBudgetExceeded
+from fedcare.common.privacy.accounting import RoundSpend, compose_epsilon
+from fedcare.common.privacy.config import describe_value
+
+try:  # POSIX only; elsewhere the single-writer assumption is all we have.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "LEDGER_FILENAME",
+    "LEDGER_FORMAT",
+    "LEDGER_VERSION",
+    "LedgerEntry",
+    "PrivacyLedger",
+    "utc_now_iso",
+]
+
+logger = logging.getLogger(__name__)
+
+LEDGER_FILENAME = "privacy-ledger.json"
+LEDGER_FORMAT = "fedcare-privacy-ledger"
+LEDGER_VERSION = 1
+_TEMP_PREFIX = f".{LEDGER_FILENAME}."
+_TEMP_SUFFIX = ".tmp"
+_ENTRY_KEYS = ("run_id", "server_round", "recorded_at", "clip_norm", "num_examples", "spend")
+_TOP_KEYS = ("format", "version", "site", "entries")
+
+
+def utc_now_iso() -> str:
+    """The current time as UTC ISO 8601, e.g. ``2026-11-24T09:30:00.123456+00:00``."""
+    return datetime.now(UTC).isoformat()
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_utc_iso(value: object) -> str | None:
+    """None if ``value`` is an ISO 8601 timestamp with a UTC offset, else the problem."""
+    if not isinstance(value, str):
+        return f"recorded_at must be a UTC ISO 8601 string; got {describe_value(value)}"
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        return f"recorded_at must be a UTC ISO 8601 string; got {value!r}"
+    if stamp.utcoffset() != timedelta(0):
+        return f"recorded_at must be in UTC (offset +00:00); got {value!r}"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerEntry:
+    """One round's spend at one site.
+
+    ``server_round`` is Flower's round number (>= 1; round 0 is the initial
+    evaluation, which trains nothing). ``clip_norm`` and ``num_examples`` are kept
+    for the statement and for audit; epsilon depends only on ``spend``.
+    """
+
+    run_id: str
+    server_round: int
+    recorded_at: str
+    spend: RoundSpend
+    clip_norm: float
+    num_examples: int
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if not isinstance(self.run_id, str) or not self.run_id.strip():
+            problems.append(f"run_id must be a non-empty string; got {describe_value(self.run_id)}")
+        if not _is_int(self.server_round) or self.server_round < 1:
+            problems.append(f"server_round must be an integer >= 1; "
+                            f"got {describe_value(self.server_round)}")
+        stamp_problem = _check_utc_iso(self.recorded_at)
+        if stamp_problem:
+            problems.append(stamp_problem)
+        if not isinstance(self.spend, RoundSpend):
+            problems.append(f"spend must be a RoundSpend; got {type(self.spend).__name__}")
+        clip = self.clip_norm
+        if not _is_real(clip) or not math.isfinite(clip) or clip <= 0:
+            problems.append(f"clip_norm must be a finite number > 0; got {describe_value(clip)}")
+        else:
+            object.__setattr__(self, "clip_norm", float(clip))
+        if not _is_int(self.num_examples) or self.num_examples < 1:
+            problems.append(f"num_examples must be an integer >= 1; "
+                            f"got {describe_value(self.num_examples)}")
+        if problems:
+            raise ValueError("LedgerEntry: " + "; ".join(problems))
+
+    @classmethod
+    def now(
+        cls, *, run_id: str, server_round: int, spend: RoundSpend, clip_norm: float,
+        num_examples: int,
+    ) -> LedgerEntry:
+        """An entry stamped with the current UTC time."""
+        return cls(run_id=run_id, server_round=server_round, recorded_at=utc_now_iso(),
+                   spend=spend, clip_norm=clip_norm, num_examples=num_examples)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.run_id, self.server_round)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "server_round": self.server_round,
+            "recorded_at": self.recorded_at,
+            "clip_norm": self.clip_norm,
+            "num_examples": self.num_examples,
+            "spend": self.spend.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LedgerEntry:
+        """Strict inverse of :meth:`to_dict`; ``ValueError`` on anything unexpected."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"entry must be a JSON object; got {type(data).__name__}")
+        unknown = sorted(str(key) for key in data if key not in _ENTRY_KEYS)
+        missing = [key for key in _ENTRY_KEYS if key not in data]
+        if unknown or missing:
+            raise ValueError(f"entry keys must be {', '.join(_ENTRY_KEYS)}; got "
+                             + "; ".join(filter(None, [
+                                 f"unknown {', '.join(unknown)}" if unknown else "",
+                                 f"no {', '.join(missing)}" if missing else ""])))
+        return cls(
+            run_id=data["run_id"],
+            server_round=data["server_round"],
+            recorded_at=data["recorded_at"],
+            spend=RoundSpend.from_dict(data["spend"]),
+            clip_norm=data["clip_norm"],
+            num_examples=data["num_examples"],
+        )
+
+
+class PrivacyLedger:
+    """The append-only record of one site's privacy spend.
+
+    Args:
+        state_dir: the site's state directory (created if missing).
+        site: the site's name; must match the name stored in an existing ledger.
+
+    Raises:
+        LedgerCorrupted: an existing ledger file cannot be read or fails validation.
+    """
+
+    def __init__(self, state_dir: str | os.PathLike[str], *, site: str) -> None:
+        if not isinstance(site, str) or not site.strip() or site != site.strip():
+            raise ValueError(f"PrivacyLedger: site must be a non-empty name without "
+                             f"surrounding spaces; got {describe_value(site)}")
+        self._dir = Path(state_dir)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._site = site
+        self._path = self._dir / LEDGER_FILENAME
+        stray = sorted(p.name for p in self._dir.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"))
+        if stray:
+            logger.warning("privacy ledger %s: ignoring leftover temporary file(s) %s "
+                           "(an interrupted write; the ledger itself is intact)",
+                           self._path, ", ".join(stray))
+        self._entries: tuple[LedgerEntry, ...] = self._load()
+
+    # ----------------------------------------------------------------- reading
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def site(self) -> str:
+        return self._site
+
+    @property
+    def entries(self) -> tuple[LedgerEntry, ...]:
+        return self._entries
+
+    def spends(self) -> tuple[RoundSpend, ...]:
+        return tuple(entry.spend for entry in self._entries)
+
+    def has_round(self, run_id: str, server_round: int) -> bool:
+        """True if ``(run_id, server_round)`` is already recorded."""
+        return any(entry.key == (run_id, server_round) for entry in self._entries)
+
+    def reload(self) -> None:
+        """Re-read the ledger file (e.g. after another process wrote it)."""
+        self._entries = self._load()
+
+    def epsilon(self, *, delta: float, accountant: str = "rdp") -> float:
+        """Total epsilon at ``delta`` of every entry, recomputed from the spends."""
+        return compose_epsilon(self.spends(), delta=delta, accountant=accountant)
+
+    def check(
+        self, spend: RoundSpend, *, delta: float, budget: float, accountant: str = "rdp"
+    ) -> float:
+        """Epsilon after ``spend`` would be added; refuse if it passes ``budget``.
+
+        Writes nothing.
+
+        Raises:
+            PrivacyBudgetExceeded: the would-be total exceeds ``budget``.
+        """
+        return self._check(self._entries, spend, delta=delta, budget=budget,
+                           accountant=accountant)
+
+    # ----------------------------------------------------------------- writing
+
+    def record(
+        self, entry: LedgerEntry, *, delta: float, budget: float, accountant: str = "rdp"
+    ) -> float:
+        """Check the budget, then append ``entry`` and persist atomically.
+
+        Returns:
+            The site's new total epsilon at ``delta``.
+
+        Raises:
+            ValueError: ``(run_id, server_round)`` is already recorded.
+            PrivacyBudgetExceeded: the entry would take the site past ``budget``;
+                nothing is written.
+        """
+        if not isinstance(entry, LedgerEntry):
+            raise TypeError(f"PrivacyLedger.record: entry must be a LedgerEntry; "
+                            f"got {type(entry).__name__}")
+        with self._locked():
+            current = self._load()  # another writer may have appended meanwhile
+            self._entries = current
+            if any(old.key == entry.key for old in current):
+                raise ValueError(
+                    f"privacy ledger {self._path}: round must be recorded once; got "
+                    f"run_id={entry.run_id!r} server_round={entry.server_round} again "
+                    "(a retried round trains with fresh noise and must not run twice)")
+            total = self._check(current, entry.spend, delta=delta, budget=budget,
+                                accountant=accountant)
+            updated = (*current, entry)
+            self._write(updated)
+            self._entries = updated
+        logger.info("privacy ledger %s: recorded run %s round %d; site %s total eps=%.4g "
+                    "at delta=%g (%s, budget %g)", self._path, entry.run_id,
+                    entry.server_round, self._site, total, delta, accountant, budget)
+        return total
+
+    # --------------------------------------------------------------- internals
+
+    def _check(
+        self, entries: Sequence[LedgerEntry], spend: RoundSpend, *, delta: float,
+        budget: float, accountant: str,
+    ) -> float:
+        if not isinstance(spend, RoundSpend):
+            raise TypeError(f"PrivacyLedger.check: spend must be a RoundSpend; "
+                            f"got {type(spend).__name__}")
+        if not _is_real(budget) or not math.isfinite(budget) or budget <= 0:
+            raise ValueError(f"PrivacyLedger.check: budget must be a finite number > 0; "
+                             f"got {describe_value(budget)}")
+        spends = [e.spend for e in entries]
+        after = compose_epsilon([*spends, spend], delta=delta, accountant=accountant)
+        if after > budget:
+            spent = compose_epsilon(spends, delta=delta, accountant=accountant)
+            raise PrivacyBudgetExceeded(
+                f"site {self._site}: privacy budget must not be exceeded; got eps={after:.4g} "
+                f"after the planned round (spent so far eps={spent:.4g} over "
+                f"{len(spends)} round(s), budget eps={budget:g}, delta={delta:g}, "
+                f"{accountant}); refusing to train")
+        return after
+
+    def _corrupt(self, problem: str) -> LedgerCorrupted:
+        return LedgerCorrupted(f"privacy ledger {self._path}: {problem}")
+
+    def _load(self) -> tuple[LedgerEntry, ...]:
+        try:
+            raw = self._path.read_bytes()
+        except FileNotFoundError:
+            return ()
+        except OSError as err:
+            raise self._corrupt(f"cannot be read ({err.strerror or err})") from None
+        try:
+            data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
+                              object_pairs_hook=_reject_duplicate_keys)
+        except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+            raise self._corrupt(f"is not valid JSON (truncated or damaged?): {err}") from None
+        if not isinstance(data, dict):
+            raise self._corrupt(f"top level must be a JSON object; got {type(data).__name__}")
+        unknown = sorted(str(key) for key in data if key not in _TOP_KEYS)
+        missing = [key for key in _TOP_KEYS if key not in data]
+        if unknown or missing:
+            raise self._corrupt(f"keys must be {', '.join(_TOP_KEYS)}; got "
+                                f"unknown {unknown or 'none'}, missing {missing or 'none'}")
+        if data["format"] != LEDGER_FORMAT:
+            raise self._corrupt(f"format must be {LEDGER_FORMAT!r}; "
+                                f"got {describe_value(data['format'])}")
+        if not _is_int(data["version"]) or data["version"] != LEDGER_VERSION:
+            raise self._corrupt(f"version must be {LEDGER_VERSION}; "
+                                f"got {describe_value(data['version'])}")
+        if data["site"] != self._site:
+            raise self._corrupt(f"site must be {self._site!r} (this site); "
+                                f"got {describe_value(data['site'])}")
+        if not isinstance(data["entries"], list):
+            raise self._corrupt("entries must be a list; "
+                                f"got {type(data['entries']).__name__}")
+        entries: list[LedgerEntry] = []
+        seen: set[tuple[str, int]] = set()
+        for index, item in enumerate(data["entries"]):
+            try:
+                entry = LedgerEntry.from_dict(item)
+            except (ValueError, TypeError) as err:
+                raise self._corrupt(f"entry {index} is invalid: {err}") from None
+            if entry.key in seen:
+                raise self._corrupt(f"entry {index} must be the only one for run_id="
+                                    f"{entry.run_id!r} server_round={entry.server_round}; "
+                                    "got a duplicate")
+            seen.add(entry.key)
+            entries.append(entry)
+        return tuple(entries)
+
+    def _write(self, entries: Sequence[LedgerEntry]) -> None:
+        document = {
+            "format": LEDGER_FORMAT,
+            "version": LEDGER_VERSION,
+            "site": self._site,
+            "entries": [entry.to_dict() for entry in entries],
+        }
+        payload = (json.dumps(document, indent=2, allow_nan=False) + "\n").encode("utf-8")
+        fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=self._dir)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp_name, self._path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp_name)
+            raise
+        _fsync_dir(self._dir)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        lock_path = self._dir / f"{LEDGER_FILENAME}.lock"
+        with open(lock_path, "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)

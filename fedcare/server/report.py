@@ -1,0 +1,235 @@
+"""The run report: what every site spent and scored, round by round.
+
+``report.json`` is the record; ``global-metrics.png`` and ``site-epsilon.png`` are
+for people. Each site's epsilon is its own whole-run figure (the composition of all
+its recorded rounds) at the stated delta; it is never averaged across sites.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Message
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILENAME = "report.json"
+REPORT_FORMAT = "fedcare-run-report"
+REPORT_VERSION = 1
+PLOT_GLOBAL = "global-metrics.png"
+PLOT_EPSILON = "site-epsilon.png"
+
+
+def _finite_mean(values: Iterable[float]) -> float:
+    kept = [v for v in values if math.isfinite(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+def summarize_evaluation(per_site: Mapping[str, Mapping[str, Any]]) -> dict[str, float | int]:
+    """Global-model figures over sites' held-out rows.
+
+    ``mean-site-accuracy`` is the unweighted mean of per-site accuracies (the FLamby
+    Fed-Heart-Disease primary metric); ``pooled-accuracy`` weights by test rows,
+    i.e. accuracy on all held-out rows together; ``mean-site-auc`` averages the sites
+    whose held-out rows contain both classes (``sites-with-auc`` says how many).
+    """
+    sites = list(per_site.values())
+    total = sum(int(m["num-examples"]) for m in sites)
+    correct = sum(float(m["accuracy"]) * int(m["num-examples"]) for m in sites)
+    aucs = [float(m["auc"]) for m in sites if math.isfinite(float(m["auc"]))]
+    return {
+        "sites": len(sites),
+        "num-examples": total,
+        "mean-site-accuracy": _finite_mean(float(m["accuracy"]) for m in sites),
+        "pooled-accuracy": correct / total if total else math.nan,
+        "mean-site-auc": _finite_mean(aucs),
+        "sites-with-auc": len(aucs),
+    }
+
+
+@dataclass
+class RoundRecord:
+    server_round: int
+    started: float
+    seconds: float = math.nan
+    train: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evaluate: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"round": self.server_round, "seconds": self.seconds, "train": self.train,
+                "evaluate": self.evaluate, "failures": self.failures,
+                "global": summarize_evaluation(self.evaluate) if self.evaluate else {}}
+
+
+class RunRecorder:
+    """Collects per-site replies; knows node ids only to name failed sites."""
+
+    def __init__(self, *, run_name: str, run_config: Mapping[str, Any]) -> None:
+        self.run_name = run_name
+        self.run_config = dict(run_config)
+        self.rounds: dict[int, RoundRecord] = {}
+        self.site_of_node: dict[int, str] = {}
+        self.site_privacy: dict[str, str] = {}
+        self.started = time.time()
+
+    def start_round(self, server_round: int) -> None:
+        self.rounds[server_round] = RoundRecord(server_round=server_round, started=time.time())
+
+    def end_round(self, server_round: int) -> None:
+        record = self.rounds[server_round]
+        record.seconds = time.time() - record.started
+        summary = summarize_evaluation(record.evaluate) if record.evaluate else {}
+        logger.info("round %d: %s", server_round, format_global(summary))
+
+    def record_replies(self, server_round: int, phase: str, replies: list[Message]) -> None:
+        record = self.rounds.setdefault(
+            server_round, RoundRecord(server_round=server_round, started=time.time()))
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                site = self.site_of_node.get(node, f"node-{node}")
+                record.failures.append({"node": node, "phase": phase, "code": msg.error.code,
+                                        "reason": msg.error.reason})
+                logger.warning("round %d %s: %s did not contribute: %s", server_round, phase,
+                               site, msg.error.reason)
+                continue
+            content = msg.content
+            site = str(content["site"]["name"]) if "site" in content else f"node-{node}"
+            self.site_of_node[node] = site
+            metrics = {k: _jsonable(v) for k, v in
+                       next(iter(content.metric_records.values())).items()}
+            getattr(record, phase)[site] = metrics
+            if phase == "train" and "site" in content and "privacy" in content["site"]:
+                self.site_privacy[site] = str(content["site"]["privacy"])
+
+    def to_dict(self, *, final: Mapping[str, Any]) -> dict[str, Any]:
+        """The report. Failed replies are named by site: a site that refused to train
+        may be known only from its later evaluation replies."""
+        rounds = [self.rounds[r].to_dict() for r in sorted(self.rounds)]
+        for rnd in rounds:
+            rnd["failures"] = [{"site": self.site_of_node.get(f["node"], f"node-{f['node']}"),
+                                **{k: v for k, v in f.items() if k != "node"}}
+                               for f in rnd["failures"]]
+        return {"format": REPORT_FORMAT, "version": REPORT_VERSION, "run": self.run_name,
+                "seconds": time.time() - self.started, "config": self.run_config,
+                "sites": site_table(rounds), "privacy": dict(sorted(self.site_privacy.items())),
+                "final": dict(final), "rounds": rounds}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def site_table(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per site: its latest training figures (rows, whole-run eps) and latest evaluation."""
+    table: dict[str, dict[str, Any]] = {}
+    for rnd in rounds:
+        for site, m in rnd["train"].items():
+            row = table.setdefault(site, {})
+            row.update({"train-rows": m.get("num-examples"), "rounds-trained":
+                        row.get("rounds-trained", 0) + 1, "epsilon": m.get("epsilon"),
+                        "delta": m.get("delta"), "noise-multiplier": m.get("noise-multiplier")})
+        for site, m in rnd["evaluate"].items():
+            table.setdefault(site, {}).update({"test-rows": m.get("num-examples"),
+                                               "accuracy": m.get("accuracy"), "auc": m.get("auc")})
+        for failure in rnd["failures"]:
+            row = table.setdefault(failure["site"], {})
+            row["failures"] = row.get("failures", 0) + 1
+    return dict(sorted(table.items()))
+
+
+def format_global(summary: Mapping[str, Any]) -> str:
+    if not summary:
+        return "no evaluation results"
+    auc = summary.get("mean-site-auc")
+    return (f"mean site accuracy {_fmt(summary.get('mean-site-accuracy'))}, pooled accuracy "
+            f"{_fmt(summary.get('pooled-accuracy'))}, mean site AUC {_fmt(auc)} "
+            f"({summary.get('sites-with-auc')}/{summary.get('sites')} sites with both classes)")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def format_site_table(report: Mapping[str, Any]) -> str:
+    """A fixed-width table for terminals and logs."""
+    header = f"{'site':<16}{'train':>6}{'test':>6}{'epsilon':>9}{'delta':>9}{'acc':>7}{'auc':>7}"
+    lines = [header, "-" * len(header)]
+    for site, row in report["sites"].items():
+        delta = row.get("delta")
+        lines.append(f"{site:<16}{row.get('train-rows') or '-':>6}{row.get('test-rows') or '-':>6}"
+                     f"{_fmt(row.get('epsilon'), 3):>9}"
+                     f"{(f'{delta:.0e}' if delta else 'no DP'):>9}"
+                     f"{_fmt(row.get('accuracy')):>7}{_fmt(row.get('auc')):>7}")
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, allow_nan=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_report(run_dir: Path, report: Mapping[str, Any]) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / REPORT_FILENAME
+    write_json_atomic(path, report)
+    plot_report(run_dir, report)
+    return path
+
+
+def plot_report(run_dir: Path, report: Mapping[str, Any]) -> None:
+    """Global accuracy/AUC by round, and each site's whole-run epsilon by round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = report["rounds"]
+    xs = [r["round"] for r in rounds if r["global"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("mean-site-accuracy", "mean site accuracy"),
+                       ("pooled-accuracy", "pooled accuracy"), ("mean-site-auc", "mean site AUC")):
+        ys = [r["global"].get(key) for r in rounds if r["global"]]
+        ax.plot(xs, [math.nan if y is None else y for y in ys], marker="o", label=label)
+    ax.set(xlabel="round", ylabel="global model on held-out rows", ylim=(0, 1),
+           title=f"run {report['run']}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / PLOT_GLOBAL, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for site in report["sites"]:
+        pts = [(r["round"], r["train"][site].get("epsilon")) for r in rounds if site in r["train"]]
+        pts = [(x, y) for x, y in pts if y is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=site)
+    budget = report["config"].get("epsilon-budget")
+    if budget:
+        ax.axhline(budget, color="red", linestyle="--", label="site budget")
+    delta = report["config"].get("delta")
+    ax.set(xlabel="round", ylabel=f"epsilon spent so far (delta={delta})",
+           title="each site's whole-run epsilon")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / PLOT_EPSILON, dpi=110)
+    plt.close(fig)

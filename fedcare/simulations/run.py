@@ -1,0 +1,84 @@
+"""Run N virtual hospital sites on Flower's simulation engine, in this process.
+
+The ServerApp and ClientApp are the very objects ``flwr run .`` loads; settings reach
+them the same way (``pyproject.toml`` defaults fused with overrides), so a simulation
+exercises the production code path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from fedcare.common.config import RunConfig
+from fedcare.common.errors import ConfigError
+from fedcare.server.federation import default_run_name
+from fedcare.server.report import REPORT_FILENAME
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# One TensorFlow thread pool per virtual-site worker: 2 workers on 2 cores do not fight.
+_WORKER_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+               "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+
+
+def simulation_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def run_simulation(config: RunConfig, *, num_sites: int, workers: int | None = None
+                   ) -> dict[str, Any]:
+    """Simulate ``num_sites`` sites; return the run report (also written to the run dir)."""
+    from flwr.app import Context, RecordDict
+    from flwr.common.constant import RUN_ID_NUM_BYTES
+    from flwr.common.typing import Run
+    from flwr.simulation.run_simulation import _run_simulation
+
+    from fedcare.client.app import app as client_app
+    from fedcare.server.app import app as server_app
+
+    if num_sites < max(1, config.min_sites):
+        raise ConfigError([f"simulation: sites must be >= min-sites ({config.min_sites}); "
+                           f"got {num_sites}"])
+    if not (PROJECT_ROOT / "pyproject.toml").is_file():
+        raise ConfigError([f"simulation: needs the fedcare project folder (pyproject.toml) at "
+                           f"{PROJECT_ROOT}; install fedcare in editable mode"])
+    if not config.run_name:
+        config = config.replace(run_name=default_run_name())
+    for key, value in _WORKER_ENV.items():
+        os.environ.setdefault(key, value)
+    overrides = config.to_run_config()
+    run = Run.create_empty(run_id=int.from_bytes(secrets.token_bytes(RUN_ID_NUM_BYTES), "little")
+                           >> 1)
+    run.override_config = overrides
+    server_context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
+                             run_config=overrides)
+    backend_config = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": workers or simulation_workers(), "include_dashboard": False,
+                      "logging_level": logging.WARNING, "log_to_driver": True},
+    }
+    logger.info("simulating %d sites (%s), %d rounds, run %s", num_sites, config.dataset,
+                config.num_rounds, config.run_name)
+    _run_simulation(num_supernodes=num_sites, exit_event=_exit_event(), client_app=client_app,
+                    server_app=server_app, backend_config=backend_config,  # type: ignore[arg-type]
+                    server_app_context=server_context, app_dir=str(PROJECT_ROOT), run=run,
+                    # is_app: sites read pyproject defaults fused with our overrides, as under
+                    # `flwr run`; without it Flower gives them an empty run_config.
+                    is_app=True)
+    report_path = Path(config.output_dir) / config.run_name / REPORT_FILENAME
+    if not report_path.is_file():
+        raise RuntimeError(f"simulation finished without a report at {report_path}; "
+                           "see the log above for the server's error")
+    return dict(json.loads(report_path.read_text()))
+
+
+def _exit_event() -> Any:
+    from flwr.common.telemetry import EventType
+
+    return EventType.PYTHON_API_RUN_SIMULATION_LEAVE

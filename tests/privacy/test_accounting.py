@@ -1,0 +1,375 @@
+"""Accounting: spends as dp_accounting events, epsilon checked against published values.
+
+Reference values:
+* tensorflow-privacy 0.9.0 ``compute_dp_sgd_privacy(n=60000, batch_size=150,
+  noise_multiplier=1.3, epochs=15, delta=1e-5)`` -> 0.7242234026109595 (RDP, order 19;
+  its own orders list, which gives the same optimum as dp_accounting's defaults).
+* Opacus RDP, noise 1.5, q=0.04, 2250 steps, delta=1e-5 -> 7.32911117 with Opacus'
+  orders ``[1 + x / 10 for x in range(1, 100)] + list(range(12, 64))``.
+* An independent closed form: with q = 1, T Gaussian steps at noise sigma are exactly one
+  Gaussian mechanism at sigma / sqrt(T) (Balle & Wang 2018, Theorem 8).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Any
+
+import dp_accounting
+import pytest
+from scipy import optimize, special
+
+from fedcare.common.privacy import (
+    PLD_VALUE_DISCRETIZATION_INTERVAL,
+    RoundSpend,
+    accounting,
+    calibrate_noise_multiplier,
+    compose_epsilon,
+    plan_round,
+)
+
+TFP_REFERENCE_EPSILON = 0.7242234026  # published, 10 decimals
+OPACUS_REFERENCE_EPSILON = 7.32911117  # published, 8 decimals
+OPACUS_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+
+
+def make_spend(**overrides: Any) -> RoundSpend:
+    kwargs: dict[str, Any] = {"sampling_rate": 0.1, "noise_multiplier": 1.2, "steps": 10}
+    kwargs.update(overrides)
+    return RoundSpend(**kwargs)
+
+
+def analytic_gaussian_epsilon(*, sigma: float, steps: int, delta: float) -> float:
+    """Exact epsilon of ``steps`` unsampled Gaussian steps (sensitivity 1), by root finding.
+
+    Composition of T Gaussian mechanisms with noise sigma is a Gaussian mechanism with
+    s = sigma / sqrt(T). Its exact privacy profile (Balle & Wang 2018, Theorem 8) is
+    delta(eps) = Phi(1/(2s) - eps*s) - exp(eps) * Phi(-1/(2s) - eps*s).
+    """
+    s = sigma / math.sqrt(steps)
+
+    def delta_minus_target(eps: float) -> float:
+        tail = math.exp(eps + special.log_ndtr(-1 / (2 * s) - eps * s))
+        return float(special.ndtr(1 / (2 * s) - eps * s) - tail - delta)
+
+    return float(optimize.brentq(delta_minus_target, 0.0, 500.0, xtol=1e-13))
+
+
+# ------------------------------------------------------------- published references
+
+
+def test_rdp_matches_tensorflow_privacy_published_reference() -> None:
+    spend = plan_round(num_examples=60000, batch_size=150, local_epochs=15, noise_multiplier=1.3)
+
+    epsilon = compose_epsilon([spend], delta=1e-5, accountant="rdp")
+
+    assert (spend.sampling_rate, spend.steps) == (0.0025, 6000)
+    assert epsilon == pytest.approx(TFP_REFERENCE_EPSILON, abs=1e-10)
+
+
+def test_rdp_matches_tensorflow_privacy_0_9_0_computed_live() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib as tfp_lib
+
+    spend = plan_round(num_examples=60000, batch_size=150, local_epochs=15, noise_multiplier=1.3)
+    tfp_epsilon, tfp_order = tfp_lib.compute_dp_sgd_privacy(
+        n=60000, batch_size=150, noise_multiplier=1.3, epochs=15, delta=1e-5)
+    tfp_pld = tfp_lib._compute_dp_sgd_example_privacy(
+        15, 1.3, 1e-5, used_microbatching=False, poisson_subsampling_probability=0.0025,
+        accountant_type=tfp_lib.AccountantType.PLD)
+
+    ours_rdp = compose_epsilon([spend], delta=1e-5, accountant="rdp")
+    ours_pld = compose_epsilon([spend], delta=1e-5, accountant="pld")
+
+    assert tfp_order == 19
+    assert ours_rdp == pytest.approx(tfp_epsilon, rel=1e-12)
+    # tensorflow-privacy's PLD uses dp_accounting's default grid, which is ours too.
+    assert PLD_VALUE_DISCRETIZATION_INTERVAL == 1e-4
+    assert ours_pld == pytest.approx(tfp_pld, rel=1e-9)
+
+
+def test_rdp_matches_opacus_published_reference_with_opacus_orders() -> None:
+    spend = RoundSpend(sampling_rate=0.04, noise_multiplier=1.5, steps=2250)
+    opacus_accountant = dp_accounting.rdp.RdpAccountant(orders=OPACUS_ORDERS)
+
+    with_opacus_orders = opacus_accountant.compose(spend.to_dp_event()).get_epsilon(1e-5)
+    with_default_orders = compose_epsilon([spend], delta=1e-5)
+
+    assert with_opacus_orders == pytest.approx(OPACUS_REFERENCE_EPSILON, abs=1e-8)
+    assert with_default_orders == pytest.approx(OPACUS_REFERENCE_EPSILON, abs=1e-8)
+
+
+# ------------------------------------------------------- independent closed form
+
+
+@pytest.mark.parametrize(("sigma", "steps", "delta"),
+                         [(5.0, 4, 1e-3), (2.0, 50, 1e-5), (3.0, 20, 1e-5)])
+def test_unsampled_gaussian_matches_closed_form(sigma: float, steps: int, delta: float) -> None:
+    spend = RoundSpend(sampling_rate=1.0, noise_multiplier=sigma, steps=steps)
+    exact = analytic_gaussian_epsilon(sigma=sigma, steps=steps, delta=delta)
+
+    pld = compose_epsilon([spend], delta=delta, accountant="pld")
+    rdp = compose_epsilon([spend], delta=delta, accountant="rdp")
+
+    # PLD is pessimistic (an upper bound) and tight to its discretisation.
+    assert exact - 1e-9 <= pld <= exact + 1e-4
+    # RDP is a valid but looser upper bound.
+    assert rdp >= exact
+    assert rdp > pld
+
+
+def test_closed_form_helper_reproduces_gaussian_mechanism_textbook_point() -> None:
+    # One Gaussian step with sigma = 1: delta(eps = 0.5) = Phi(0) - e^0.5 * Phi(-1)
+    # = 0.5 - 1.6487212707 * 0.1586552539 = 0.2384217..., so eps(delta) must be 0.5.
+    delta = 0.5 - math.exp(0.5) * 0.15865525393145707
+
+    assert analytic_gaussian_epsilon(sigma=1.0, steps=1, delta=delta) == pytest.approx(0.5,
+                                                                                       abs=1e-9)
+
+
+@pytest.mark.parametrize("spend", [
+    RoundSpend(sampling_rate=0.01, noise_multiplier=1.1, steps=1000),
+    RoundSpend(sampling_rate=0.1, noise_multiplier=2.0, steps=300),
+    RoundSpend(sampling_rate=0.25, noise_multiplier=1.5, steps=40),
+], ids=["q0.01", "q0.1", "q0.25"])
+def test_pld_is_no_looser_than_rdp(spend: RoundSpend) -> None:
+    pld = compose_epsilon([spend], delta=1e-5, accountant="pld")
+    rdp = compose_epsilon([spend], delta=1e-5, accountant="rdp")
+
+    assert 0 < pld <= rdp
+
+
+# ------------------------------------------------------------------- composition
+
+
+@pytest.mark.parametrize("name", ["rdp", "pld"])
+def test_n_separate_rounds_equal_one_event_with_n_times_the_steps(name: str) -> None:
+    one_round = make_spend(sampling_rate=0.05, noise_multiplier=2.0, steps=20)
+    rounds = 12
+    single_event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(2.0)),
+        rounds * 20)
+    if name == "rdp":
+        direct = dp_accounting.rdp.RdpAccountant()
+    else:
+        direct = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    expected = direct.compose(single_event).get_epsilon(1e-5)
+
+    composed = compose_epsilon([one_round] * rounds, delta=1e-5, accountant=name)
+
+    assert composed == pytest.approx(expected, rel=1e-12)
+
+
+def test_composition_grows_with_rounds_and_ignores_order() -> None:
+    a = make_spend(sampling_rate=0.05, noise_multiplier=1.0, steps=20)
+    b = make_spend(sampling_rate=0.2, noise_multiplier=2.0, steps=5)
+
+    one = compose_epsilon([a], delta=1e-5)
+    forwards = compose_epsilon([a, b, a], delta=1e-5)
+    backwards = compose_epsilon([b, a, a], delta=1e-5)
+
+    assert forwards == backwards
+    assert forwards > compose_epsilon([a, a], delta=1e-5) > one > 0
+
+
+def test_empty_spend_sequence_is_zero_epsilon() -> None:
+    assert compose_epsilon([], delta=1e-5) == 0.0
+    assert compose_epsilon((), delta=1e-5, accountant="pld") == 0.0
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"delta": 0.0}, "compose_epsilon: delta must be a number with 0 < delta < 1; got 0.0"),
+    ({"delta": 1.0}, "compose_epsilon: delta must be a number with 0 < delta < 1; got 1.0"),
+    ({"delta": 1e-5, "accountant": "moments"},
+     "compose_epsilon: accountant must be one of rdp, pld; got 'moments'"),
+])
+def test_compose_epsilon_rejects_bad_arguments(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        compose_epsilon([make_spend()], **kwargs)
+
+    assert str(caught.value) == message
+
+
+# ------------------------------------------------------------------- round plans
+
+
+@pytest.mark.parametrize(("num_examples", "batch_size", "local_epochs", "q", "steps"), [
+    (1000, 64, 3, 0.064, 48),     # ceil(1000 / 64) = 16 steps per epoch
+    (101, 100, 1, 100 / 101, 2),  # a partial last batch is still a step
+    (100, 100, 4, 1.0, 4),        # full batch: q = 1, one step per epoch
+    (50, 500, 2, 1.0, 2),         # batch larger than the site: capped at q = 1
+    (1, 1, 1, 1.0, 1),
+])
+def test_plan_round_counts_poisson_rate_and_steps(
+    num_examples: int, batch_size: int, local_epochs: int, q: float, steps: int
+) -> None:
+    spend = plan_round(num_examples=num_examples, batch_size=batch_size,
+                       local_epochs=local_epochs, noise_multiplier=0.9)
+
+    assert spend == RoundSpend(sampling_rate=q, noise_multiplier=0.9, steps=steps)
+
+
+@pytest.mark.parametrize(("kwargs", "fragment"), [
+    ({"num_examples": 0}, "plan_round: num_examples must be an integer >= 1; got 0"),
+    ({"batch_size": 0}, "plan_round: batch_size must be an integer >= 1; got 0"),
+    ({"local_epochs": True}, "plan_round: local_epochs must be an integer >= 1; got True"),
+    ({"noise_multiplier": 0.0}, "RoundSpend: noise_multiplier must be a finite number > 0"),
+    ({"noise_multiplier": -1.0}, "RoundSpend: noise_multiplier must be a finite number > 0"),
+])
+def test_plan_round_rejects_bad_inputs(kwargs: dict[str, Any], fragment: str) -> None:
+    arguments = {"num_examples": 100, "batch_size": 10, "local_epochs": 1,
+                 "noise_multiplier": 1.0, **kwargs}
+
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(")):
+        plan_round(**arguments)
+
+
+def test_round_spend_event_is_self_composed_poisson_gaussian() -> None:
+    spend = make_spend(sampling_rate=0.25, noise_multiplier=1.7, steps=8)
+
+    event = spend.to_dp_event()
+
+    assert event == dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(0.25, dp_accounting.GaussianDpEvent(1.7)), 8)
+
+
+def test_round_spend_dict_round_trip() -> None:
+    spend = make_spend(sampling_rate=1 / 3, noise_multiplier=0.7, steps=33)
+
+    data = spend.to_dict()
+
+    assert data == {"mechanism": "poisson-gaussian", "sampling_rate": 1 / 3,
+                    "noise_multiplier": 0.7, "steps": 33}
+    assert RoundSpend.from_dict(data) == spend
+
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    ({"mechanism": "laplace"}, "mechanism must be 'poisson-gaussian'; got 'laplace'"),
+    ({"extra": 1}, "got unknown extra"),
+    ({"steps": None}, "steps must be an integer >= 1; got nothing"),
+    ({"steps": True}, "steps must be an integer >= 1; got True"),
+    ({"steps": 2.0}, "steps must be an integer >= 1; got 2.0"),
+    ({"sampling_rate": 0.0}, "sampling_rate must be a number in (0, 1]; got 0.0"),
+    ({"sampling_rate": 1.5}, "sampling_rate must be a number in (0, 1]; got 1.5"),
+    ({"noise_multiplier": "1.0"}, "noise_multiplier must be a finite number > 0; got '1.0'"),
+    ({"noise_multiplier": math.inf}, "noise_multiplier must be a finite number > 0; got inf"),
+])
+def test_round_spend_from_dict_is_strict(change: dict[str, Any], fragment: str) -> None:
+    data = {**make_spend().to_dict(), **change}
+
+    with pytest.raises(ValueError) as caught:
+        RoundSpend.from_dict(data)
+
+    assert fragment in str(caught.value)
+
+
+def test_round_spend_from_dict_reports_missing_keys() -> None:
+    data = make_spend().to_dict()
+    del data["steps"]
+
+    with pytest.raises(ValueError, match="got no steps"):
+        RoundSpend.from_dict(data)
+
+
+# ------------------------------------------------------------------- calibration
+
+
+def calibrated_epsilon(sigma: float, *, rounds: int, accountant: str = "rdp",
+                       prior: tuple[RoundSpend, ...] = ()) -> float:
+    spend = plan_round(num_examples=500, batch_size=50, local_epochs=1, noise_multiplier=sigma)
+    return compose_epsilon([*prior, *([spend] * rounds)], delta=1e-5, accountant=accountant)
+
+
+def calibrate(**overrides: Any) -> float:
+    kwargs: dict[str, Any] = {"target_epsilon": 3.0, "delta": 1e-5, "num_examples": 500,
+                              "batch_size": 50, "local_epochs": 1, "rounds": 10}
+    kwargs.update(overrides)
+    return calibrate_noise_multiplier(**kwargs)
+
+
+@functools.cache
+def calibrated_for_rounds(rounds: int) -> float:
+    """``calibrate(rounds=rounds)``, computed once per session (it is pure)."""
+    return calibrate(rounds=rounds)
+
+
+def test_calibrated_noise_meets_target_tightly() -> None:
+    sigma = calibrated_for_rounds(10)
+
+    epsilon = calibrated_epsilon(sigma, rounds=10)
+
+    # Never above the target; within 0.01 % of it (tolerance 1e-6 relative in sigma).
+    assert 3.0 * (1 - 1e-4) <= epsilon <= 3.0
+
+
+def test_calibrated_noise_meets_target_with_pld() -> None:
+    # Full-batch training (q = 1) keeps the PLD search fast; Poisson PLD is covered above.
+    sigma = calibrate(accountant="pld", num_examples=50, rounds=5, target_epsilon=2.0)
+
+    spend = plan_round(num_examples=50, batch_size=50, local_epochs=1, noise_multiplier=sigma)
+    epsilon = compose_epsilon([spend] * 5, delta=1e-5, accountant="pld")
+
+    assert 2.0 * (1 - 1e-3) <= epsilon <= 2.0
+    # PLD is tighter: the same noise judged by RDP would overshoot the target.
+    assert compose_epsilon([spend] * 5, delta=1e-5, accountant="rdp") > 2.0
+
+
+def test_calibrated_noise_grows_with_planned_rounds() -> None:
+    sigmas = [calibrated_for_rounds(rounds) for rounds in (5, 10, 20)]
+
+    assert sigmas[0] < sigmas[1] < sigmas[2]
+
+
+def test_calibration_accounts_for_prior_spend() -> None:
+    prior = (make_spend(sampling_rate=0.1, noise_multiplier=1.5, steps=50),)
+    spent = compose_epsilon(prior, delta=1e-5)
+
+    sigma = calibrate(prior=prior)
+
+    assert 0 < spent < 3.0
+    assert sigma > calibrated_for_rounds(10)
+    assert 3.0 * (1 - 1e-4) <= calibrated_epsilon(sigma, rounds=10, prior=prior) <= 3.0
+
+
+def test_calibration_rejects_target_already_spent() -> None:
+    prior = (make_spend(sampling_rate=1.0, noise_multiplier=0.5, steps=10),)
+    spent = compose_epsilon(prior, delta=1e-5)
+
+    with pytest.raises(ValueError, match="unreachable"):
+        calibrate(prior=prior, target_epsilon=spent)
+
+
+def test_calibration_rejects_target_needing_absurd_noise() -> None:
+    with pytest.raises(ValueError, match="must be reachable with a noise multiplier"):
+        calibrate(target_epsilon=1e-4, batch_size=500, rounds=100)
+
+
+def test_calibration_result_is_verified_even_if_the_root_finder_lands_low(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    honest = calibrated_for_rounds(10)
+
+    def lands_low(*args: Any, **kwargs: Any) -> float:
+        return honest * 0.999  # a root finder on the wrong side of the target
+
+    monkeypatch.setattr(accounting.mechanism_calibration, "calibrate_dp_mechanism", lands_low)
+    sigma = calibrate()
+
+    assert calibrated_epsilon(honest * 0.999, rounds=10) > 3.0  # the bad value really is bad
+    assert calibrated_epsilon(sigma, rounds=10) <= 3.0
+    assert sigma >= honest * 0.999
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), [
+    ({"target_epsilon": 0.0}, "target_epsilon must be a finite number > 0; got 0.0"),
+    ({"rounds": 0}, "rounds must be an integer >= 1; got 0"),
+    ({"delta": 0.0}, "delta must be a number with 0 < delta < 1; got 0.0"),
+    ({"num_examples": 0}, "num_examples must be an integer >= 1; got 0"),
+])
+def test_calibration_rejects_bad_arguments(overrides: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        calibrate(**overrides)
+
+    assert fragment in str(caught.value)

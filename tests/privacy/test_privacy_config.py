@@ -1,0 +1,194 @@
+"""PrivacyConfig: one frozen, validated object; every problem reported at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import pytest
+
+from fedcare.common.errors import ConfigError
+from fedcare.common.privacy import ACCOUNTANTS, PrivacyConfig
+
+
+def make_config_kwargs(**overrides: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "noise_multiplier": 1.1,
+        "clip_norm": 1.0,
+        "batch_size": 32,
+        "local_epochs": 1,
+        "delta": 1e-5,
+        "epsilon_budget": 8.0,
+        "accountant": "rdp",
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
+def make_config(**overrides: Any) -> PrivacyConfig:
+    return PrivacyConfig(**make_config_kwargs(**overrides))
+
+
+def test_valid_noise_multiplier_config_keeps_values() -> None:
+    config = make_config()
+
+    assert config.noise_multiplier == 1.1
+    assert config.target_epsilon is None
+    assert config.calibrate is False
+    assert config.accountant == "rdp"
+
+
+def test_valid_target_epsilon_config_asks_for_calibration() -> None:
+    config = make_config(noise_multiplier=None, target_epsilon=3.0, accountant="pld")
+
+    assert config.calibrate is True
+    assert config.target_epsilon == 3.0
+
+
+def test_toml_ints_for_float_fields_are_coerced_to_float() -> None:
+    config = make_config(noise_multiplier=2, clip_norm=1, epsilon_budget=10)
+
+    assert (config.noise_multiplier, config.clip_norm, config.epsilon_budget) == (2.0, 1.0, 10.0)
+    assert all(isinstance(v, float)
+               for v in (config.noise_multiplier, config.clip_norm, config.epsilon_budget))
+
+
+def test_config_is_frozen_and_keyword_only() -> None:
+    config = make_config()
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.noise_multiplier = 0.0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        PrivacyConfig(1.0, None, 1.0, 32, 1, 1e-5, 8.0)  # type: ignore[misc]
+
+
+BAD_VALUES: list[tuple[dict[str, Any], str, str]] = [
+    ({"noise_multiplier": -1.0}, "noise_multiplier", "-1.0"),
+    ({"noise_multiplier": 0.0}, "noise_multiplier", "0.0"),
+    ({"noise_multiplier": 0}, "noise_multiplier", "0"),
+    ({"noise_multiplier": math.nan}, "noise_multiplier", "nan"),
+    ({"noise_multiplier": math.inf}, "noise_multiplier", "inf"),
+    ({"noise_multiplier": True}, "noise_multiplier", "True"),
+    ({"noise_multiplier": "1.0"}, "noise_multiplier", "'1.0'"),
+    ({"noise_multiplier": None, "target_epsilon": 0.0}, "target_epsilon", "0.0"),
+    ({"noise_multiplier": None, "target_epsilon": -2.0}, "target_epsilon", "-2.0"),
+    ({"noise_multiplier": None, "target_epsilon": math.inf}, "target_epsilon", "inf"),
+    ({"noise_multiplier": None, "target_epsilon": True}, "target_epsilon", "True"),
+    ({"clip_norm": 0.0}, "clip_norm", "0.0"),
+    ({"clip_norm": -1.0}, "clip_norm", "-1.0"),
+    ({"clip_norm": math.nan}, "clip_norm", "nan"),
+    ({"clip_norm": False}, "clip_norm", "False"),
+    ({"batch_size": 0}, "batch_size", "0"),
+    ({"batch_size": -32}, "batch_size", "-32"),
+    ({"batch_size": 32.0}, "batch_size", "32.0"),
+    ({"batch_size": True}, "batch_size", "True"),
+    ({"batch_size": "32"}, "batch_size", "'32'"),
+    ({"local_epochs": 0}, "local_epochs", "0"),
+    ({"local_epochs": 1.5}, "local_epochs", "1.5"),
+    ({"delta": 0.0}, "delta", "0.0"),
+    ({"delta": 1.0}, "delta", "1.0"),
+    ({"delta": 1.5}, "delta", "1.5"),
+    ({"delta": -1e-5}, "delta", "-1e-05"),
+    ({"delta": math.nan}, "delta", "nan"),
+    ({"delta": True}, "delta", "True"),
+    ({"epsilon_budget": 0.0}, "epsilon_budget", "0.0"),
+    ({"epsilon_budget": -1.0}, "epsilon_budget", "-1.0"),
+    ({"epsilon_budget": math.inf}, "epsilon_budget", "inf"),
+    ({"accountant": "RDP"}, "accountant", "'RDP'"),
+    ({"accountant": "gdp"}, "accountant", "'gdp'"),
+    ({"accountant": None}, "accountant", "nothing"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field", "shown"), BAD_VALUES,
+                         ids=[f"{f}={s}" for _, f, s in BAD_VALUES])
+def test_bad_value_raises_config_error_naming_field_and_value(
+    overrides: dict[str, Any], field: str, shown: str
+) -> None:
+    kwargs = make_config_kwargs(**overrides)
+
+    with pytest.raises(ConfigError) as caught:
+        PrivacyConfig(**kwargs)
+
+    assert len(caught.value.problems) == 1, caught.value.problems
+    problem = caught.value.problems[0]
+    assert problem.startswith(f"privacy: {field} must be ")
+    assert problem.endswith(f"; got {shown}")
+
+
+def test_error_grammar_matches_house_style_exactly() -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config(noise_multiplier=-1.0)
+
+    assert str(caught.value) == "privacy: noise_multiplier must be a finite number > 0; got -1.0"
+
+
+def test_several_problems_are_reported_together() -> None:
+    kwargs = make_config_kwargs(noise_multiplier=-1.0, clip_norm=0, batch_size=0, delta=2.0,
+                                accountant="moments")
+
+    with pytest.raises(ConfigError) as caught:
+        PrivacyConfig(**kwargs)
+
+    named = [problem.split(" must ")[0] for problem in caught.value.problems]
+    assert named == ["privacy: noise_multiplier", "privacy: clip_norm", "privacy: batch_size",
+                     "privacy: delta", "privacy: accountant"]
+    assert str(caught.value).startswith("5 config problems:")
+
+
+def test_neither_noise_multiplier_nor_target_epsilon_is_rejected() -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config(noise_multiplier=None, target_epsilon=None)
+
+    assert caught.value.problems == (
+        "privacy: exactly one of noise_multiplier or target_epsilon must be set "
+        "(a partial DP config must not train without noise); got neither",)
+
+
+def test_both_noise_multiplier_and_target_epsilon_are_rejected() -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config(noise_multiplier=1.0, target_epsilon=3.0)
+
+    assert caught.value.problems == (
+        "privacy: exactly one of noise_multiplier or target_epsilon must be set; "
+        "got both (noise_multiplier=1.0, target_epsilon=3.0)",)
+
+
+def test_target_epsilon_above_budget_is_rejected() -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config(noise_multiplier=None, target_epsilon=9.0, epsilon_budget=8.0)
+
+    assert caught.value.problems == (
+        "privacy: target_epsilon must be <= epsilon_budget (8.0); got 9.0",)
+
+
+def test_target_epsilon_equal_to_budget_is_allowed() -> None:
+    config = make_config(noise_multiplier=None, target_epsilon=8, epsilon_budget=8)
+
+    assert config.target_epsilon == config.epsilon_budget == 8.0
+
+
+def test_accountants_are_rdp_and_pld() -> None:
+    assert ACCOUNTANTS == ("rdp", "pld")
+
+
+def test_from_mapping_builds_the_same_config() -> None:
+    data = make_config_kwargs()
+
+    assert PrivacyConfig.from_mapping(data) == make_config()
+
+
+def test_from_mapping_reports_unknown_missing_and_bad_keys_together() -> None:
+    data = make_config_kwargs(batch_size=0, noise_multplier=1.0)
+    del data["delta"]
+
+    with pytest.raises(ConfigError) as caught:
+        PrivacyConfig.from_mapping(data)
+
+    problems = caught.value.problems
+    assert len(problems) == 3
+    assert problems[0].startswith("privacy: noise_multplier must be one of the known keys")
+    assert problems[0].endswith("got unknown key 'noise_multplier'")
+    assert "privacy: batch_size must be an integer >= 1; got 0" in problems
+    assert "privacy: delta must be a number with 0 < delta < 1; got nothing" in problems
