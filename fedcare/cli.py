@@ -2,6 +2,7 @@
 
     fedcare simulate            multi-site DP simulation (default: bundled breast-cancer data)
     fedcare benchmark-heart     the heart-disease protocol: federated vs pooled vs local-only
+    fedcare perf-epoch          DP vs plain local epoch cost, measured in one run
     fedcare check-csv FILE      validate a hospital's CSV, listing every problem
     fedcare ledger STATE_DIR    a site's privacy spend, recomputed from its ledger
 """
@@ -132,9 +133,29 @@ def cmd_benchmark_heart(args: argparse.Namespace) -> int:
     from fedcare.simulations.heart_benchmark import run_benchmark
 
     overrides = _overrides(args)
-    result = run_benchmark(overrides, split_seed=args.split_seed, with_dp=not args.no_dp,
-                           output=Path(args.out) if args.out else None)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    result = run_benchmark(overrides, split_seed=args.split_seed, seeds=seeds,
+                           with_dp=not args.no_dp, output=Path(args.out) if args.out else None)
     sys.stdout.write(result["table"] + "\n")
+    return EXIT_OK
+
+
+def cmd_perf_epoch(args: argparse.Namespace) -> int:
+    from fedcare.common.config import RunConfig
+    from fedcare.simulations.perf import epoch_costs
+
+    config = RunConfig.from_mapping(_overrides(args))
+    result = epoch_costs(config, repeats=args.repeats)
+    for name, seconds in result["seconds-per-epoch"].items():
+        sys.stdout.write(f"{name:<22}{seconds * 1000:9.2f} ms/epoch  "
+                         f"{result['ratio-to-plain'][name]:5.2f}x plain\n")
+    data = result["data"]
+    sys.stdout.write(f"({data['dataset']} {data['site']}: {data['rows']} rows, batch "
+                     f"{data['batch-size']}, hidden {data['hidden-units']}; medians of "
+                     f"{result['repeats']} interleaved samples)\n")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
     return EXIT_OK
 
 
@@ -149,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--rounds", type=int)
         p.add_argument("--strategy")
         p.add_argument("--target-epsilon", type=float)
-        p.add_argument("--seed", type=int)
+        p.add_argument("--seed", type=int, help="run seed (model init, sampling)")
         p.add_argument("--data-dir")
         p.add_argument("--output-dir")
         p.add_argument("--run-name")
@@ -164,9 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("benchmark-heart", help="heart-disease protocol (BENCHMARK.md)")
     run_flags(bench)
     bench.add_argument("--split-seed", type=int, default=43)
+    bench.add_argument("--seeds", default="0", help="run seeds, comma-separated (e.g. 0,1,2)")
     bench.add_argument("--no-dp", action="store_true", help="skip the DP federated run")
     bench.add_argument("--out", help="write the results JSON here")
     bench.set_defaults(func=cmd_benchmark_heart)
+
+    perf = sub.add_parser("perf-epoch", help="DP vs plain local epoch cost, measured in one run")
+    run_flags(perf)
+    perf.add_argument("--repeats", type=int, default=15)
+    perf.add_argument("--out", help="write the results JSON here")
+    perf.set_defaults(func=cmd_perf_epoch)
 
     check = sub.add_parser("check-csv", help="validate a site's CSV against a schema")
     check.add_argument("path")

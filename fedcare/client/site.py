@@ -15,7 +15,6 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,10 @@ from fedcare.common.privacy import (
     LedgerEntry,
     PrivacyLedger,
     PrivacyStatement,
-    RoundSpend,
     calibrate_noise_multiplier,
     compose_epsilon,
     plan_round,
+    statement_from_entries,
 )
 
 logger = logging.getLogger(__name__)
@@ -178,7 +177,6 @@ def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]
     dp: DPSettings | None = None
     statement: PrivacyStatement | None = None
     ledger: PrivacyLedger | None = None
-    spend: RoundSpend | None = None
     if privacy is None:
         logger.warning("site %s: DP is OFF (dp-mode=off): this update carries no privacy "
                        "guarantee", site.name)
@@ -187,9 +185,8 @@ def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]
         spend = plan_round(num_examples=n, batch_size=privacy.batch_size,
                            local_epochs=privacy.local_epochs, noise_multiplier=sigma)
         ledger = PrivacyLedger(site.state_dir, site=site.name)
-        entry = LedgerEntry(run_id=run_id, server_round=server_round,
-                            recorded_at=datetime.now(UTC).isoformat(), spend=spend,
-                            clip_norm=privacy.clip_norm, num_examples=n)
+        entry = LedgerEntry.now(run_id=run_id, server_round=server_round, spend=spend,
+                                clip_norm=privacy.clip_norm, num_examples=n)
         ledger.record(entry, delta=privacy.delta, budget=site.epsilon_budget,
                       accountant=privacy.accountant)
         dp = DPSettings(noise_multiplier=sigma, clip_norm=privacy.clip_norm)
@@ -203,26 +200,14 @@ def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]
     logger.info("site %s round %d: %d steps in %.2fs, local train loss %.4f (kept at the site)",
                 site.name, server_round, result.steps, result.seconds, result.mean_loss)
     epsilon_run = math.nan
-    if privacy is not None and ledger is not None and spend is not None:
-        statement = site_statement(config, ledger, spend)
+    if privacy is not None and ledger is not None:
+        statement = statement_from_entries(ledger.entries, delta=privacy.delta,
+                                           accountant=privacy.accountant)
         epsilon_run = compose_epsilon(
             [e.spend for e in ledger.entries if e.run_id == run_id], delta=privacy.delta,
             accountant=privacy.accountant)
     return TrainOutcome(weights=trainer.get_weights(), num_examples=n, steps=result.steps,
                         seconds=result.seconds, statement=statement, epsilon_run=epsilon_run)
-
-
-def site_statement(config: RunConfig, ledger: PrivacyLedger, last: RoundSpend) -> PrivacyStatement:
-    """Everything this site's ledger holds, composed, at the configured delta."""
-    privacy = config.privacy()
-    assert privacy is not None
-    entries = ledger.entries
-    return PrivacyStatement(
-        epsilon=ledger.epsilon(delta=privacy.delta, accountant=privacy.accountant),
-        delta=privacy.delta, accountant=privacy.accountant, rounds=len(entries),
-        steps=sum(e.spend.steps for e in entries), noise_multiplier=last.noise_multiplier,
-        sampling_rate=last.sampling_rate, clip_norm=privacy.clip_norm,
-        num_examples=entries[-1].num_examples)
 
 
 def evaluate_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]) -> EvalResult:

@@ -112,3 +112,18 @@ def test_flwr_run_dot_runs_the_same_app(tmp_path: Path) -> None:
     assert sorted(report["sites"]) == ["site-0", "site-1"]
     assert all(row["epsilon"] <= report["config"]["target-epsilon"]
                for row in report["sites"].values())
+
+
+@pytest.mark.parametrize("strategy",
+                         ["fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum"])
+def test_each_selectable_strategy_completes_a_dp_round(tmp_path: Path, strategy: str) -> None:
+    config = small_run(tmp_path, strategy=strategy, num_rounds=1, min_sites=3,
+                       run_name=f"e2e-{strategy}")
+
+    report = run_simulation(config, num_sites=3)
+
+    assert report["config"]["strategy"] == strategy
+    assert sorted(report["rounds"][0]["train"]) == ["site-0", "site-1", "site-2"]
+    assert not report["rounds"][0]["failures"]
+    assert report["final"]["sites"] == 3
+    assert (tmp_path / "runs" / f"e2e-{strategy}" / "model.keras").is_file()

@@ -1,0 +1,98 @@
+"""Server-side aggregates: hand-computed figures; epsilon is never averaged across sites."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+)
+
+from fedcare.common.config import STRATEGIES, RunConfig
+from fedcare.server.report import format_site_table, site_table, summarize_evaluation
+from fedcare.server.strategies import (
+    aggregate_evaluate_metrics,
+    aggregate_train_metrics,
+    make_strategy,
+)
+
+
+def reply(**metrics: float) -> RecordDict:
+    return RecordDict({"metrics": MetricRecord(dict(metrics)),
+                       "site": ConfigRecord({"name": "x"})})
+
+
+def test_mean_site_accuracy_is_unweighted_and_pooled_accuracy_is_weighted() -> None:
+    per_site = {"a": {"num-examples": 100, "accuracy": 0.9, "auc": 0.8},
+                "b": {"num-examples": 10, "accuracy": 0.5, "auc": float("nan")}}
+
+    summary = summarize_evaluation(per_site)
+
+    assert summary["mean-site-accuracy"] == pytest.approx(0.7)  # (0.9 + 0.5) / 2
+    assert summary["pooled-accuracy"] == pytest.approx(95 / 110)  # (90 + 5) / 110
+    assert summary["mean-site-auc"] == pytest.approx(0.8)  # b has one class: no AUC
+    assert summary["sites-with-auc"] == 1
+
+
+def test_train_aggregate_reports_the_largest_site_epsilon_not_an_average() -> None:
+    replies = [reply(**{"num-examples": 100, "epsilon": 0.5}),
+               reply(**{"num-examples": 300, "epsilon": 0.9})]
+
+    out = aggregate_train_metrics(replies, "num-examples")
+
+    assert out["epsilon-of-most-spent-site"] == 0.9
+    assert out["num-examples"] == 400
+    assert "epsilon" not in out
+
+
+def test_evaluate_aggregate_uses_the_same_summary() -> None:
+    replies = [reply(**{"num-examples": 4, "accuracy": 1.0, "auc": 1.0}),
+               reply(**{"num-examples": 4, "accuracy": 0.5, "auc": 0.5})]
+
+    out = aggregate_evaluate_metrics(replies, "num-examples")
+
+    assert out["mean-site-accuracy"] == pytest.approx(0.75)
+    assert out["mean-site-auc"] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize(("name", "kind"), [
+    ("fedavg", FedAvg), ("fedprox", FedProx), ("fedadam", FedAdam), ("fedyogi", FedYogi),
+    ("fedmedian", FedMedian), ("fedtrimmedavg", FedTrimmedAvg), ("krum", Krum)])
+def test_every_configured_strategy_is_flowers_own(name: str, kind: type) -> None:
+    strategy = make_strategy(RunConfig(strategy=name, min_sites=3))
+
+    assert type(strategy) is kind
+    assert strategy.min_train_nodes == 3  # type: ignore[attr-defined]
+
+
+def test_strategy_list_and_factories_agree() -> None:
+    assert {type(make_strategy(RunConfig(strategy=s))).__name__.lower() for s in STRATEGIES} == \
+        set(STRATEGIES)
+
+
+def test_site_table_keeps_latest_figures_and_counts_failures() -> None:
+    rounds = [
+        {"train": {"a": {"num-examples": 10, "epsilon": 0.4, "delta": 1e-3}},
+         "evaluate": {"a": {"num-examples": 5, "accuracy": 0.6, "auc": None}},
+         "failures": [{"site": "b", "phase": "train", "code": 100, "reason": "budget"}]},
+        {"train": {"a": {"num-examples": 10, "epsilon": 0.7, "delta": 1e-3}},
+         "evaluate": {"a": {"num-examples": 5, "accuracy": 0.8, "auc": 0.9}},
+         "failures": [{"site": "b", "phase": "train", "code": 100, "reason": "budget"}]},
+    ]
+
+    table = site_table(rounds)
+
+    assert table["a"]["epsilon"] == 0.7 and table["a"]["rounds-trained"] == 2
+    assert table["a"]["accuracy"] == 0.8
+    assert table["b"]["failures"] == 2
+    text = format_site_table({"sites": table})
+    assert "0.700" in text and "1e-03" in text and "n/a" in text
+    assert math.isfinite(table["a"]["auc"])
