@@ -9,11 +9,12 @@ from flwr.clientapp import ClientApp
 
 from fedcare.client.site import SiteSpec, evaluate_round, resolve_site, train_round
 from fedcare.common.config import RunConfig
-from fedcare.common.errors import LedgerCorrupted, PrivacyBudgetExceeded
+from fedcare.common.errors import LedgerCorrupted, PrivacyBudgetExceeded, RoundAlreadyRecorded
 
 # Error codes this app replies with (Flower's own codes are below 100).
 PRIVACY_BUDGET_EXHAUSTED = 100
 LEDGER_UNUSABLE = 101
+ROUND_ALREADY_SPENT = 102
 UNNAMED_RUN = "unnamed-run"
 
 app = ClientApp()
@@ -39,6 +40,8 @@ def train(msg: Message, context: Context) -> Message:
         return Message(Error(code=PRIVACY_BUDGET_EXHAUSTED, reason=str(err)), reply_to=msg)
     except LedgerCorrupted as err:
         return Message(Error(code=LEDGER_UNUSABLE, reason=str(err)), reply_to=msg)
+    except RoundAlreadyRecorded as err:
+        return Message(Error(code=ROUND_ALREADY_SPENT, reason=str(err)), reply_to=msg)
     site_info: dict[str, Any] = {"name": site.name}
     if outcome.statement is not None:
         site_info["privacy"] = outcome.statement.short()

@@ -150,6 +150,10 @@ def noise_multiplier_for(config: RunConfig, num_examples: int) -> float:
     """The noise this site uses: given, or calibrated so the *whole run* meets the target."""
     privacy = config.privacy()
     assert privacy is not None
+    if privacy.delta >= 1.0 / num_examples:
+        logger.warning("delta=%g is not below 1/rows=1/%d at this site: an (eps, delta) "
+                       "guarantee with delta >= 1/n can allow revealing a row outright; "
+                       "use a smaller delta", privacy.delta, num_examples)
     if privacy.noise_multiplier is not None:
         return privacy.noise_multiplier
     assert privacy.target_epsilon is not None

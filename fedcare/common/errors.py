@@ -39,6 +39,10 @@ class PrivacyBudgetExceeded(FedcareError):
     """Training the planned round would take a site past its epsilon budget."""
 
 
+class RoundAlreadyRecorded(FedcareError, ValueError):
+    """A site was asked to spend privacy for a (run, round) its ledger already holds."""
+
+
 class LedgerCorrupted(FedcareError):
     """A site's privacy ledger cannot be read or fails its integrity checks."""
 

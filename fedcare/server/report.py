@@ -28,6 +28,11 @@ PLOT_GLOBAL = "global-metrics.png"
 PLOT_EPSILON = "site-epsilon.png"
 
 
+def _number(value: Any) -> float:
+    """A metric as a float; ``None`` (how JSON holds an undefined AUC) becomes NaN."""
+    return math.nan if value is None else float(value)
+
+
 def _finite_mean(values: Iterable[float]) -> float:
     kept = [v for v in values if math.isfinite(v)]
     return sum(kept) / len(kept) if kept else math.nan
@@ -43,12 +48,12 @@ def summarize_evaluation(per_site: Mapping[str, Mapping[str, Any]]) -> dict[str,
     """
     sites = list(per_site.values())
     total = sum(int(m["num-examples"]) for m in sites)
-    correct = sum(float(m["accuracy"]) * int(m["num-examples"]) for m in sites)
-    aucs = [float(m["auc"]) for m in sites if math.isfinite(float(m["auc"]))]
+    correct = sum(_number(m["accuracy"]) * int(m["num-examples"]) for m in sites)
+    aucs = [a for a in (_number(m["auc"]) for m in sites) if math.isfinite(a)]
     return {
         "sites": len(sites),
         "num-examples": total,
-        "mean-site-accuracy": _finite_mean(float(m["accuracy"]) for m in sites),
+        "mean-site-accuracy": _finite_mean(_number(m["accuracy"]) for m in sites),
         "pooled-accuracy": correct / total if total else math.nan,
         "mean-site-auc": _finite_mean(aucs),
         "sites-with-auc": len(aucs),
@@ -200,6 +205,7 @@ def plot_report(run_dir: Path, report: Mapping[str, Any]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = report["rounds"]
     xs = [r["round"] for r in rounds if r["global"]]
@@ -211,6 +217,7 @@ def plot_report(run_dir: Path, report: Mapping[str, Any]) -> None:
     ax.set(xlabel="round", ylabel="global model on held-out rows", ylim=(0, 1),
            title=f"run {report['run']}")
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     fig.tight_layout()
     fig.savefig(run_dir / PLOT_GLOBAL, dpi=110)
@@ -229,6 +236,7 @@ def plot_report(run_dir: Path, report: Mapping[str, Any]) -> None:
     ax.set(xlabel="round", ylabel=f"epsilon spent so far (delta={delta})",
            title="each site's whole-run epsilon")
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(run_dir / PLOT_EPSILON, dpi=110)

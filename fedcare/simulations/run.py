@@ -50,6 +50,11 @@ def run_simulation(config: RunConfig, *, num_sites: int, workers: int | None = N
                            f"{PROJECT_ROOT}; install fedcare in editable mode"])
     if not config.run_name:
         config = config.replace(run_name=default_run_name())
+    run_dir = Path(config.output_dir) / config.run_name
+    if run_dir.exists():
+        # Its report, model and (virtual) sites' ledgers belong to an earlier run.
+        raise ConfigError([f"simulation: run folder {run_dir} exists already; choose another "
+                           "run-name or output-dir (nothing is overwritten)"])
     for key, value in _WORKER_ENV.items():
         os.environ.setdefault(key, value)
     overrides = config.to_run_config()
@@ -71,7 +76,7 @@ def run_simulation(config: RunConfig, *, num_sites: int, workers: int | None = N
                     # is_app: sites read pyproject defaults fused with our overrides, as under
                     # `flwr run`; without it Flower gives them an empty run_config.
                     is_app=True)
-    report_path = Path(config.output_dir) / config.run_name / REPORT_FILENAME
+    report_path = run_dir / REPORT_FILENAME
     if not report_path.is_file():
         raise RuntimeError(f"simulation finished without a report at {report_path}; "
                            "see the log above for the server's error")

@@ -42,6 +42,19 @@ def test_mean_site_accuracy_is_unweighted_and_pooled_accuracy_is_weighted() -> N
     assert summary["sites-with-auc"] == 1
 
 
+def test_undefined_auc_recorded_as_none_is_skipped_not_a_crash() -> None:
+    # A site whose held-out rows are all one class has no AUC; the recorder keeps it as
+    # None (JSON null), and the round summary must still work.
+    per_site = {"a": {"num-examples": 10, "accuracy": 0.8, "auc": 0.7},
+                "b": {"num-examples": 16, "accuracy": 1.0, "auc": None}}
+
+    summary = summarize_evaluation(per_site)
+
+    assert summary["mean-site-auc"] == pytest.approx(0.7)
+    assert summary["sites-with-auc"] == 1
+    assert summary["mean-site-accuracy"] == pytest.approx(0.9)
+
+
 def test_train_aggregate_reports_the_largest_site_epsilon_not_an_average() -> None:
     replies = [reply(**{"num-examples": 100, "epsilon": 0.5}),
                reply(**{"num-examples": 300, "epsilon": 0.9})]

@@ -50,7 +50,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fedcare.common.errors import LedgerCorrupted, PrivacyBudgetExceeded
+from fedcare.common.errors import LedgerCorrupted, PrivacyBudgetExceeded, RoundAlreadyRecorded
 from fedcare.common.privacy.accounting import RoundSpend, compose_epsilon
 from fedcare.common.privacy.config import describe_value
 
@@ -279,7 +279,7 @@ class PrivacyLedger:
             current = self._load()  # another writer may have appended meanwhile
             self._entries = current
             if any(old.key == entry.key for old in current):
-                raise ValueError(
+                raise RoundAlreadyRecorded(
                     f"privacy ledger {self._path}: round must be recorded once; got "
                     f"run_id={entry.run_id!r} server_round={entry.server_round} again "
                     "(a retried round trains with fresh noise and must not run twice)")

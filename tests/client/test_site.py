@@ -1,0 +1,56 @@
+"""Site orchestration guards: nothing is overwritten, nothing is spent twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedcare.client.site import resolve_site
+from fedcare.common.config import RunConfig
+from fedcare.common.errors import ConfigError, RoundAlreadyRecorded
+from fedcare.common.privacy import LedgerEntry, PrivacyLedger, plan_round
+from fedcare.simulations.run import run_simulation
+
+
+def test_simulation_refuses_an_existing_run_folder(tmp_path: Path) -> None:
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    config = RunConfig(output_dir=str(tmp_path / "runs"), run_name="taken")
+
+    with pytest.raises(ConfigError, match="exists already"):
+        run_simulation(config, num_sites=2)
+
+
+def test_a_round_cannot_be_spent_twice(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path, site="h")
+    spend = plan_round(num_examples=50, batch_size=50, local_epochs=1, noise_multiplier=3.0)
+    entry = LedgerEntry.now(run_id="r", server_round=1, spend=spend, clip_norm=1.0,
+                            num_examples=50)
+    ledger.record(entry, delta=1e-3, budget=10.0)
+
+    with pytest.raises(RoundAlreadyRecorded, match="round must be recorded once"):
+        ledger.record(entry, delta=1e-3, budget=10.0)
+    assert len(PrivacyLedger(tmp_path, site="h").entries) == 1
+
+
+def test_virtual_site_state_lives_under_the_run(tmp_path: Path) -> None:
+    config = RunConfig(output_dir=str(tmp_path))
+
+    site = resolve_site(config, {"partition-id": 1, "num-partitions": 3}, run_name="r7")
+
+    assert (site.name, site.state_dir) == ("site-1", tmp_path / "r7" / "sites" / "site-1")
+
+
+def test_deployed_site_may_lower_but_not_raise_its_budget(tmp_path: Path) -> None:
+    config = RunConfig(epsilon_budget=5.0)
+    base = {"data-path": "h.csv", "site-name": "h", "state-dir": str(tmp_path)}
+
+    lower = resolve_site(config, {**base, "epsilon-budget": 2.0}, run_name="r")
+    higher = resolve_site(config, {**base, "epsilon-budget": 50.0}, run_name="r")
+
+    assert (lower.epsilon_budget, higher.epsilon_budget) == (2.0, 5.0)
+
+
+def test_node_config_without_data_or_partition_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match=r"needs data-path .* or partition-id"):
+        resolve_site(RunConfig(), {}, run_name="r")
