@@ -14,6 +14,7 @@ import pytest
 from dp_accounting.rdp import RdpAccountant
 
 from fedcare.common.config import RunConfig
+from fedcare.common.datasets.heart_disease import data_available
 from fedcare.common.privacy import LedgerEntry, PrivacyLedger, RoundSpend
 from fedcare.simulations.run import PROJECT_ROOT, run_simulation
 
@@ -127,3 +128,19 @@ def test_each_selectable_strategy_completes_a_dp_round(tmp_path: Path, strategy:
     assert not report["rounds"][0]["failures"]
     assert report["final"]["sites"] == 3
     assert (tmp_path / "runs" / f"e2e-{strategy}" / "model.keras").is_file()
+
+
+@pytest.mark.skipif(not data_available(), reason="heart-disease data not found beside the repo")
+def test_four_hospitals_natural_split_with_a_one_class_test_set(tmp_path: Path) -> None:
+    # Split seed 2 leaves Switzerland's 16 test rows all positive: its AUC is undefined, which
+    # once crashed the round summary. The run must complete and say "no AUC", not guess one.
+    config = small_run(tmp_path, dataset="heart-disease", partitioning="natural",
+                       test_fraction=0.34, split_seed=2, num_rounds=1, batch_size=256)
+
+    report = run_simulation(config, num_sites=4)
+
+    assert sorted(report["sites"]) == ["cleveland", "hungary", "switzerland", "va-long-beach"]
+    assert report["sites"]["switzerland"]["test-rows"] == 16
+    assert report["sites"]["switzerland"]["auc"] is None
+    assert report["final"]["sites-with-auc"] == 3
+    assert all(row["epsilon"] <= TARGET_EPSILON for row in report["sites"].values())
