@@ -59,7 +59,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fedcare.common.config import RunConfig
-    from fedcare.server.report import format_global, format_site_table
     from fedcare.simulations.run import run_simulation
 
     overrides = _overrides(args)
@@ -68,11 +67,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     config = RunConfig.from_mapping(overrides)
     sites = args.sites or DEFAULT_SITES
     report = run_simulation(config, num_sites=sites)
-    _print_summary(report, format_site_table, format_global)
+    _print_summary(report)
     return EXIT_OK
 
 
-def _print_summary(report: dict[str, Any], format_site_table: Any, format_global: Any) -> None:
+def _print_summary(report: dict[str, Any]) -> None:
+    from fedcare.server.report import format_global, format_site_table
+
     config = report["config"]
     out = sys.stdout
     out.write(f"\nfedcare run {report['run']}: {config['dataset']}, {len(report['sites'])} sites, "

@@ -178,6 +178,7 @@ def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]
     trainer = get_trainer(input_dim=data.x_train.shape[1], hidden_units=config.hidden_layer_sizes,
                           local_optimizer=config.local_optimizer, dp_backend=config.dp_backend)
     n = len(data.y_train)
+    trainer.set_weights(weights)  # rejects incompatible arrays before anything is spent
     dp: DPSettings | None = None
     statement: PrivacyStatement | None = None
     ledger: PrivacyLedger | None = None
@@ -194,7 +195,6 @@ def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]
         ledger.record(entry, delta=privacy.delta, budget=site.epsilon_budget,
                       accountant=privacy.accountant)
         dp = DPSettings(noise_multiplier=sigma, clip_norm=privacy.clip_norm)
-    trainer.set_weights(weights)
     result = trainer.train(
         data.x_train, data.y_train, epochs=config.local_epochs, batch_size=config.batch_size,
         learning_rate=config.learning_rate, dp=dp, proximal_mu=proximal_mu,
@@ -207,9 +207,10 @@ def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]
     if privacy is not None and ledger is not None:
         statement = statement_from_entries(ledger.entries, delta=privacy.delta,
                                            accountant=privacy.accountant)
-        epsilon_run = compose_epsilon(
-            [e.spend for e in ledger.entries if e.run_id == run_id], delta=privacy.delta,
-            accountant=privacy.accountant)
+        this_run = [e.spend for e in ledger.entries if e.run_id == run_id]
+        epsilon_run = (statement.epsilon if len(this_run) == len(ledger.entries) else
+                       compose_epsilon(this_run, delta=privacy.delta,
+                                       accountant=privacy.accountant))
     return TrainOutcome(weights=trainer.get_weights(), num_examples=n, steps=result.steps,
                         seconds=result.seconds, statement=statement, epsilon_run=epsilon_run)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from fedcare.client.site import resolve_site
+from fedcare.client.site import SiteSpec, resolve_site, train_round
 from fedcare.common.config import RunConfig
 from fedcare.common.errors import ConfigError, RoundAlreadyRecorded
+from fedcare.common.model import build_model, weights_of
 from fedcare.common.privacy import LedgerEntry, PrivacyLedger, plan_round
 from fedcare.simulations.run import run_simulation
 
@@ -54,3 +56,36 @@ def test_deployed_site_may_lower_but_not_raise_its_budget(tmp_path: Path) -> Non
 def test_node_config_without_data_or_partition_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match=r"needs data-path .* or partition-id"):
         resolve_site(RunConfig(), {}, run_name="r")
+
+
+def _virtual_site(tmp_path: Path) -> tuple[RunConfig, SiteSpec]:
+    config = RunConfig(output_dir=str(tmp_path), hidden_units="8", num_rounds=2,
+                       secure_noise=False)
+    return config, resolve_site(config, {"partition-id": 0, "num-partitions": 2}, run_name="r")
+
+
+def test_incompatible_global_weights_are_refused_before_any_spend(tmp_path: Path) -> None:
+    config, site = _virtual_site(tmp_path)
+
+    with pytest.raises(ValueError, match="weights must have shapes"):
+        train_round(config, site, [np.zeros((2, 2))], run_id="r", server_round=1,
+                    proximal_mu=0.0)
+
+    assert PrivacyLedger(site.state_dir, site=site.name).entries == ()
+
+
+def test_each_round_is_recorded_and_reported_as_the_composed_total(tmp_path: Path) -> None:
+    config, site = _virtual_site(tmp_path)
+    weights = weights_of(build_model(input_dim=30, hidden_units=(8,), seed=0))
+
+    first = train_round(config, site, weights, run_id="r", server_round=1, proximal_mu=0.0)
+    second = train_round(config, site, first.weights, run_id="r", server_round=2,
+                         proximal_mu=0.0)
+
+    ledger = PrivacyLedger(site.state_dir, site=site.name)
+    assert [e.server_round for e in ledger.entries] == [1, 2]
+    assert first.statement is not None and second.statement is not None
+    assert first.statement.epsilon < second.statement.epsilon
+    assert second.statement.epsilon == pytest.approx(ledger.epsilon(delta=config.delta))
+    assert second.epsilon_run == second.statement.epsilon
+    assert second.statement.epsilon <= config.target_epsilon  # calibrated for 2 rounds
