@@ -5,6 +5,8 @@
     fedcare perf-epoch          DP vs plain local epoch cost, measured in one run
     fedcare check-csv FILE      validate a hospital's CSV, listing every problem
     fedcare ledger STATE_DIR    a site's privacy spend, recomputed from its ledger
+    fedcare audit-log STATE_DIR verify a site's hash-chained audit log
+    fedcare audit RUN_DIR       membership-inference audit of a finished simulation
 """
 
 from __future__ import annotations
@@ -64,8 +66,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     if overrides.get("dataset") == "heart-disease" and "partitioning" not in overrides:
         overrides["partitioning"] = "natural"
-    config = RunConfig.from_mapping(overrides)
     sites = args.sites or DEFAULT_SITES
+    if str(overrides.get("site-dp", "")).lower() == "true":
+        overrides.setdefault("min-sites", sites)  # site-level DP's fixed denominator
+    config = RunConfig.from_mapping(overrides)
     report = run_simulation(config, num_sites=sites)
     _print_summary(report)
     return EXIT_OK
@@ -83,14 +87,38 @@ def _print_summary(report: dict[str, Any]) -> None:
     if config["dp-mode"] == "off":
         out.write("privacy: DP was OFF for this run; no guarantee.\n")
     else:
+        assumption = ("assuming Poisson sampling as implemented" if config["sampling"] == "poisson"
+                      else "shuffled batches, no amplification by sampling claimed")
         out.write(f"privacy: epsilon is each site's whole-run figure at delta={config['delta']} "
                   f"({config['accountant'].upper()} accountant, add/remove-one adjacency, "
-                  "assuming Poisson sampling as implemented); never averaged across sites.\n")
+                  f"{assumption}); never averaged across sites.\n")
         for site, text in report["privacy"].items():
             out.write(f"  {site}: {text}\n")
+    if "site-level-privacy" in report:
+        out.write(f"and for whole sites: {report['site-level-privacy']['short']}\n")
+    _print_audit(report)
     run_dir = Path(config["output-dir"]) / report["run"]
     out.write(f"\nreport: {run_dir / 'report.json'} (plots beside it); model: "
               f"{run_dir / 'model.keras'}\n")
+
+
+def _print_audit(report: dict[str, Any]) -> None:
+    audits = report.get("membership-audit") or {}
+    if not audits:
+        return
+    sys.stdout.write("empirical audit (membership inference on each site's train vs held-out "
+                     "rows; a lower bound: it can expose a broken claim, never prove privacy):\n")
+    for audit in audits.values():
+        sys.stdout.write(f"  {audit['summary']}\n")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from fedcare.simulations.audit import audit_run
+
+    report = audit_run(Path(args.run_dir), num_sites=args.sites)
+    _print_audit(report)
+    violated = [a for a in report["membership-audit"].values() if a.get("violates_claim")]
+    return EXIT_FAILED if violated else EXIT_OK
 
 
 def cmd_check_csv(args: argparse.Namespace) -> int:
@@ -128,6 +156,18 @@ def cmd_ledger(args: argparse.Namespace) -> int:
                          f"delta = {args.delta:g} ({args.accountant.upper()}, "
                          "all recorded rounds)\n")
     return EXIT_OK
+
+
+def cmd_audit_log(args: argparse.Namespace) -> int:
+    from fedcare.client.audit import verify_log
+
+    result = verify_log(args.path)
+    if result.ok:
+        sys.stdout.write(f"{args.path}: audit log intact ({result.entries} entries, "
+                         "hash chain verified)\n")
+        return EXIT_OK
+    sys.stdout.write(f"{args.path}: audit log NOT intact: {result.reason}\n")
+    return EXIT_FAILED
 
 
 def cmd_benchmark_heart(args: argparse.Namespace) -> int:
@@ -203,6 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=("breast-cancer", "heart-disease"))
     check.add_argument("--missing", default="drop", choices=("drop", "keep"))
     check.set_defaults(func=cmd_check_csv)
+
+    audit = sub.add_parser("audit", help="membership-inference audit of a finished simulation")
+    audit.add_argument("run_dir")
+    audit.add_argument("--sites", type=int, default=DEFAULT_SITES,
+                       help="number of virtual sites the run had")
+    audit.set_defaults(func=cmd_audit)
+
+    audit_log = sub.add_parser("audit-log", help="verify a site's hash-chained audit log")
+    audit_log.add_argument("path", help="the site's state dir or its audit-log.jsonl")
+    audit_log.set_defaults(func=cmd_audit_log)
 
     led = sub.add_parser("ledger", help="show a site's privacy ledger")
     led.add_argument("state_dir")

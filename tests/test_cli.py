@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedcare.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from fedcare.client.audit import SiteAuditLog
 from fedcare.common.datasets import breast_cancer
 from fedcare.common.privacy import LedgerEntry, PrivacyLedger, plan_round
 
@@ -44,6 +46,26 @@ def test_bad_config_is_a_usage_error_naming_the_key(capsys: pytest.CaptureFixtur
 
     assert code == EXIT_USAGE
     assert "num-rounds must be >= 1; got 0" in capsys.readouterr().err
+
+
+def test_audit_log_command_reports_the_first_tampered_entry(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = SiteAuditLog(tmp_path, site="h1")
+    weights = [np.zeros(3)]
+    for rnd in (1, 2, 3):
+        log.append(run_id="r", server_round=rnd, server="simulation", sent=[np.ones(3) * rnd],
+                   received=weights, epsilon_round=0.1, epsilon_total=0.1 * rnd, delta=1e-3,
+                   accountant="rdp", train_rows=10)
+    assert main(["audit-log", str(tmp_path)]) == EXIT_OK
+    lines = log.path.read_text().splitlines()
+    lines[1] = lines[1].replace('"train_rows":10', '"train_rows":11')
+
+    log.path.write_text("\n".join(lines) + "\n")
+    code = main(["audit-log", str(tmp_path)])
+
+    out = capsys.readouterr().out
+    assert code == EXIT_FAILED
+    assert "NOT intact" in out and "line 2" in out
 
 
 def test_ledger_command_recomputes_epsilon(tmp_path: Path,

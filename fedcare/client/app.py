@@ -42,7 +42,10 @@ def train(msg: Message, context: Context) -> Message:
         return Message(Error(code=LEDGER_UNUSABLE, reason=str(err)), reply_to=msg)
     except RoundAlreadyRecorded as err:
         return Message(Error(code=ROUND_ALREADY_SPENT, reason=str(err)), reply_to=msg)
-    site_info: dict[str, Any] = {"name": site.name}
+    # The audit entry's hash and the update digest let the server anchor the site's
+    # hash-chained log from outside (report.json keeps them).
+    site_info: dict[str, Any] = {"name": site.name, "audit-hash": outcome.audit.hash,
+                                 "update-sha256": outcome.audit.update_sha256}
     if outcome.statement is not None:
         site_info["privacy"] = outcome.statement.short()
     content = RecordDict({"arrays": ArrayRecord(outcome.weights),
@@ -55,7 +58,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     config, site, _, weights = _read(msg, context)
     result = evaluate_round(config, site, weights)
-    metrics: dict[str, Any] = {"num-examples": result.num_examples, "accuracy": result.accuracy,
+    metrics: dict[str, Any] = {"num-examples": result.num_examples, "unit-weight": 1,
+                               "accuracy": result.accuracy,
                                "auc": result.auc, "loss": result.loss,
                                "positives": result.positives}
     content = RecordDict({"metrics": MetricRecord(metrics),

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from fedcare.client.audit import AuditRecord, SiteAuditLog
 from fedcare.client.training import DPSettings, EvalResult, derive_seed, get_trainer, secure_seed
 from fedcare.common.config import RunConfig
 from fedcare.common.datasets import SiteData, load_federated_site, load_site_from_csv
@@ -46,6 +47,7 @@ class SiteSpec:
     name: str
     state_dir: Path
     epsilon_budget: float
+    server: str = "simulation"  # who this site answers to, as written in its audit log
     partition_id: int | None = None
     num_partitions: int | None = None
     data_path: str | None = None
@@ -59,9 +61,11 @@ class TrainOutcome:
     seconds: float
     statement: PrivacyStatement | None  # None only when DP was explicitly switched off
     epsilon_run: float
+    audit: AuditRecord
 
     def metrics(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"num-examples": self.num_examples, "steps": self.steps,
+        out: dict[str, Any] = {"num-examples": self.num_examples, "unit-weight": 1,
+                               "steps": self.steps,
                                        "train-seconds": round(self.seconds, 4)}
         if self.statement is not None:
             out.update({"epsilon": self.statement.epsilon, "epsilon-run": self.epsilon_run,
@@ -82,7 +86,8 @@ def resolve_site(config: RunConfig, node_config: Mapping[str, object], *,
             raise ConfigError(problems)
         return SiteSpec(name=str(node_config["site-name"]),
                         state_dir=Path(str(node_config["state-dir"])),
-                        data_path=str(node_config["data-path"]), epsilon_budget=budget)
+                        data_path=str(node_config["data-path"]), epsilon_budget=budget,
+                        server=str(node_config.get("superlink", "deployment")))
     try:
         partition_id = int(node_config["partition-id"])  # type: ignore[call-overload]
         num_partitions = int(node_config["num-partitions"])  # type: ignore[call-overload]
@@ -160,7 +165,7 @@ def noise_multiplier_for(config: RunConfig, num_examples: int) -> float:
     sigma = calibrate_noise_multiplier(
         target_epsilon=privacy.target_epsilon, delta=privacy.delta, num_examples=num_examples,
         batch_size=privacy.batch_size, local_epochs=privacy.local_epochs,
-        rounds=config.num_rounds, accountant=privacy.accountant)
+        rounds=config.num_rounds, accountant=privacy.accountant, sampling=config.sampling)
     logger.info("calibrated noise multiplier %.4f for %d rows, %d rounds, target eps %.3g",
                 sigma, num_examples, config.num_rounds, privacy.target_epsilon)
     return sigma
@@ -179,6 +184,8 @@ def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]
                           local_optimizer=config.local_optimizer, dp_backend=config.dp_backend)
     n = len(data.y_train)
     trainer.set_weights(weights)  # rejects incompatible arrays before anything is spent
+    audit = SiteAuditLog(site.state_dir, site=site.name)
+    audit.require_intact()  # a tampered audit log stops the site before it spends anything
     dp: DPSettings | None = None
     statement: PrivacyStatement | None = None
     ledger: PrivacyLedger | None = None
@@ -188,7 +195,8 @@ def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]
     else:
         sigma = noise_multiplier_for(config, n)
         spend = plan_round(num_examples=n, batch_size=privacy.batch_size,
-                           local_epochs=privacy.local_epochs, noise_multiplier=sigma)
+                           local_epochs=privacy.local_epochs, noise_multiplier=sigma,
+                           sampling=config.sampling)
         ledger = PrivacyLedger(site.state_dir, site=site.name)
         entry = LedgerEntry.now(run_id=run_id, server_round=server_round, spend=spend,
                                 clip_norm=privacy.clip_norm, num_examples=n)
@@ -198,12 +206,13 @@ def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]
     result = trainer.train(
         data.x_train, data.y_train, epochs=config.local_epochs, batch_size=config.batch_size,
         learning_rate=config.learning_rate, dp=dp, proximal_mu=proximal_mu,
-        sampling_seed=derive_seed(config.seed, site.name, server_round),
+        sampling=config.sampling, sampling_seed=derive_seed(config.seed, site.name, server_round),
         noise_seed=secure_seed() if config.secure_noise else derive_seed(
             config.seed, site.name, server_round, "noise"))
     logger.info("site %s round %d: %d steps in %.2fs, local train loss %.4f (kept at the site)",
                 site.name, server_round, result.steps, result.seconds, result.mean_loss)
     epsilon_run = math.nan
+    epsilon_round: float | None = None
     if privacy is not None and ledger is not None:
         statement = statement_from_entries(ledger.entries, delta=privacy.delta,
                                            accountant=privacy.accountant)
@@ -211,8 +220,18 @@ def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]
         epsilon_run = (statement.epsilon if len(this_run) == len(ledger.entries) else
                        compose_epsilon(this_run, delta=privacy.delta,
                                        accountant=privacy.accountant))
-    return TrainOutcome(weights=trainer.get_weights(), num_examples=n, steps=result.steps,
-                        seconds=result.seconds, statement=statement, epsilon_run=epsilon_run)
+        epsilon_round = compose_epsilon([ledger.entries[-1].spend], delta=privacy.delta,
+                                        accountant=privacy.accountant)
+    sent = trainer.get_weights()
+    record = audit.append(
+        run_id=run_id, server_round=server_round, server=site.server, sent=sent,
+        received=list(weights), epsilon_round=epsilon_round,
+        epsilon_total=statement.epsilon if statement else None,
+        delta=privacy.delta if privacy else None,
+        accountant=privacy.accountant if privacy else None, train_rows=n)
+    return TrainOutcome(weights=sent, num_examples=n, steps=result.steps,
+                        seconds=result.seconds, statement=statement, epsilon_run=epsilon_run,
+                        audit=record)
 
 
 def evaluate_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]) -> EvalResult:

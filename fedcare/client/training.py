@@ -8,8 +8,10 @@ have dynamic shapes, so nothing is retraced between rounds or sites.
 
 DP-SGD step (example-level, add/remove-one adjacency), per step:
 
-1. Poisson sampling: every training row joins the batch independently with
-   probability ``q`` (variable batch size, as the accountant assumes).
+1. Poisson sampling (default): every training row joins the batch independently
+   with probability ``q`` (variable batch size, as the accountant assumes). Or, with
+   ``sampling="shuffle"``, fixed-size batches of a fresh permutation each epoch, for
+   which the accountant claims no amplification (see ``fedcare.common.privacy``).
 2. Per-example gradients clipped to L2 norm ``C``, then summed.
 3. Gaussian noise ``N(0, (sigma*C)^2)`` added to the sum; divided by the *expected*
    batch size ``q*n`` (a fixed denominator, so the batch size leaks nothing).
@@ -38,6 +40,7 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -84,8 +87,11 @@ class EvalResult:
     positives: int
 
 
+SAMPLINGS = ("poisson", "shuffle")
+
+
 def steps_and_rate(*, num_examples: int, batch_size: int, local_epochs: int) -> tuple[int, float]:
-    """Poisson sampling plan: rate ``q = min(1, B/n)``, ``ceil(n/B)`` steps an epoch."""
+    """Sampling plan: rate ``q = min(1, B/n)``, ``ceil(n/B)`` steps an epoch."""
     if num_examples < 1:
         raise ValueError(f"training: num_examples must be >= 1; got {num_examples}")
     rate = min(1.0, batch_size / num_examples)
@@ -136,11 +142,10 @@ class LocalTrainer:
         self.clipped_sum = clipped_sum
         data_spec = [tf.TensorSpec([None, input_dim], tf.float32),
                      tf.TensorSpec([None], tf.float32)]
-        scalars = [tf.TensorSpec([], tf.int32)] + [tf.TensorSpec([], tf.float32)] * 5
-        self._train_dp = tf.function(functools.partial(self._run, dp=True),
-                                     input_signature=data_spec + scalars)
-        self._train_plain = tf.function(functools.partial(self._run, dp=False),
-                                         input_signature=data_spec + scalars)
+        self._signature = (data_spec + [tf.TensorSpec([], tf.int32)] * 3
+                           + [tf.TensorSpec([], tf.float32)] * 5)
+        # One compiled loop per (DP on/off, sampling scheme), traced on first use only.
+        self.functions: dict[tuple[bool, str], Any] = {}
         self._predict = tf.function(lambda x: tf.squeeze(self.model(x, training=False), -1),
                                     input_signature=[data_spec[0]])
 
@@ -153,11 +158,23 @@ class LocalTrainer:
         return weights_of(self.model)
 
     # -- training ----------------------------------------------------------------------
+    def _function(self, dp: bool, sampling: str) -> Any:
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"training: sampling must be one of {', '.join(SAMPLINGS)}; "
+                             f"got {sampling!r}")
+        key = (dp, sampling)
+        if key not in self.functions:
+            self.functions[key] = tf.function(
+                functools.partial(self._run, dp=dp, shuffle=sampling == "shuffle"),
+                input_signature=self._signature)
+        return self.functions[key]
+
     def train(self, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
               learning_rate: float, dp: DPSettings | None, proximal_mu: float,
-              sampling_seed: int, noise_seed: int) -> TrainResult:
+              sampling_seed: int, noise_seed: int, sampling: str = "poisson") -> TrainResult:
         """Run ``epochs`` local epochs from the current weights (the global model)."""
         started = time.perf_counter()
+        fn = self._function(dp is not None, sampling)
         steps, rate = steps_and_rate(num_examples=len(x), batch_size=batch_size,
                                      local_epochs=epochs)
         for var in self._optimizer.variables:
@@ -167,34 +184,42 @@ class LocalTrainer:
         self._optimizer.learning_rate = learning_rate
         self._sampling.reset_from_seed(sampling_seed)
         self._noise.reset_from_seed(noise_seed)
-        fn = self._train_dp if dp is not None else self._train_plain
         noise_std = dp.noise_multiplier * dp.clip_norm if dp else 0.0
         clip = dp.clip_norm if dp else 0.0
-        mean_loss = fn(tf.constant(x, tf.float32), tf.constant(y, tf.float32), tf.constant(steps),
-                       tf.constant(rate), tf.constant(rate * len(x)), tf.constant(noise_std),
-                       tf.constant(clip), tf.constant(proximal_mu))
+        # The expected batch, q*n = min(B, n), is also the shuffled batch size: a fixed
+        # denominator either way.
+        mean_loss = fn(tf.constant(x, tf.float32), tf.constant(y, tf.float32),
+                       tf.constant(epochs), tf.constant(steps // epochs),
+                       tf.constant(batch_size), tf.constant(rate), tf.constant(rate * len(x)),
+                       tf.constant(noise_std), tf.constant(clip), tf.constant(proximal_mu))
         return TrainResult(steps=steps, num_examples=len(x), sampling_rate=rate,
                            mean_loss=float(mean_loss), seconds=time.perf_counter() - started)
 
-    def _run(self, x: tf.Tensor, y: tf.Tensor, steps: tf.Tensor, rate: tf.Tensor,
-             expected_batch: tf.Tensor, noise_std: tf.Tensor, clip: tf.Tensor,
-             proximal_mu: tf.Tensor, *, dp: bool) -> tf.Tensor:
+    def _run(self, x: tf.Tensor, y: tf.Tensor, epochs: tf.Tensor, steps_per_epoch: tf.Tensor,
+             batch_size: tf.Tensor, rate: tf.Tensor, expected_batch: tf.Tensor,
+             noise_std: tf.Tensor, clip: tf.Tensor, proximal_mu: tf.Tensor, *, dp: bool,
+             shuffle: bool) -> tf.Tensor:
         n = tf.shape(x)[0]
         loss_total = tf.constant(0.0)
-        for _ in tf.range(steps):
-            picked = tf.where(self._sampling.uniform([n]) < rate)[:, 0]
-            xb, yb = tf.gather(x, picked), tf.gather(y, picked)
-            if dp:
-                grad_sums, loss_sum = self.clipped_sum(xb, yb, clip)
-                grad_sums = [g + self._noise.normal(tf.shape(g), stddev=noise_std)
-                             for g in grad_sums]
-            else:
-                grad_sums, loss_sum = self._plain_sum(xb, yb)
-            grads = [g / expected_batch + proximal_mu * (v - a)
-                     for g, v, a in zip(grad_sums, self._vars, self._anchor, strict=True)]
-            self._optimizer.apply_gradients(zip(grads, self._vars, strict=True))
-            loss_total += loss_sum / tf.maximum(tf.cast(tf.size(picked), tf.float32), 1.0)
-        return loss_total / tf.cast(steps, tf.float32)
+        for _ in tf.range(epochs):
+            order = tf.argsort(self._sampling.uniform([n])) if shuffle else tf.range(n)
+            for step in tf.range(steps_per_epoch):
+                if shuffle:
+                    picked = order[step * batch_size:tf.minimum((step + 1) * batch_size, n)]
+                else:
+                    picked = tf.where(self._sampling.uniform([n]) < rate)[:, 0]
+                xb, yb = tf.gather(x, picked), tf.gather(y, picked)
+                if dp:
+                    grad_sums, loss_sum = self.clipped_sum(xb, yb, clip)
+                    grad_sums = [g + self._noise.normal(tf.shape(g), stddev=noise_std)
+                                 for g in grad_sums]
+                else:
+                    grad_sums, loss_sum = self._plain_sum(xb, yb)
+                grads = [g / expected_batch + proximal_mu * (v - a)
+                         for g, v, a in zip(grad_sums, self._vars, self._anchor, strict=True)]
+                self._optimizer.apply_gradients(zip(grads, self._vars, strict=True))
+                loss_total += loss_sum / tf.maximum(tf.cast(tf.size(picked), tf.float32), 1.0)
+        return loss_total / tf.cast(epochs * steps_per_epoch, tf.float32)
 
     def _logits_with_trace(self, xb: tf.Tensor, tape: tf.GradientTape
                            ) -> tuple[tf.Tensor, list[tf.Tensor], list[tf.Tensor]]:

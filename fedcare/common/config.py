@@ -22,6 +22,7 @@ PARTITIONINGS = ("natural", "iid", "dirichlet")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum")
 DP_MODES = ("target-epsilon", "noise-multiplier", "off")
 DP_BACKENDS = ("bookkeeping", "tfp-fast-clipping")
+SAMPLINGS = ("poisson", "shuffle")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
 MAX_HIDDEN_UNITS = 4096
 
@@ -50,6 +51,7 @@ class RunConfig:
     # local training
     local_epochs: int = 1
     batch_size: int = 32
+    sampling: str = "poisson"
     learning_rate: float = 0.1
     local_optimizer: str = "sgd"
     hidden_units: str = "64,32"
@@ -64,6 +66,10 @@ class RunConfig:
     accountant: str = "rdp"
     dp_backend: str = "bookkeeping"
     secure_noise: bool = True
+    site_dp: bool = False
+    site_noise_multiplier: float = 1.0
+    site_clip_norm: float = 0.5
+    site_delta: float = 1e-2
     # outputs
     output_dir: str = "runs"
     run_name: str = ""
@@ -219,6 +225,7 @@ def _value_problems(c: RunConfig) -> list[str]:
     _choice(p, "strategy", c.strategy, STRATEGIES)
     _choice(p, "dp-mode", c.dp_mode, DP_MODES)
     _choice(p, "dp-backend", c.dp_backend, DP_BACKENDS)
+    _choice(p, "sampling", c.sampling, SAMPLINGS)
     _choice(p, "local-optimizer", c.local_optimizer, LOCAL_OPTIMIZERS)
     _choice(p, "accountant", c.accountant, ACCOUNTANTS)
     _check(p, _finite(c.dirichlet_alpha) and c.dirichlet_alpha > 0, "dirichlet-alpha", "> 0",
@@ -244,6 +251,14 @@ def _value_problems(c: RunConfig) -> list[str]:
     except ValueError:
         p.append(f"config: hidden-units must be comma-separated sizes in [1, {MAX_HIDDEN_UNITS}] "
                  f"such as '64,32'; got {c.hidden_units!r}")
+    if c.site_dp:
+        _check(p, _finite(c.site_noise_multiplier) and c.site_noise_multiplier > 0,
+               "site-noise-multiplier", "> 0 when site-dp is on", c.site_noise_multiplier)
+        _check(p, _finite(c.site_clip_norm) and c.site_clip_norm > 0, "site-clip-norm",
+               "> 0 when site-dp is on", c.site_clip_norm)
+        _check(p, 0 < c.site_delta < 1, "site-delta", "in (0, 1)", c.site_delta)
+        _check(p, c.fraction_train == 1.0, "fraction-train",
+               "1.0 when site-dp is on (every site, every round)", c.fraction_train)
     if c.dp_enabled and not p:
         try:
             c.privacy()

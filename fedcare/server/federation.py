@@ -22,6 +22,7 @@ from fedcare.server.report import (
     summarize_evaluation,
     write_report,
 )
+from fedcare.server.site_dp import SiteLevelDP, site_level_epsilon
 from fedcare.server.strategies import RecordingStrategy, make_strategy
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,20 @@ ROUND_TIMEOUT_SECONDS = 600.0
 
 def default_run_name() -> str:
     return datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
+
+
+def site_level_statement(config: RunConfig, rounds: int) -> dict[str, Any]:
+    """The whole-run site-level guarantee (server-side clipping and noise)."""
+    epsilon = site_level_epsilon(rounds=rounds, noise_multiplier=config.site_noise_multiplier,
+                                 delta=config.site_delta, accountant=config.accountant)
+    return {"epsilon": epsilon, "delta": config.site_delta, "rounds": rounds,
+            "noise-multiplier": config.site_noise_multiplier,
+            "clip-norm": config.site_clip_norm, "sites-per-round": config.min_sites,
+            "adjacency": "add/remove one site's whole contribution (a removed site counts as a "
+                         "zero update, so the denominator stays at sites-per-round)",
+            "short": f"site-level eps={epsilon:.3f} at delta={config.site_delta:g} (whole run, "
+                     f"{rounds} aggregated rounds, {config.accountant.upper()}, one whole site "
+                     "added/removed, every site every round: no sampling amplification)"}
 
 
 def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
@@ -52,7 +67,8 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
     def on_new_global(server_round: int, arrays: ArrayRecord) -> None:
         checkpoints.save_round(server_round, arrays.to_numpy_ndarrays())
 
-    strategy = RecordingStrategy(make_strategy(config), recorder, on_new_global=on_new_global)
+    inner = make_strategy(config)
+    strategy = RecordingStrategy(inner, recorder, on_new_global=on_new_global)
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(weights_of(model)),
                             num_rounds=config.num_rounds, timeout=ROUND_TIMEOUT_SECONDS,
                             train_config=ConfigRecord({"run-name": run_name}),
@@ -63,6 +79,9 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
                                                  key=lambda r: -r.server_round) if r.evaluate), {})
     final = summarize_evaluation(last_eval) if last_eval else {}
     report = recorder.to_dict(final=final)
+    if isinstance(inner, SiteLevelDP):
+        report["site-level-privacy"] = site_level_statement(config, inner.rounds_aggregated)
+        logger.info("site-level DP: %s", report["site-level-privacy"]["short"])
     checkpoints.save_final(final_weights, {
         "run": run_name, "fedcare-version": __version__, "dataset": config.dataset,
         "schema": schema.name, "features": list(features),
@@ -71,7 +90,8 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
         "preprocessing": "site-local: each site keeps preprocessor.json in its state dir",
         "privacy": {site: {"epsilon": row.get("epsilon"), "delta": row.get("delta"),
                            "statement": report["privacy"].get(site)}
-                    for site, row in report["sites"].items()}})
+                    for site, row in report["sites"].items()},
+        "site-level-privacy": report.get("site-level-privacy")})
     path = write_report(run_dir, report)
     logger.info("final global model: %s", format_global(final))
     logger.info("per-site results (epsilon = whole run at that site, at delta):\n%s",

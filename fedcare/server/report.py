@@ -113,8 +113,13 @@ class RunRecorder:
             metrics = {k: _jsonable(v) for k, v in
                        next(iter(content.metric_records.values())).items()}
             getattr(record, phase)[site] = metrics
-            if phase == "train" and "site" in content and "privacy" in content["site"]:
-                self.site_privacy[site] = str(content["site"]["privacy"])
+            if phase == "train" and "site" in content:
+                info = content["site"]
+                if "privacy" in info:
+                    self.site_privacy[site] = str(info["privacy"])
+                for key in ("audit-hash", "update-sha256"):
+                    if key in info:
+                        metrics[key] = str(info[key])
 
     def to_dict(self, *, final: Mapping[str, Any]) -> dict[str, Any]:
         """The report. Failed replies are named by site: a site that refused to train

@@ -26,6 +26,7 @@ from flwr.serverapp.strategy import (
 
 from fedcare.common.config import RunConfig
 from fedcare.server.report import RunRecorder, summarize_evaluation
+from fedcare.server.site_dp import UNIT_WEIGHT_KEY, SiteLevelDP
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def aggregate_train_metrics(replies: list[RecordDict], weighted_by_key: str) -> 
     metrics = [next(iter(r.metric_records.values())) for r in replies]
     out: dict[str, Any] = {
         "sites": len(metrics),
-        weighted_by_key: int(sum(_number(m[weighted_by_key]) for m in metrics))}
+        WEIGHT_KEY: int(sum(_number(m[WEIGHT_KEY]) for m in metrics))}
     epsilons = [_number(m["epsilon"]) for m in metrics if "epsilon" in m]
     if epsilons:
         out["epsilon-of-most-spent-site"] = max(epsilons)
@@ -58,11 +59,13 @@ def aggregate_evaluate_metrics(replies: list[RecordDict], weighted_by_key: str) 
 
 
 def make_strategy(config: RunConfig) -> Strategy:
-    """The Flower strategy named by ``config.strategy``, with fedcare's metric aggregation."""
+    """The Flower strategy named by ``config.strategy``, with fedcare's metric aggregation;
+    wrapped in site-level DP (equal site weights) when ``config.site_dp``."""
     common: dict[str, Any] = {
         "fraction_train": config.fraction_train, "fraction_evaluate": 1.0,
         "min_train_nodes": config.min_sites, "min_evaluate_nodes": config.min_sites,
-        "min_available_nodes": config.min_sites, "weighted_by_key": WEIGHT_KEY,
+        "min_available_nodes": config.min_sites,
+        "weighted_by_key": UNIT_WEIGHT_KEY if config.site_dp else WEIGHT_KEY,
         "train_metrics_aggr_fn": aggregate_train_metrics,
         "evaluate_metrics_aggr_fn": aggregate_evaluate_metrics,
     }
@@ -75,7 +78,11 @@ def make_strategy(config: RunConfig) -> Strategy:
         "fedtrimmedavg": lambda: FedTrimmedAvg(beta=config.trimmed_beta, **common),
         "krum": lambda: Krum(num_malicious_nodes=config.krum_byzantine, **common),
     }
-    return factories[config.strategy]()
+    inner = factories[config.strategy]()
+    if not config.site_dp:
+        return inner
+    return SiteLevelDP(inner, noise_multiplier=config.site_noise_multiplier,
+                       clipping_norm=config.site_clip_norm, num_sampled_clients=config.min_sites)
 
 
 class RecordingStrategy(Strategy):

@@ -7,7 +7,6 @@ exercises the production code path.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -80,7 +79,10 @@ def run_simulation(config: RunConfig, *, num_sites: int, workers: int | None = N
     if not report_path.is_file():
         raise RuntimeError(f"simulation finished without a report at {report_path}; "
                            "see the log above for the server's error")
-    return dict(json.loads(report_path.read_text()))
+    from fedcare.simulations.audit import audit_run
+
+    # Virtual sites' data is at hand here, so each site's membership audit joins the report.
+    return audit_run(run_dir, num_sites=num_sites)
 
 
 def _exit_event() -> Any:

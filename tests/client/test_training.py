@@ -77,12 +77,16 @@ def test_clipped_sum_equals_sum_of_individually_clipped_gradients() -> None:
         np.testing.assert_allclose(a.numpy(), b, rtol=1e-4, atol=1e-6)
 
 
+BACKENDS = ("bookkeeping", "tfp-fast-clipping")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("seed", range(8))
-def test_each_example_contributes_at_most_the_clip_norm(seed: int) -> None:
+def test_each_example_contributes_at_most_the_clip_norm(seed: int, backend: str) -> None:
     # Property: a one-row batch's clipped gradient has norm <= C (and == C when it binds).
     x, y = make_data(1, seed=seed)
     x = x * (1 + 10 * seed)  # larger inputs, larger raw gradients
-    trainer = make_trainer()
+    trainer = make_trainer(backend)
     clip = 0.01
 
     grads, _ = trainer.clipped_sum(tf.constant(x), tf.constant(y), tf.constant(clip))
@@ -102,13 +106,14 @@ def test_empty_poisson_batch_gives_zero_clipped_sum() -> None:
     assert all(float(tf.reduce_max(tf.abs(g))) == 0.0 for g in grads)
 
 
-def test_noise_standard_deviation_is_noise_multiplier_times_clip() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_noise_standard_deviation_is_noise_multiplier_times_clip(backend: str) -> None:
     # Arrange: one full-batch SGD step with overwhelming noise, so the weight change is
     # -lr * (clipped_sum + N(0, (sigma*C)^2)) / n and the clipped part is negligible
     # (its norm is at most n*C = 20 over all weights together, vs. sigma*C = 1000 per weight).
     n, sigma, clip, lr = 40, 2000.0, 0.5, 1e-3
     x, y = make_data(n)
-    trainer = make_trainer(hidden=(64,))
+    trainer = make_trainer(backend, hidden=(64,))
     before = np.concatenate([w.ravel() for w in trainer.get_weights()])
 
     # Act
@@ -178,7 +183,7 @@ def test_trainer_is_built_once_and_never_retraced_across_sites_and_rounds() -> N
 
     assert get_trainer(input_dim=INPUT_DIM, hidden_units=(8, 4), local_optimizer="sgd",
                        dp_backend="bookkeeping") is trainer
-    assert trainer._train_dp.experimental_get_tracing_count() == 1
+    assert trainer.functions[(True, "poisson")].experimental_get_tracing_count() == 1
 
 
 def test_proximal_term_pulls_towards_the_global_weights() -> None:
@@ -205,3 +210,25 @@ def test_evaluate_scores_hand_computed() -> None:
     assert result.auc == 0.75  # positive/negative pairs ranked right: (0.9>0.2, 0.9>0.6, 0.4>0.2)
     assert result.positives == 2
     assert math.isnan(evaluate_scores(scores, np.ones(4)).auc)
+
+
+def test_shuffled_epoch_uses_every_row_exactly_once() -> None:
+    # With a learning rate of ~0 the weights stay put, so the mean of the per-batch mean
+    # losses over one epoch equals the mean loss over all rows iff every row is used once
+    # (batch size 10 divides 50). Poisson batches would not give this.
+    x, y = make_data(50)
+    trainer = make_trainer()
+
+    result = trainer.train(x, y, epochs=1, batch_size=10, learning_rate=1e-12, dp=None,
+                           proximal_mu=0.0, sampling_seed=3, noise_seed=0, sampling="shuffle")
+
+    assert result.steps == 5
+    assert result.mean_loss == pytest.approx(trainer.evaluate(x, y).loss, rel=1e-4)
+
+
+def test_unknown_sampling_scheme_is_refused() -> None:
+    x, y = make_data(10)
+
+    with pytest.raises(ValueError, match="sampling must be one of poisson, shuffle; got 'x'"):
+        make_trainer().train(x, y, epochs=1, batch_size=5, learning_rate=0.1, dp=None,
+                             proximal_mu=0.0, sampling_seed=0, noise_seed=0, sampling="x")

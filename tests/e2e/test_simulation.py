@@ -13,9 +13,11 @@ import dp_accounting
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
+from fedcare.client.audit import SiteAuditLog
 from fedcare.common.config import RunConfig
 from fedcare.common.datasets.heart_disease import data_available
 from fedcare.common.privacy import LedgerEntry, PrivacyLedger, RoundSpend
+from fedcare.server.site_dp import site_level_epsilon
 from fedcare.simulations.run import PROJECT_ROOT, run_simulation
 
 pytestmark = pytest.mark.slow
@@ -49,6 +51,11 @@ def test_two_sites_two_rounds_with_dp_report_model_and_ledgers_agree(tmp_path: P
     # The printed epsilon is the ledger's, and an independent computation's, and it is the
     # whole-run figure the noise was calibrated for (within the calibration tolerance).
     for site, row in report["sites"].items():
+        # The site's hash-chained audit log verifies, and the server holds its hashes.
+        audit = SiteAuditLog(run_dir / "sites" / site, site=site)
+        assert audit.verify().ok
+        assert [r.hash for r in audit.records()] == [
+            rnd["train"][site]["audit-hash"] for rnd in report["rounds"]]
         ledger = PrivacyLedger(run_dir / "sites" / site, site=site)
         assert len(ledger.entries) == 2
         spend = ledger.entries[0].spend
@@ -66,6 +73,16 @@ def test_two_sites_two_rounds_with_dp_report_model_and_ledgers_agree(tmp_path: P
     assert (run_dir / "global-metrics.png").stat().st_size > 0
     assert (run_dir / "site-epsilon.png").stat().st_size > 0
     assert json.loads((run_dir / "model.json").read_text())["privacy"]["site-0"]["delta"] == DELTA
+    # The empirical membership audit ran at every site, next to the claimed epsilon.
+    audits = report["membership-audit"]
+    assert sorted(audits) == ["site-0", "site-1"]
+    for site, audit in audits.items():
+        assert audit["claimed_epsilon"] == report["sites"][site]["epsilon"]
+        assert audit["violates_claim"] is False
+        assert all(0.0 <= attack["auc"] <= 1.0 for attack in audit["attacks"])
+        assert audit["epsilon_lower_bound"] <= audit["claimed_epsilon"]
+    on_disk = json.loads((run_dir / "report.json").read_text())
+    assert on_disk["membership-audit"] == audits
 
 
 def test_site_over_budget_refuses_and_the_run_goes_on(tmp_path: Path) -> None:
@@ -144,3 +161,19 @@ def test_four_hospitals_natural_split_with_a_one_class_test_set(tmp_path: Path) 
     assert report["sites"]["switzerland"]["auc"] is None
     assert report["final"]["sites-with-auc"] == 3
     assert all(row["epsilon"] <= TARGET_EPSILON for row in report["sites"].values())
+
+
+def test_site_level_dp_run_reports_both_guarantees(tmp_path: Path) -> None:
+    config = small_run(tmp_path, site_dp=True, min_sites=3, site_noise_multiplier=0.8,
+                       site_clip_norm=0.5, run_name="e2e-site-dp")
+
+    report = run_simulation(config, num_sites=3)
+
+    site_level = report["site-level-privacy"]
+    assert site_level["rounds"] == 2
+    assert site_level["epsilon"] == pytest.approx(
+        site_level_epsilon(rounds=2, noise_multiplier=0.8, delta=config.site_delta))
+    assert "one whole site" in site_level["short"]
+    assert all(row["epsilon"] <= TARGET_EPSILON for row in report["sites"].values())
+    manifest = json.loads((tmp_path / "runs" / "e2e-site-dp" / "model.json").read_text())
+    assert manifest["site-level-privacy"]["epsilon"] == site_level["epsilon"]

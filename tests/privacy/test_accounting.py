@@ -246,7 +246,9 @@ def test_round_spend_dict_round_trip() -> None:
 
 
 @pytest.mark.parametrize(("change", "fragment"), [
-    ({"mechanism": "laplace"}, "mechanism must be 'poisson-gaussian'; got 'laplace'"),
+    ({"mechanism": "laplace"},
+     "mechanism must be one of 'poisson-gaussian', 'shuffled-gaussian-no-amplification'; "
+     "got 'laplace'"),
     ({"extra": 1}, "got unknown extra"),
     ({"steps": None}, "steps must be an integer >= 1; got nothing"),
     ({"steps": True}, "steps must be an integer >= 1; got True"),

@@ -290,7 +290,7 @@ CORRUPTIONS: list[tuple[str, str, str]] = [
      "entry 0 is invalid: RoundSpend: steps must be an integer >= 1; got -1"),
     ("unknown mechanism", json.dumps(valid_document(entries=[
         {**make_entry().to_dict(), "spend": {**make_spend().to_dict(), "mechanism": "x"}}])),
-     "mechanism must be 'poisson-gaussian'"),
+     "mechanism must be one of 'poisson-gaussian', 'shuffled-gaussian-no-amplification'; got 'x'"),
     ("zero noise", json.dumps(valid_document(entries=[
         {**make_entry().to_dict(),
          "spend": {**make_spend().to_dict(), "noise_multiplier": 0.0}}])),

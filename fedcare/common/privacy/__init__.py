@@ -7,6 +7,7 @@ import from the client, the server and the tools.
 from fedcare.common.privacy.accounting import (
     MECHANISM,
     PLD_VALUE_DISCRETIZATION_INTERVAL,
+    SAMPLINGS,
     RoundSpend,
     calibrate_noise_multiplier,
     compose_epsilon,
@@ -32,6 +33,7 @@ __all__ = [
     "LEDGER_VERSION",
     "MECHANISM",
     "PLD_VALUE_DISCRETIZATION_INTERVAL",
+    "SAMPLINGS",
     "LedgerEntry",
     "PrivacyConfig",
     "PrivacyLedger",

@@ -11,6 +11,13 @@ deviation ``noise_multiplier * clip_norm``). As a ``dp_accounting`` event::
 Adjacency is add-or-remove-one example (one patient row), which is the relation
 Poisson-subsampling amplification is proved for.
 
+Shuffled fixed-size batches (``sampling="shuffle"``) get no amplification: each row is
+used at most once per epoch, so an epoch is charged as one full Gaussian mechanism,
+``SelfComposedDpEvent(GaussianDpEvent(sigma), epochs)`` (tensorflow-privacy's
+"each example occurring once per epoch" bound). As an event that is exactly a
+Poisson spend with ``q = 1`` and one step per epoch, and it is stored as such, with
+its own mechanism name so the ledger says which assumption each round was under.
+
 A site's epsilon is always the composition of *all* its spends so far (every
 round of every run in its ledger) at one stated delta; nothing here stores or
 adds up epsilons. Two accountants are offered:
@@ -63,6 +70,9 @@ PLD_VALUE_DISCRETIZATION_INTERVAL = 1e-4
 MAX_CALIBRATED_NOISE_MULTIPLIER = 1e4
 
 _SPEND_KEYS = ("mechanism", "sampling_rate", "noise_multiplier", "steps")
+SAMPLINGS = ("poisson", "shuffle")
+#: Ledger mechanism names, by sampling scheme.
+MECHANISMS = {"poisson": MECHANISM, "shuffle": "shuffled-gaussian-no-amplification"}
 
 
 def _is_real(value: object) -> bool:
@@ -98,9 +108,16 @@ class RoundSpend:
     sampling_rate: float
     noise_multiplier: float
     steps: int
+    sampling: str = "poisson"  # "shuffle": no amplification claimed, so sampling_rate is 1
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        if self.sampling not in SAMPLINGS:
+            problems.append(f"RoundSpend: sampling must be one of {', '.join(SAMPLINGS)}; "
+                            f"got {describe_value(self.sampling)}")
+        elif self.sampling == "shuffle" and self.sampling_rate != 1:
+            problems.append("RoundSpend: sampling_rate must be 1 for shuffled batches (no "
+                            f"amplification by sampling); got {describe_value(self.sampling_rate)}")
         q = self.sampling_rate
         if not _is_real(q) or not math.isfinite(q) or not 0 < q <= 1:
             problems.append(f"RoundSpend: sampling_rate must be a number in (0, 1]; "
@@ -132,7 +149,7 @@ class RoundSpend:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as stored in the privacy ledger."""
         return {
-            "mechanism": MECHANISM,
+            "mechanism": MECHANISMS[self.sampling],
             "sampling_rate": self.sampling_rate,
             "noise_multiplier": self.noise_multiplier,
             "steps": self.steps,
@@ -159,8 +176,10 @@ class RoundSpend:
         if missing:
             problems.append(f"RoundSpend: keys must be {', '.join(_SPEND_KEYS)}; "
                             f"got no {', '.join(missing)}")
-        if "mechanism" in data and data["mechanism"] != MECHANISM:
-            problems.append(f"RoundSpend: mechanism must be {MECHANISM!r}; "
+        by_mechanism = {name: sampling for sampling, name in MECHANISMS.items()}
+        if "mechanism" in data and data["mechanism"] not in by_mechanism:
+            problems.append(f"RoundSpend: mechanism must be one of "
+                            f"{', '.join(repr(m) for m in by_mechanism)}; "
                             f"got {describe_value(data['mechanism'])}")
         if problems:
             raise ValueError("; ".join(problems))
@@ -168,17 +187,21 @@ class RoundSpend:
             sampling_rate=data["sampling_rate"],
             noise_multiplier=data["noise_multiplier"],
             steps=data["steps"],
+            sampling=by_mechanism[data["mechanism"]],
         )
 
 
 def plan_round(
-    *, num_examples: int, batch_size: int, local_epochs: int, noise_multiplier: float
+    *, num_examples: int, batch_size: int, local_epochs: int, noise_multiplier: float,
+    sampling: str = "poisson",
 ) -> RoundSpend:
     """The spend of one round of local DP-SGD as fedcare's training runs it.
 
-    ``q = min(1, batch_size / num_examples)``; ``ceil(num_examples / batch_size)``
-    steps per epoch; ``local_epochs`` epochs. A batch size at or above the row
-    count is full-batch training: ``q = 1``, one step per epoch.
+    Poisson: ``q = min(1, batch_size / num_examples)``; ``ceil(num_examples /
+    batch_size)`` steps per epoch; ``local_epochs`` epochs. A batch size at or above
+    the row count is full-batch training: ``q = 1``, one step per epoch.
+    Shuffle: no amplification; each epoch is charged as one Gaussian mechanism
+    (``q = 1``, ``local_epochs`` steps), whatever the batch size.
     """
     problems = [
         f"plan_round: {name} must be an integer >= 1; got {describe_value(value)}"
@@ -188,6 +211,9 @@ def plan_round(
     ]
     if problems:
         raise ValueError("; ".join(problems))
+    if sampling == "shuffle":
+        return RoundSpend(sampling_rate=1.0, noise_multiplier=noise_multiplier,
+                          steps=local_epochs, sampling="shuffle")
     steps_per_epoch = -(-num_examples // batch_size)
     return RoundSpend(
         sampling_rate=min(1.0, batch_size / num_examples),
@@ -260,6 +286,7 @@ def calibrate_noise_multiplier(
     rounds: int,
     accountant: str = "rdp",
     prior: Sequence[RoundSpend] = (),
+    sampling: str = "poisson",
 ) -> float:
     """Smallest noise multiplier keeping the site at or below ``target_epsilon``.
 
@@ -286,11 +313,12 @@ def calibrate_noise_multiplier(
     prior = tuple(prior)
     # Validates num_examples / batch_size / local_epochs up front.
     plan_round(num_examples=num_examples, batch_size=batch_size,
-               local_epochs=local_epochs, noise_multiplier=1.0)
+               local_epochs=local_epochs, noise_multiplier=1.0, sampling=sampling)
 
     def spends_at(sigma: float) -> list[RoundSpend]:
         spend = plan_round(num_examples=num_examples, batch_size=batch_size,
-                           local_epochs=local_epochs, noise_multiplier=sigma)
+                           local_epochs=local_epochs, noise_multiplier=sigma,
+                           sampling=sampling)
         return [*prior, *([spend] * rounds)]
 
     memo: dict[float, float] = {}

@@ -63,6 +63,7 @@ class PrivacyStatement:
     clip_norm: float
     num_examples: int
     mixed_parameters: bool = False
+    sampling: str = "poisson"  # "shuffle" or "poisson+shuffle" when rounds differed
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -84,12 +85,18 @@ class PrivacyStatement:
         prefix = "q<=" if self.mixed_parameters else "q="
         return f"{prefix}{self.sampling_rate:.3g}"
 
+    def sampling_label(self) -> str:
+        if self.sampling == "shuffle":
+            return "shuffled batches, no amplification by sampling"
+        if self.sampling == "poisson":
+            return f"Poisson sampling {self._q_label()}"
+        return f"Poisson sampling {self._q_label()} and shuffled rounds without amplification"
+
     def short(self) -> str:
         """One line, e.g. ``eps=0.98 at delta=1e-03 (whole run, RDP, add/remove-one,
         Poisson sampling q=0.25)``."""
         return (f"eps={format_epsilon(self.epsilon)} at delta={format_delta(self.delta)} "
-                f"(whole run, {self.accountant_label}, {ADJACENCY}, "
-                f"Poisson sampling {self._q_label()})")
+                f"(whole run, {self.accountant_label}, {ADJACENCY}, {self.sampling_label()})")
 
     def text(self) -> str:
         """A plain-words statement a hospital's governance board can read."""
@@ -99,6 +106,21 @@ class PrivacyStatement:
                    " used (smallest noise multiplier, largest sampling rate and clip norm),"
                    " and epsilon is computed from the exact settings of every round."
                    if self.mixed_parameters else "")
+        if self.sampling == "shuffle":
+            how = ("each epoch shuffles the rows into fixed-size batches, so every row is used "
+                   "at most once per epoch; no amplification by sampling is claimed: each epoch "
+                   "is accounted as one full Gaussian mechanism (the conservative bound for "
+                   "any data order). Each step")
+            assumption = ("the guarantee holds for any order of the shuffled batches, without "
+                          "assuming the shuffle is secret or random.")
+        else:
+            how = ("each training step samples every row independently with probability "
+                   f"q = {self.sampling_rate:.4g} (Poisson sampling, as fedcare implements it)"
+                   + (" in some rounds, and shuffled batches without amplification in others"
+                      if self.sampling != "poisson" else "") + ", then")
+            assumption = ("the guarantee holds only under Poisson sampling as implemented. "
+                          "If the training data were instead shuffled and batched, this figure "
+                          "would not be a proven guarantee.")
         lines = [
             f"Privacy guarantee for this site: epsilon = {eps} at delta = {delta}.",
             "",
@@ -107,8 +129,7 @@ class PrivacyStatement:
             "adjacency). It does not protect a patient who has several rows, beyond what "
             "group privacy gives, and it says nothing about other sites' data.",
             "",
-            "How: each training step samples every row independently with probability "
-            f"q = {self.sampling_rate:.4g} (Poisson sampling, as fedcare implements it), "
+            f"How: {how} "
             f"clips each row's gradient to L2 norm {self.clip_norm:g} and adds Gaussian noise "
             f"with standard deviation {self.noise_multiplier:.4g} x the clip norm to the sum "
             "(DP-SGD)." + weakest,
@@ -120,9 +141,7 @@ class PrivacyStatement:
             "figure, and it is this site's own figure, not an average over sites.",
             "",
             f"Accounting: {self.accountant_label} accountant (dp-accounting), which gives an "
-            "upper bound on epsilon; the guarantee holds only under Poisson sampling as "
-            "implemented. If the training data were instead shuffled and batched, this "
-            "figure would not be a proven guarantee.",
+            f"upper bound on epsilon; {assumption}",
             "",
             "Not covered by DP: evaluation metrics (accuracy, AUC and the like on held-out "
             "rows) and row counts are released to the server without differential privacy.",
@@ -138,7 +157,7 @@ class PrivacyStatement:
         data = asdict(self)
         data.update({
             "adjacency": "add-or-remove-one-example",
-            "sampling": "poisson",
+            "sampling": self.sampling,
             "scope": "all rounds recorded in the site's privacy ledger",
             "short": self.short(),
         })
@@ -170,4 +189,5 @@ def statement_from_entries(
         clip_norm=max(clips),
         num_examples=entries[-1].num_examples,
         mixed_parameters=len(params) > 1 or len(clips) > 1,
+        sampling="+".join(sorted({s.sampling for s in spends})),
     )

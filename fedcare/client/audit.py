@@ -1,0 +1,600 @@
+"""A site's audit log: one hash-chained line per training round, append-only, on its own disk.
+
+Every round a site takes part in, it appends one :class:`AuditRecord` to
+``audit-log.jsonl`` in its state directory: who asked (server, run, round), what
+left the site (the digest and L2 norm of the update), what it cost (this round's
+epsilon and the site's total, at a named delta and accountant) and how many rows
+were used. Counts only: no patient data, no weights.
+
+File format: JSON Lines, UTF-8, one record per line, each line the canonical JSON of
+the record (keys sorted, separators ``(",", ":")``, ASCII, no NaN/Infinity) followed
+by ``"\\n"``. Each record holds ``prev_hash`` (the previous record's ``hash``, or
+:data:`GENESIS_HASH` for the first) and ``hash`` = sha256 hex of the canonical JSON of
+every field except ``hash``. So a record cannot be edited, deleted, moved or inserted
+without breaking the chain at (or right after) that place, and :meth:`SiteAuditLog.verify`
+names the FIRST line where it breaks.
+
+What a hash chain cannot show on its own: an attacker with write access who rewrites
+the whole chain from some point on, or cuts whole entries off the end. Detecting that
+needs the head hash kept somewhere else (e.g. sent to the server with each update).
+
+Writes: the existing chain is verified first (under an exclusive ``fcntl.flock`` on
+``audit-log.jsonl.lock`` where available); a broken chain is never extended. Then the
+new line is written with the file opened in append mode, flushed and fsync'ed;
+earlier lines are never rewritten. A crash mid-write leaves a last line without its
+newline: verification reports it and appending refuses until an operator has looked
+at the file (fail closed; the log is never repaired silently).
+
+Reading is strict: plain ``json`` (no eval, no pickle), exact keys, checked types.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedcare.common.errors import LedgerCorrupted, RoundAlreadyRecorded
+
+try:  # POSIX only; elsewhere the single-writer assumption is all we have.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "AUDIT_FILENAME",
+    "GENESIS_HASH",
+    "AuditRecord",
+    "SiteAuditLog",
+    "Verification",
+    "canonical_json",
+    "update_digest",
+    "update_norm",
+    "verify_log",
+]
+
+logger = logging.getLogger(__name__)
+
+AUDIT_FILENAME = "audit-log.jsonl"
+GENESIS_HASH = "0" * 64
+_DIGEST_DOMAIN = b"fedcare-update-digest-v1\x00"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_DP_FIELDS = ("epsilon_round", "epsilon_total", "delta", "accountant")
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _describe(value: object) -> str:
+    """Render ``value`` for the ``...; got <value>`` tail of an error message."""
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "nothing"
+    return str(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    """A real number (not bool) that is finite as a float (huge ints are not)."""
+    if not _is_real(value):
+        return False
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except OverflowError:
+        return False
+
+
+def _utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def canonical_json(payload: Mapping[str, Any]) -> str:
+    """The one serialisation that is hashed and written: sorted keys, no spaces, no NaN."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ------------------------------------------------------------- update facts
+
+
+def _as_arrays(arrays: Sequence[np.ndarray], name: str) -> list[np.ndarray]:
+    if isinstance(arrays, np.ndarray):
+        raise TypeError(f"{name} must be a sequence of arrays (one per layer tensor); "
+                        f"got a single array of shape {arrays.shape}")
+    out: list[np.ndarray] = []
+    for position, item in enumerate(arrays):
+        array = np.asarray(item)
+        if array.dtype.hasobject:
+            raise ValueError(f"{name}[{position}] must have a numeric dtype; got {array.dtype}")
+        out.append(array)
+    return out
+
+
+def update_digest(arrays: Sequence[np.ndarray]) -> str:
+    """sha256 hex of the arrays, framed so that no two different updates collide by layout.
+
+    Hashed, in order: a domain tag, the number of arrays, then per array its dtype string
+    (e.g. ``<f4``, length-prefixed), its rank and each dimension, its byte count and its
+    C-contiguous bytes. Equal values in a different memory order hash the same; a changed
+    value, dtype, shape or split into arrays does not.
+    """
+    checked = _as_arrays(arrays, "update_digest: arrays")
+    digest = hashlib.sha256(_DIGEST_DOMAIN)
+    digest.update(len(checked).to_bytes(8, "little"))
+    for array in checked:
+        dtype = array.dtype.str.encode("ascii")
+        digest.update(len(dtype).to_bytes(8, "little") + dtype)
+        digest.update(array.ndim.to_bytes(8, "little"))
+        for dim in array.shape:
+            digest.update(int(dim).to_bytes(8, "little"))
+        data = np.ascontiguousarray(array).tobytes(order="C")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def update_norm(sent: Sequence[np.ndarray], received: Sequence[np.ndarray]) -> float:
+    """L2 norm of ``sent - received`` over all arrays together, computed in float64.
+
+    Raises:
+        ValueError: different numbers of arrays, or an array pair of different shapes.
+    """
+    sent_arrays = _as_arrays(sent, "update_norm: sent")
+    received_arrays = _as_arrays(received, "update_norm: received")
+    if len(sent_arrays) != len(received_arrays):
+        raise ValueError(f"update_norm: sent must have as many arrays as received "
+                         f"({len(received_arrays)}); got {len(sent_arrays)}")
+    diffs: list[np.ndarray] = []
+    for position, (new, old) in enumerate(zip(sent_arrays, received_arrays, strict=True)):
+        if new.shape != old.shape:
+            raise ValueError(f"update_norm: sent[{position}] must have the shape of "
+                             f"received[{position}] {old.shape}; got {new.shape}")
+        diffs.append(new.astype(np.float64).ravel() - old.astype(np.float64).ravel())
+    if not diffs:
+        return 0.0
+    flat = np.concatenate(diffs)
+    if flat.size == 0:
+        return 0.0
+    scale = float(np.max(np.abs(flat)))
+    if not math.isfinite(scale):
+        return math.nan if math.isnan(scale) else math.inf
+    if scale == 0.0:
+        return 0.0
+    scaled = flat / scale  # scaling avoids overflow of the squares for huge values
+    return scale * math.sqrt(float(np.dot(scaled, scaled)))
+
+
+# ------------------------------------------------------------------ records
+
+
+def _check_fields(values: Mapping[str, Any]) -> list[str]:
+    """Every problem with a record's field values (all of them, not just the first)."""
+    problems: list[str] = []
+
+    def text(name: str) -> None:
+        value = values[name]
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"{name} must be a non-empty string; got {_describe(value)}")
+
+    def hex64(name: str) -> None:
+        value = values[name]
+        if not isinstance(value, str) or not _HEX64.fullmatch(value):
+            problems.append(f"{name} must be 64 lowercase hex digits (sha256); "
+                            f"got {_describe(value)}")
+
+    def integer(name: str, minimum: int) -> None:
+        value = values[name]
+        if not _is_int(value) or value < minimum:
+            problems.append(f"{name} must be an integer >= {minimum}; got {_describe(value)}")
+
+    def real(name: str) -> None:
+        value = values[name]
+        if not _is_finite(value) or value < 0:
+            problems.append(f"{name} must be a finite number >= 0; got {_describe(value)}")
+
+    integer("index", 0)
+    stamp = values["recorded_at"]
+    if not isinstance(stamp, str):
+        problems.append(f"recorded_at must be a UTC ISO 8601 string; got {_describe(stamp)}")
+    else:
+        try:
+            parsed: datetime | None = datetime.fromisoformat(stamp)
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.utcoffset() != timedelta(0) or not stamp.endswith("+00:00"):
+            problems.append(f"recorded_at must be a UTC ISO 8601 string ending in +00:00; "
+                            f"got {stamp!r}")
+    for name in ("site", "run_id", "server"):
+        text(name)
+    integer("server_round", 1)
+    hex64("update_sha256")
+    real("update_norm")
+    dp_values = [values[name] for name in _DP_FIELDS]
+    if any(v is None for v in dp_values) and not all(v is None for v in dp_values):
+        given = ", ".join(f"{name}={_describe(values[name])}" for name in _DP_FIELDS)
+        problems.append("epsilon_round, epsilon_total, delta and accountant must be all set "
+                        f"(DP on) or all None (DP off); got {given}")
+    if values["epsilon_round"] is not None:
+        real("epsilon_round")
+    if values["epsilon_total"] is not None:
+        real("epsilon_total")
+    delta = values["delta"]
+    if delta is not None and (not _is_finite(delta) or not 0 < delta < 1):
+        problems.append(f"delta must be a number in (0, 1); got {_describe(delta)}")
+    if values["accountant"] is not None:
+        text("accountant")
+    integer("train_rows", 0)
+    hex64("prev_hash")
+    hex64("hash")
+    return problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditRecord:
+    """One line of a site's audit log: one round the site took part in.
+
+    Field values are validated on construction (``ValueError`` listing every
+    problem). Whether ``hash`` matches the content and whether ``index`` and
+    ``prev_hash`` fit the chain is for :meth:`SiteAuditLog.verify`, not for the record.
+    """
+
+    index: int
+    recorded_at: str
+    site: str
+    run_id: str
+    server_round: int
+    server: str
+    update_sha256: str
+    update_norm: float
+    epsilon_round: float | None
+    epsilon_total: float | None
+    delta: float | None
+    accountant: str | None
+    train_rows: int
+    prev_hash: str
+    hash: str
+
+    def __post_init__(self) -> None:
+        problems = _check_fields(self.__dict__)
+        if problems:
+            raise ValueError("AuditRecord: " + "; ".join(problems))
+        for name in ("update_norm", "epsilon_round", "epsilon_total", "delta"):
+            value = getattr(self, name)
+            if value is not None:  # 1 and 1.0 must serialise (and hash) the same
+                object.__setattr__(self, name, float(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+    def content_hash(self) -> str:
+        """sha256 hex of the canonical JSON of every field except ``hash``."""
+        return record_hash(self.to_dict())
+
+    def to_line(self) -> str:
+        """The exact line written to the log (with its trailing newline)."""
+        return canonical_json(self.to_dict()) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AuditRecord:
+        """Strict inverse of :meth:`to_dict`; ``ValueError`` on anything unexpected."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"record must be a JSON object; got {type(data).__name__}")
+        unknown = sorted(str(key) for key in data if key not in _RECORD_KEYS)
+        missing = [key for key in _RECORD_KEYS if key not in data]
+        if unknown or missing:
+            raise ValueError(f"record keys must be exactly {', '.join(_RECORD_KEYS)}; got "
+                             + "; ".join(filter(None, [
+                                 f"unknown {', '.join(unknown)}" if unknown else "",
+                                 f"no {', '.join(missing)}" if missing else ""])))
+        return cls(**{key: data[key] for key in _RECORD_KEYS})
+
+
+_RECORD_KEYS = tuple(field.name for field in fields(AuditRecord))
+
+
+def record_hash(values: Mapping[str, Any]) -> str:
+    """The chain hash of a record's values: sha256 of canonical JSON without ``hash``."""
+    return _sha256_hex(canonical_json({k: v for k, v in values.items() if k != "hash"}))
+
+
+# ------------------------------------------------------------- verification
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of checking a log.
+
+    ``entries`` counts the lines in the file (a partial last line included);
+    ``first_bad_index`` is the 0-based position of the first bad line (its line number
+    minus one), None when the chain is intact or the file could not be read at all;
+    ``reason`` names the file, the line number and what is wrong (or summarises an
+    intact log).
+    """
+
+    ok: bool
+    entries: int
+    first_bad_index: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Scan:
+    records: tuple[AuditRecord, ...]
+    verification: Verification
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
+def _short(digest: object) -> str:
+    return f"{digest[:12]}..." if isinstance(digest, str) and len(digest) > 12 else repr(digest)
+
+
+def _scan(path: Path, *, site: str | None) -> _Scan:
+    """Read and check every line; stop at the first bad one. ``site=None``: the first's."""
+    where = f"site audit log {path}"
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return _Scan((), Verification(True, 0, None, f"{where}: no entries yet (no file)"))
+    except OSError as err:
+        return _Scan((), Verification(False, 0, None,
+                                      f"{where}: cannot be read ({err.strerror or err})"))
+    pieces = raw.split(b"\n")
+    complete = pieces[:-1]  # the piece after the last newline is b"" unless a write broke off
+    partial = pieces[-1]
+    total = len(complete) + (1 if partial else 0)
+    records: list[AuditRecord] = []
+    seen: dict[tuple[str, str, int], int] = {}
+    expected_site = site
+
+    def bad(position: int, problem: str) -> _Scan:
+        return _Scan(tuple(records), Verification(
+            False, total, position, f"{where}: line {position + 1} (entry {position}): {problem}"))
+
+    for position, line in enumerate(complete):
+        if not line.strip():
+            return bad(position, "is empty; every line must hold one record")
+        try:
+            text = line.decode("utf-8")
+            data = json.loads(text, parse_constant=_reject_constant,
+                              object_pairs_hook=_reject_duplicate_keys)
+        except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+            return bad(position, f"must be one JSON record; got invalid JSON ({err})")
+        try:
+            record = AuditRecord.from_dict(data)
+        except (ValueError, TypeError) as err:
+            return bad(position, f"is not a valid record: {err}")
+        problems: list[str] = []
+        if expected_site is None:
+            expected_site = record.site
+        if record.site != expected_site:
+            problems.append(f"site must be {expected_site!r}; got {record.site!r} "
+                            "(another site's entry)")
+        computed = record.content_hash()
+        if record.hash != computed:
+            problems.append(f"hash must match the entry's content (sha256 of its canonical "
+                            f"JSON, {_short(computed)}); got {_short(record.hash)} "
+                            "(entry edited?)")
+        if record.index != position:
+            problems.append(f"index must be {position}; got {record.index} "
+                            "(entry deleted, inserted or moved?)")
+        expected_prev = records[-1].hash if records else GENESIS_HASH
+        if record.prev_hash != expected_prev:
+            what = "the previous entry's hash" if records else "GENESIS_HASH"
+            problems.append(f"prev_hash must be {what} {_short(expected_prev)}; got "
+                            f"{_short(record.prev_hash)} (entry deleted, inserted or moved?)")
+        key = (record.server, record.run_id, record.server_round)
+        if key in seen:
+            problems.append(f"server/run/round must appear once; got server={record.server!r} "
+                            f"run_id={record.run_id!r} server_round={record.server_round} "
+                            f"again (first on line {seen[key] + 1})")
+        if not problems and text != canonical_json(record.to_dict()):
+            problems.append("must be written in canonical JSON (sorted keys, no spaces); "
+                            "got a re-formatted line (edited by hand?)")
+        if problems:
+            return bad(position, "; ".join(problems))
+        seen[key] = position
+        records.append(record)
+    if partial:
+        return bad(len(complete), f"is incomplete: {len(partial)} byte(s) with no trailing "
+                                  "newline (a write was interrupted, or the file was cut)")
+    head = _short(records[-1].hash) if records else "none"
+    return _Scan(tuple(records), Verification(
+        True, total, None, f"{where}: {total} entries, chain intact (head {head})"))
+
+
+def verify_log(path: str | os.PathLike[str]) -> Verification:
+    """Verify the log at ``path`` (a log file, or a site state directory holding one).
+
+    Without a site name, every entry must name the same site as the first. A missing
+    file is not ok here: the caller named a log that is not there.
+    """
+    target = Path(path)
+    if target.is_dir():
+        target = target / AUDIT_FILENAME
+    if not target.exists():
+        return Verification(False, 0, None, f"site audit log {target}: must exist; got no file")
+    result = _scan(target, site=None).verification
+    _log_verification(result)
+    return result
+
+
+def _log_verification(result: Verification) -> None:
+    if result.ok:
+        logger.debug("%s", result.reason)
+    else:
+        logger.warning("%s", result.reason)
+
+
+# ---------------------------------------------------------------- the log
+
+
+class SiteAuditLog:
+    """The append-only, hash-chained audit log of one site.
+
+    Args:
+        state_dir: the site's state directory (created if missing).
+        site: the site's name; every entry in the file must carry it.
+    """
+
+    def __init__(self, state_dir: str | os.PathLike[str], *, site: str) -> None:
+        if not isinstance(site, str) or not site.strip() or site != site.strip():
+            raise ValueError(f"SiteAuditLog: site must be a non-empty name without "
+                             f"surrounding spaces; got {_describe(site)}")
+        self._dir = Path(state_dir)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._site = site
+        self._path = self._dir / AUDIT_FILENAME
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def site(self) -> str:
+        return self._site
+
+    # ----------------------------------------------------------------- reading
+
+    def verify(self) -> Verification:
+        """Check the whole chain; the result names the first bad line, if any."""
+        with self._locked(exclusive=False):
+            result = _scan(self._path, site=self._site).verification
+        _log_verification(result)
+        return result
+
+    def records(self) -> list[AuditRecord]:
+        """Every record, strictly parsed and chain-checked.
+
+        Raises:
+            LedgerCorrupted: the log fails verification (the message says where).
+        """
+        with self._locked(exclusive=False):
+            scan = _scan(self._path, site=self._site)
+        if not scan.verification.ok:
+            raise LedgerCorrupted(scan.verification.reason)
+        return list(scan.records)
+
+    def require_intact(self) -> None:
+        """Raise :class:`LedgerCorrupted` unless the log verifies (call before training)."""
+        self.records()
+
+    # ----------------------------------------------------------------- writing
+
+    def append(
+        self, *, run_id: str, server_round: int, server: str, sent: Sequence[np.ndarray],
+        received: Sequence[np.ndarray], epsilon_round: float | None,
+        epsilon_total: float | None, delta: float | None, accountant: str | None,
+        train_rows: int,
+    ) -> AuditRecord:
+        """Verify the chain, then append one record for this round and fsync it.
+
+        Raises:
+            ValueError: an argument is invalid (nothing is written).
+            LedgerCorrupted: the existing log fails verification; it is not extended.
+            RoundAlreadyRecorded: this server/run/round is already in the log.
+        """
+        digest = update_digest(sent)
+        norm = update_norm(sent, received)
+        values: dict[str, Any] = {
+            "index": 0, "recorded_at": _utc_now_iso(), "site": self._site, "run_id": run_id,
+            "server_round": server_round, "server": server, "update_sha256": digest,
+            "update_norm": norm, "epsilon_round": epsilon_round, "epsilon_total": epsilon_total,
+            "delta": delta, "accountant": accountant, "train_rows": train_rows,
+            "prev_hash": GENESIS_HASH, "hash": GENESIS_HASH,
+        }
+        problems = _check_fields(values)
+        if problems:
+            raise ValueError("SiteAuditLog.append: " + "; ".join(problems))
+        with self._locked(exclusive=True):
+            scan = _scan(self._path, site=self._site)
+            if not scan.verification.ok:
+                raise LedgerCorrupted(f"{scan.verification.reason}; refusing to extend a "
+                                      "log that does not verify")
+            previous = scan.records
+            for old in previous:
+                if (old.server, old.run_id, old.server_round) == (server, run_id, server_round):
+                    raise RoundAlreadyRecorded(
+                        f"site audit log {self._path}: round must be recorded once; got "
+                        f"server={server!r} run_id={run_id!r} server_round={server_round} "
+                        f"again (entry {old.index})")
+            values["index"] = len(previous)
+            values["prev_hash"] = previous[-1].hash if previous else GENESIS_HASH
+            unsealed = AuditRecord(**values)  # normalises numbers (1 -> 1.0) before hashing
+            record = replace(unsealed, hash=unsealed.content_hash())
+            self._write_line(record.to_line(), new_file=not self._path.exists())
+        logger.info("site audit log %s: entry %d for run %s round %d (server %s), update "
+                    "sha256 %s norm %.4g, hash %s", self._path, record.index, run_id,
+                    server_round, server, _short(digest), norm, _short(record.hash))
+        return record
+
+    # --------------------------------------------------------------- internals
+
+    def _write_line(self, line: str, *, new_file: bool) -> None:
+        payload = line.encode("utf-8")
+        with open(self._path, "ab") as handle:  # append mode: earlier lines are never touched
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if new_file:
+            _fsync_dir(self._dir)
+
+    @contextlib.contextmanager
+    def _locked(self, *, exclusive: bool) -> Iterator[None]:
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        lock_path = self._dir / f"{AUDIT_FILENAME}.lock"
+        with open(lock_path, "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a new file's directory entry durable (POSIX); a no-op where unsupported."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
