@@ -37,7 +37,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,11 +46,8 @@ from typing import Any
 import numpy as np
 
 from fedcare.common.errors import LedgerCorrupted, RoundAlreadyRecorded
-
-try:  # POSIX only; elsewhere the single-writer assumption is all we have.
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+from fedcare.common.errors import describe_value as _describe
+from fedcare.common.files import file_lock, fsync_dir, require_exact_keys, strict_json_loads
 
 __all__ = [
     "AUDIT_FILENAME",
@@ -74,15 +71,6 @@ _DP_FIELDS = ("epsilon_round", "epsilon_total", "delta", "accountant")
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _describe(value: object) -> str:
-    """Render ``value`` for the ``...; got <value>`` tail of an error message."""
-    if isinstance(value, str):
-        return repr(value)
-    if value is None:
-        return "nothing"
-    return str(value)
 
 
 def _is_int(value: object) -> bool:
@@ -299,15 +287,7 @@ class AuditRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AuditRecord:
         """Strict inverse of :meth:`to_dict`; ``ValueError`` on anything unexpected."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"record must be a JSON object; got {type(data).__name__}")
-        unknown = sorted(str(key) for key in data if key not in _RECORD_KEYS)
-        missing = [key for key in _RECORD_KEYS if key not in data]
-        if unknown or missing:
-            raise ValueError(f"record keys must be exactly {', '.join(_RECORD_KEYS)}; got "
-                             + "; ".join(filter(None, [
-                                 f"unknown {', '.join(unknown)}" if unknown else "",
-                                 f"no {', '.join(missing)}" if missing else ""])))
+        require_exact_keys(data, _RECORD_KEYS, "record")
         return cls(**{key: data[key] for key in _RECORD_KEYS})
 
 
@@ -345,17 +325,6 @@ class _Scan:
     verification: Verification
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name} is not allowed")
 
 
 def _short(digest: object) -> str:
@@ -389,8 +358,7 @@ def _scan(path: Path, *, site: str | None) -> _Scan:
             return bad(position, "is empty; every line must hold one record")
         try:
             text = line.decode("utf-8")
-            data = json.loads(text, parse_constant=_reject_constant,
-                              object_pairs_hook=_reject_duplicate_keys)
+            data = strict_json_loads(text)
         except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
             return bad(position, f"must be one JSON record; got invalid JSON ({err})")
         try:
@@ -570,31 +538,9 @@ class SiteAuditLog:
             handle.flush()
             os.fsync(handle.fileno())
         if new_file:
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
 
-    @contextlib.contextmanager
-    def _locked(self, *, exclusive: bool) -> Iterator[None]:
-        if fcntl is None:  # pragma: no cover
-            yield
-            return
-        lock_path = self._dir / f"{AUDIT_FILENAME}.lock"
-        with open(lock_path, "a+b") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    def _locked(self, *, exclusive: bool) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self._dir / f"{AUDIT_FILENAME}.lock", exclusive=exclusive)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a new file's directory entry durable (POSIX); a no-op where unsupported."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on a directory
-        pass
-    finally:
-        os.close(fd)

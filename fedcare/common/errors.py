@@ -10,6 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def describe_value(value: object) -> str:
+    """Render ``value`` for the ``...; got <value>`` tail of an error message."""
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "nothing"
+    return str(value)
+
+
 class FedcareError(Exception):
     """Base class for every error fedcare raises on purpose."""
 

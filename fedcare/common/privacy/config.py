@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from fedcare.common.errors import ConfigError
+from fedcare.common.errors import ConfigError, describe_value
 
 __all__ = ["ACCOUNTANTS", "PrivacyConfig", "describe_value"]
 
@@ -25,15 +25,6 @@ __all__ = ["ACCOUNTANTS", "PrivacyConfig", "describe_value"]
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "pld")
 
 _WHERE = "privacy"
-
-
-def describe_value(value: object) -> str:
-    """Render ``value`` for the ``...; got <value>`` tail of an error message."""
-    if isinstance(value, str):
-        return repr(value)
-    if value is None:
-        return "nothing"
-    return str(value)
 
 
 def _is_real(value: object) -> bool:

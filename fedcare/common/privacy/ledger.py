@@ -44,20 +44,16 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from fedcare.common.errors import LedgerCorrupted, PrivacyBudgetExceeded, RoundAlreadyRecorded
+from fedcare.common.files import file_lock, fsync_dir, require_exact_keys, strict_json_loads
 from fedcare.common.privacy.accounting import RoundSpend, compose_epsilon
 from fedcare.common.privacy.config import describe_value
-
-try:  # POSIX only; elsewhere the single-writer assumption is all we have.
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "LEDGER_FILENAME",
@@ -170,15 +166,7 @@ class LedgerEntry:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LedgerEntry:
         """Strict inverse of :meth:`to_dict`; ``ValueError`` on anything unexpected."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"entry must be a JSON object; got {type(data).__name__}")
-        unknown = sorted(str(key) for key in data if key not in _ENTRY_KEYS)
-        missing = [key for key in _ENTRY_KEYS if key not in data]
-        if unknown or missing:
-            raise ValueError(f"entry keys must be {', '.join(_ENTRY_KEYS)}; got "
-                             + "; ".join(filter(None, [
-                                 f"unknown {', '.join(unknown)}" if unknown else "",
-                                 f"no {', '.join(missing)}" if missing else ""])))
+        require_exact_keys(data, _ENTRY_KEYS, "entry")
         return cls(
             run_id=data["run_id"],
             server_round=data["server_round"],
@@ -327,8 +315,7 @@ class PrivacyLedger:
         except OSError as err:
             raise self._corrupt(f"cannot be read ({err.strerror or err})") from None
         try:
-            data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
-                              object_pairs_hook=_reject_duplicate_keys)
+            data = strict_json_loads(raw.decode("utf-8"))
         except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
             raise self._corrupt(f"is not valid JSON (truncated or damaged?): {err}") from None
         if not isinstance(data, dict):
@@ -384,44 +371,11 @@ class PrivacyLedger:
             with contextlib.suppress(OSError):
                 os.unlink(temp_name)
             raise
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        if fcntl is None:  # pragma: no cover
-            yield
-            return
-        lock_path = self._dir / f"{LEDGER_FILENAME}.lock"
-        with open(lock_path, "a+b") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self._dir / f"{LEDGER_FILENAME}.lock")
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name} is not allowed")
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on a directory
-        pass
-    finally:
-        os.close(fd)

@@ -1,0 +1,83 @@
+"""Small, careful file primitives shared by the site's privacy ledger and audit log.
+
+* :func:`strict_json_loads`: JSON only (never pickle or eval), rejecting duplicate keys
+  and the non-standard ``NaN``/``Infinity`` literals, so a file means one thing.
+* :func:`file_lock`: an advisory ``fcntl.flock`` on a side file, so a second process or a
+  stale object cannot interleave writes (POSIX; elsewhere the single-writer assumption
+  is all there is).
+* :func:`fsync_dir`: make a rename or a new file's directory entry durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+try:  # POSIX only
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
+def strict_json_loads(text: str) -> Any:
+    """``json.loads`` that refuses duplicate keys and NaN/Infinity (``ValueError``)."""
+    return json.loads(text, parse_constant=_reject_constant,
+                      object_pairs_hook=_reject_duplicate_keys)
+
+
+def require_exact_keys(data: object, keys: tuple[str, ...], what: str) -> None:
+    """``ValueError`` unless ``data`` is a JSON object with exactly ``keys``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a JSON object; got {type(data).__name__}")
+    unknown = sorted(str(key) for key in data if key not in keys)
+    missing = [key for key in keys if key not in data]
+    if unknown or missing:
+        raise ValueError(f"{what} keys must be exactly {', '.join(keys)}; got "
+                         + "; ".join(filter(None, [
+                             f"unknown {', '.join(unknown)}" if unknown else "",
+                             f"no {', '.join(missing)}" if missing else ""])))
+
+
+@contextlib.contextmanager
+def file_lock(lock_path: Path, *, exclusive: bool = True) -> Iterator[None]:
+    """Hold an advisory lock on ``lock_path`` (created if missing) for the block."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    with open(lock_path, "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the directory's entries durable (POSIX); a no-op where unsupported."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
