@@ -825,3 +825,110 @@ def _stats_from_entry(column: Column, entry: object, problems: list[str]) -> _Co
         scale=float(entry.get("scale", 1.0)),
         categories=column.allowed_codes() if column.kind == "categorical" else (),
     )
+
+
+# --------------------------------------------------------------------------- new patients
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """Validated rows of new patients: feature columns, optional labels, source lines.
+
+    ``features`` holds the schema's feature columns (float64, NaN = not recorded, in an
+    optional column). ``labels`` is ``None`` when the file has no label column. ``lines``
+    holds each row's line number in the source (header = line 1), so results can be
+    traced back to the row a person sees in an editor.
+    """
+
+    features: pd.DataFrame
+    labels: np.ndarray | None
+    lines: np.ndarray
+    report: LoadReport
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def load_features_csv(path: str | os.PathLike[str], schema: TabularSchema) -> FeatureTable:
+    """Read and validate a CSV of new patients: the feature columns, the label optional.
+
+    The same checks as :func:`load_site_csv`, problem for problem (file, line, column),
+    except that the header need not name the label column; when it does, the label is
+    validated as usual and returned. No row is ever dropped: an empty cell in an optional
+    column stays NaN (the site preprocessor imputes it), and an empty cell in a required
+    column is a problem. Raises :class:`DataValidationError` listing every problem.
+    """
+    source = os.fspath(path)
+    log = _ProblemLog(source)
+    text = _read_text(path, log)
+    if text is None:
+        log.fail()
+    # The record loop of load_site_csv (kept identical: cells stay str, every ragged
+    # row is reported with its first line, blank lines are not rows).
+    reader = csv.reader(io.StringIO(text, newline=""))
+    records: list[list[str]] = []
+    starts: list[int] = []
+    header: list[str] | None = None
+    header_line = 0
+    previous = 0
+    try:
+        for record in reader:
+            start = previous + 1
+            previous = reader.line_num
+            if not record or (len(record) == 1 and not record[0].strip()):
+                continue
+            if header is None:
+                header = [cell.strip() for cell in record]
+                header_line = start
+            else:
+                records.append(record)
+                starts.append(start)
+    except csv.Error as exc:
+        log.add(f"line must be valid CSV; got {exc}", row=reader.line_num)
+        log.fail()
+    if header is None:  # pragma: no cover - text.strip() was non-empty
+        log.add("file must hold a header line; got none")
+        log.fail()
+    if _looks_like_data(header):
+        log.add(
+            f"line {header_line} must be a header naming the columns "
+            f"({', '.join(schema.feature_names())}; the label {schema.label.name!r} is "
+            "optional); got what looks like a data row",
+            row=header_line,
+        )
+        log.fail()
+    width = len(header)
+    counts = np.fromiter((len(r) for r in records), dtype=np.int64, count=len(records))
+    lines = np.asarray(starts, dtype=np.int64)
+    ragged = np.flatnonzero(counts != width)
+
+    def describe_ragged(i: int) -> str:
+        return (f"row must have {width} cells (one per header column); "
+                f"got {counts[ragged[i]]}")
+
+    log.add_group(lines[ragged], order=-1, column=None, describe=describe_ragged)
+    good = counts == width
+    if len(ragged):
+        records = [r for r, ok in zip(records, good, strict=True) if ok]
+    frame = pd.DataFrame(records, dtype=object) if records else pd.DataFrame(
+        np.empty((0, width), dtype=object))
+    frame.columns = pd.Index(header, dtype=object)
+
+    label = schema.label
+    labelled = label.name in [name.lstrip("\ufeff") for name in header]
+    if not labelled:
+        # Stand in a valid label so the shared validator checks everything else exactly
+        # as for a training file; the stand-in is never returned.
+        if label.kind == "categorical":
+            stand_in = float(label.categories[0])
+        elif label.kind == "numeric" and label.minimum is not None:
+            stand_in = float(label.minimum)
+        elif label.kind == "numeric" and label.maximum is not None:
+            stand_in = min(0.0, float(label.maximum))
+        else:
+            stand_in = 0.0
+        frame[label.name] = format_number(stand_in)
+    table = _validate(frame, schema, source=source, missing="keep", line_numbers=lines[good],
+                      log=log, rows_read=len(counts))
+    return FeatureTable(features=table.features, labels=table.labels if labelled else None,
+                        lines=lines[good], report=table.report)

@@ -56,5 +56,9 @@ class LedgerCorrupted(FedcareError):
     """A site's privacy ledger cannot be read or fails its integrity checks."""
 
 
+class ModelMismatch(FedcareError, ValueError):
+    """A model, its manifest and a preprocessing file do not belong together."""
+
+
 class UpdateRejected(FedcareError):
     """A model update failed validation on the server and was not aggregated."""

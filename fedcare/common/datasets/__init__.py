@@ -17,6 +17,7 @@ from fedcare.common.data import (
     LoadReport,
     Preprocessor,
     SiteTable,
+    SplitData,
     load_site_csv,
     split_train_test,
 )
@@ -178,7 +179,32 @@ def load_federated_site(
     if problems:
         raise ConfigError(problems)
 
-    schema = schema_for(dataset)
+    name, table = _federated_site_table(
+        dataset=dataset, partition_id=partition_id, num_partitions=num_partitions,
+        partitioning=partitioning, data_dir=data_dir, dirichlet_alpha=dirichlet_alpha,
+        partition_seed=partition_seed)
+    site_data = prepare_site(name, table, schema=schema_for(dataset), split_seed=split_seed,
+                             test_fraction=test_fraction)
+    logger.info("%s: %d train / %d test rows, %d features", name, len(site_data.y_train),
+                len(site_data.y_test), site_data.num_features)
+    return site_data
+
+
+def federated_site_split(*, dataset: str, partition_id: int, num_partitions: int,
+                         partitioning: str, data_dir: str, split_seed: int, test_fraction: float,
+                         dirichlet_alpha: float, partition_seed: int) -> SplitData:
+    """The same site's *raw* train/test rows as :func:`load_federated_site` uses, before
+    preprocessing (for reports that need raw columns, such as age bands)."""
+    _, table = _federated_site_table(
+        dataset=dataset, partition_id=partition_id, num_partitions=num_partitions,
+        partitioning=partitioning, data_dir=data_dir, dirichlet_alpha=dirichlet_alpha,
+        partition_seed=partition_seed)
+    return split_train_test(table, test_fraction=test_fraction, seed=split_seed)
+
+
+def _federated_site_table(*, dataset: str, partition_id: int, num_partitions: int,
+                          partitioning: str, data_dir: str, dirichlet_alpha: float,
+                          partition_seed: int) -> tuple[str, SiteTable]:
     if partitioning == "natural":
         site = heart_disease.SITES[partition_id]
         table = heart_disease.load_site(data_dir, site)
@@ -196,11 +222,7 @@ def load_federated_site(
             f"{dataset} {partitioning} partition {partition_id} of {num_partitions} "
             f"(seed {partition_seed})",
         )
-    site_data = prepare_site(name, table, schema=schema, split_seed=split_seed,
-                             test_fraction=test_fraction)
-    logger.info("%s: %d train / %d test rows, %d features", name, len(site_data.y_train),
-                len(site_data.y_test), site_data.num_features)
-    return site_data
+    return name, table
 
 
 def load_site_from_csv(
