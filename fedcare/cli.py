@@ -7,6 +7,12 @@
     fedcare ledger STATE_DIR    a site's privacy spend, recomputed from its ledger
     fedcare audit-log STATE_DIR verify a site's hash-chained audit log
     fedcare audit RUN_DIR       membership-inference audit of a finished simulation
+
+  at a hospital, with the global model and the site's own state dir:
+    fedcare predict             risk scores + explanations for a CSV of new patients
+    fedcare validation-report   the model on the site's held-out rows (HTML, PNG, JSON)
+    fedcare drift               a new batch against the site's training distribution
+    fedcare serve               a prediction API (localhost; token needed beyond it)
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ logger = logging.getLogger("fedcare")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+TOKEN_ENV = "FEDCARE_API_TOKEN"
 DEFAULT_SITES = 4
 
 
@@ -170,6 +177,83 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def _bundle(args: argparse.Namespace) -> Any:
+    from fedcare.client.bundle import ModelBundle
+    from fedcare.client.site import PREPROCESSOR_FILENAME
+
+    return ModelBundle.load(model_path=args.model,
+                            preprocessor_path=Path(args.site_dir) / PREPROCESSOR_FILENAME,
+                            threshold=args.threshold)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fedcare.client.bundle import predict_csv
+    from fedcare.common.errors import DataValidationError
+
+    bundle = _bundle(args)
+    try:
+        rows = predict_csv(bundle, args.csv, args.out)
+    except DataValidationError as err:
+        sys.stdout.write(f"{err}\nnothing written\n")
+        return EXIT_FAILED
+    sys.stdout.write(f"{rows} patients scored: {args.out} (risk, label at threshold "
+                     f"{bundle.threshold:g}, features that pushed each score up and down)\n")
+    return EXIT_OK
+
+
+def cmd_validation_report(args: argparse.Namespace) -> int:
+    from fedcare.client.validation_report import HTML_FILENAME, build_validation_report
+    from fedcare.common.data import load_site_csv
+    from fedcare.common.errors import DataValidationError
+
+    bundle = _bundle(args)
+    try:
+        table = load_site_csv(args.csv, bundle.schema, missing="keep")
+    except DataValidationError as err:
+        sys.stdout.write(f"{err}\n")
+        return EXIT_FAILED
+    run_report = json.loads(Path(args.run_report).read_text()) if args.run_report else None
+    privacy = (bundle.manifest.get("privacy") or {}).get(args.site) or {}
+    build_validation_report(
+        site=args.site, features=table.features, labels=table.labels,
+        risks=bundle.predict_encoded(bundle.encode(table.features)), threshold=bundle.threshold,
+        model_info=bundle.describe(), privacy_statement=privacy.get("statement"),
+        run_report=run_report, out_dir=args.out)
+    sys.stdout.write(f"validation report: {Path(args.out) / HTML_FILENAME} (stays at the site: "
+                     "it is computed from patient rows without DP)\n")
+    return EXIT_OK
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from fedcare.client.drift import check_drift
+    from fedcare.client.site import PROFILE_FILENAME
+    from fedcare.common.data import load_features_csv
+    from fedcare.common.errors import DataValidationError
+    from fedcare.common.files import strict_json_loads
+
+    bundle = _bundle(args)
+    profile = strict_json_loads((Path(args.site_dir) / PROFILE_FILENAME).read_text())
+    try:
+        batch = load_features_csv(args.csv, bundle.schema)
+    except DataValidationError as err:
+        sys.stdout.write(f"{err}\n")
+        return EXIT_FAILED
+    report = check_drift(profile, bundle.encode(batch.features),
+                         feature_names=bundle.feature_names)
+    sys.stdout.write(report.summary() + "\n")
+    return EXIT_FAILED if report.flagged() else EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fedcare.client.api import serve
+
+    token = os.environ.get(TOKEN_ENV) or None
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip()
+    serve(_bundle(args), host=args.host, port=args.port, token=token)
+    return EXIT_OK
+
+
 def cmd_benchmark_heart(args: argparse.Namespace) -> int:
     from fedcare.simulations.heart_benchmark import run_benchmark
 
@@ -243,6 +327,40 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=("breast-cancer", "heart-disease"))
     check.add_argument("--missing", default="drop", choices=("drop", "keep"))
     check.set_defaults(func=cmd_check_csv)
+
+    def bundle_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True, help="the global model.keras (model.json "
+                                                     "beside it)")
+        p.add_argument("--site-dir", required=True,
+                       help="this site's state dir (preprocessor.json, training-profile.json)")
+        p.add_argument("--threshold", type=float, default=0.5)
+
+    pred = sub.add_parser("predict", help="risk + explanation for each patient in a CSV")
+    bundle_flags(pred)
+    pred.add_argument("--csv", required=True)
+    pred.add_argument("--out", required=True)
+    pred.set_defaults(func=cmd_predict)
+
+    val = sub.add_parser("validation-report", help="the model on this site's held-out rows")
+    bundle_flags(val)
+    val.add_argument("--csv", required=True, help="held-out rows with the label column")
+    val.add_argument("--site", required=True, help="this site's name (for its privacy figure)")
+    val.add_argument("--run-report", help="the run's report.json (metrics by round)")
+    val.add_argument("--out", required=True, help="output folder")
+    val.set_defaults(func=cmd_validation_report)
+
+    drift = sub.add_parser("drift", help="compare new patients with the training rows")
+    bundle_flags(drift)
+    drift.add_argument("--csv", required=True)
+    drift.set_defaults(func=cmd_drift)
+
+    srv = sub.add_parser("serve", help="prediction API: /predict, /health, /model")
+    bundle_flags(srv)
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8080)
+    srv.add_argument("--token-file", help=f"API token file (or set {TOKEN_ENV}); required "
+                                          "when --host is not loopback")
+    srv.set_defaults(func=cmd_serve)
 
     audit = sub.add_parser("audit", help="membership-inference audit of a finished simulation")
     audit.add_argument("run_dir")

@@ -7,7 +7,8 @@
 Every reply is JSON (``application/json; charset=utf-8``); every error is
 ``{"error": <short>, "detail": <sentence>}`` or, for per-record findings,
 ``{"error": <short>, "problems": [{"row", "column", "message"}, ...], "total": n}``.
-``row`` is the record's 0-based index in ``patients``, as the client sent it.
+``row`` is the patient's position in ``patients`` counted from 1 (as ``ModelBundle``
+numbers them), or null for a problem with the whole request.
 
 Fail closed: the service binds to 127.0.0.1 by default, and binding anywhere else
 requires a bearer token (``Authorization: Bearer <token>``, compared in constant time).
@@ -185,7 +186,7 @@ def _records_from(payload: object) -> list[dict[str, object]]:
                      f"got {len(patients)}")
 
     problems: list[dict[str, object]] = []
-    for row, record in enumerate(patients):
+    for row, record in enumerate(patients, start=1):
         if not isinstance(record, dict):
             problems.append({"row": row, "column": None,
                              "message": f"record must be a JSON object; got {_json_type(record)}"})

@@ -10,7 +10,6 @@ ledger and its site-local preprocessing, which never leave the site.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -21,10 +20,12 @@ from typing import Any
 import numpy as np
 
 from fedcare.client.audit import AuditRecord, SiteAuditLog
+from fedcare.client.drift import training_profile
 from fedcare.client.training import DPSettings, EvalResult, derive_seed, get_trainer, secure_seed
 from fedcare.common.config import RunConfig
 from fedcare.common.datasets import SiteData, load_federated_site, load_site_from_csv
 from fedcare.common.errors import ConfigError
+from fedcare.common.files import write_json_atomic
 from fedcare.common.privacy import (
     LedgerEntry,
     PrivacyLedger,
@@ -38,6 +39,7 @@ from fedcare.common.privacy import (
 logger = logging.getLogger(__name__)
 
 PREPROCESSOR_FILENAME = "preprocessor.json"
+PROFILE_FILENAME = "training-profile.json"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,12 +144,12 @@ def load_site(config: RunConfig, site: SiteSpec) -> SiteData:
 
 
 def _save_preprocessor(state_dir: Path, data: SiteData) -> None:
-    """Keep the site-local scaling statistics at the site, for prediction later."""
+    """Keep the site-local scaling statistics (for prediction) and a profile of the training
+    rows (for drift checks) at the site. Both come from private rows: they never leave it."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / PREPROCESSOR_FILENAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data.preprocessor.to_dict(), indent=2))
-    tmp.replace(path)
+    write_json_atomic(state_dir / PREPROCESSOR_FILENAME, data.preprocessor.to_dict())
+    write_json_atomic(state_dir / PROFILE_FILENAME,
+                      training_profile(data.x_train, data.preprocessor.encoded_feature_names))
 
 
 @functools.lru_cache(maxsize=64)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,33 @@ try:  # POSIX only
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write then rename (with fsync), so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def json_safe(data: Any) -> Any:
+    """``data`` with every non-finite float (NaN: an undefined metric) replaced by ``None``,
+    so it can be written as strict JSON."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: json_safe(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(value) for value in data]
+    return data
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Strict JSON (undefined metrics become ``null``), written atomically."""
+    write_text_atomic(path, json.dumps(json_safe(data), indent=2, allow_nan=False))
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

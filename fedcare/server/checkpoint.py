@@ -6,6 +6,7 @@ whoever loads it knows what it was trained on and what it cost.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -40,8 +41,11 @@ class CheckpointWriter:
 
     def save_final(self, weights: Sequence[np.ndarray], manifest: Mapping[str, Any]) -> Path:
         path = self._save(self.run_dir / FINAL_MODEL, weights)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        # The digest ties this exact file to the manifest's privacy figures.
         write_json_atomic(self.run_dir / MANIFEST, {"format": MANIFEST_FORMAT, "version": 1,
-                                                    "model": FINAL_MODEL, **manifest})
+                                                    "model": FINAL_MODEL, "model-sha256": digest,
+                                                    **manifest})
         return path
 
     def _save(self, path: Path, weights: Sequence[np.ndarray]) -> Path:

@@ -7,10 +7,8 @@ its recorded rounds) at the stated delta; it is never averaged across sites.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Message
+
+from fedcare.common.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -185,15 +185,6 @@ def format_site_table(report: Mapping[str, Any]) -> str:
                      f"{(f'{delta:.0e}' if delta else 'no DP'):>9}"
                      f"{_fmt(row.get('accuracy')):>7}{_fmt(row.get('auc')):>7}")
     return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, allow_nan=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def write_report(run_dir: Path, report: Mapping[str, Any]) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -17,7 +18,13 @@ from flwr.serverapp.strategy import (
 )
 
 from fedcare.common.config import STRATEGIES, RunConfig
-from fedcare.server.report import format_site_table, site_table, summarize_evaluation
+from fedcare.server.report import (
+    RunRecorder,
+    format_site_table,
+    site_table,
+    summarize_evaluation,
+    write_report,
+)
 from fedcare.server.strategies import (
     aggregate_evaluate_metrics,
     aggregate_train_metrics,
@@ -109,3 +116,20 @@ def test_site_table_keeps_latest_figures_and_counts_failures() -> None:
     text = format_site_table({"sites": table})
     assert "0.700" in text and "1e-03" in text and "n/a" in text
     assert math.isfinite(table["a"]["auc"])
+
+
+def test_report_with_no_defined_auc_anywhere_is_still_written(tmp_path) -> None:
+    # Every site's held-out rows are one class: mean-site-auc is NaN, which strict JSON
+    # cannot hold. The report must still be written, with null for the undefined figure.
+    recorder = RunRecorder(run_name="r", run_config={"epsilon-budget": 5.0, "delta": 1e-3})
+    recorder.start_round(1)
+    recorder.rounds[1].evaluate = {"a": {"num-examples": 4, "accuracy": 1.0, "auc": None}}
+    recorder.end_round(1)
+    report = recorder.to_dict(final=summarize_evaluation(recorder.rounds[1].evaluate))
+
+    path = write_report(tmp_path, report)
+
+    saved = json.loads(path.read_text())
+    assert saved["final"]["mean-site-auc"] is None
+    assert saved["rounds"][0]["global"]["mean-site-auc"] is None
+    assert (tmp_path / "global-metrics.png").stat().st_size > 0
