@@ -464,23 +464,10 @@ def _looks_like_data(cells: Sequence[str]) -> bool:
     return bool(filled) and all(is_number(c) for c in filled)
 
 
-def load_site_csv(
-    path: str | os.PathLike[str],
-    schema: TabularSchema,
-    *,
-    missing: MissingPolicy = "drop",
-) -> SiteTable:
-    """Read and validate one site's CSV file.
-
-    The file is read as UTF-8 text (a leading BOM is dropped); every cell stays a string
-    until it is checked, so nothing is inferred or coerced behind the user's back. Every
-    problem (file, header, row shape, cell value) is collected and raised once as a
-    :class:`DataValidationError`. ``missing`` decides what happens to rows with empty
-    cells in optional columns: ``"drop"`` drops and counts them, ``"keep"`` keeps NaN.
-    """
-    _check_missing_policy(missing)
-    source = os.fspath(path)
-    log = _ProblemLog(source)
+def _read_frame(path: str | os.PathLike[str], log: _ProblemLog, *,
+                header_hint: str) -> tuple[pd.DataFrame, np.ndarray, int]:
+    """A CSV file as a frame of str cells (header as column names); ragged rows reported
+    and left out. Returns the frame, the line number of each kept row, and rows read."""
     text = _read_text(path, log)
     if text is None:
         log.fail()
@@ -515,7 +502,7 @@ def load_site_csv(
     if _looks_like_data(header):
         log.add(
             f"line {header_line} must be a header naming the columns "
-            f"({', '.join(schema.column_names())}); got what looks like a data row",
+            f"({header_hint}); got what looks like a data row",
             row=header_line,
         )
         log.fail()
@@ -536,8 +523,29 @@ def load_site_csv(
     frame = pd.DataFrame(records, dtype=object) if records else pd.DataFrame(
         np.empty((0, width), dtype=object))
     frame.columns = pd.Index(header, dtype=object)
-    return _validate(frame, schema, source=source, missing=missing, line_numbers=lines[good],
-                     log=log, rows_read=len(counts))
+    return frame, lines[good], len(counts)
+
+
+def load_site_csv(
+    path: str | os.PathLike[str],
+    schema: TabularSchema,
+    *,
+    missing: MissingPolicy = "drop",
+) -> SiteTable:
+    """Read and validate one site's CSV file.
+
+    The file is read as UTF-8 text (a leading BOM is dropped); every cell stays a string
+    until it is checked, so nothing is inferred or coerced behind the user's back. Every
+    problem (file, header, row shape, cell value) is collected and raised once as a
+    :class:`DataValidationError`. ``missing`` decides what happens to rows with empty
+    cells in optional columns: ``"drop"`` drops and counts them, ``"keep"`` keeps NaN.
+    """
+    _check_missing_policy(missing)
+    source = os.fspath(path)
+    log = _ProblemLog(source)
+    frame, lines, rows_read = _read_frame(path, log, header_hint=", ".join(schema.column_names()))
+    return _validate(frame, schema, source=source, missing=missing, line_numbers=lines,
+                     log=log, rows_read=rows_read)
 
 
 # --------------------------------------------------------------------------- split
@@ -860,62 +868,12 @@ def load_features_csv(path: str | os.PathLike[str], schema: TabularSchema) -> Fe
     """
     source = os.fspath(path)
     log = _ProblemLog(source)
-    text = _read_text(path, log)
-    if text is None:
-        log.fail()
-    # The record loop of load_site_csv (kept identical: cells stay str, every ragged
-    # row is reported with its first line, blank lines are not rows).
-    reader = csv.reader(io.StringIO(text, newline=""))
-    records: list[list[str]] = []
-    starts: list[int] = []
-    header: list[str] | None = None
-    header_line = 0
-    previous = 0
-    try:
-        for record in reader:
-            start = previous + 1
-            previous = reader.line_num
-            if not record or (len(record) == 1 and not record[0].strip()):
-                continue
-            if header is None:
-                header = [cell.strip() for cell in record]
-                header_line = start
-            else:
-                records.append(record)
-                starts.append(start)
-    except csv.Error as exc:
-        log.add(f"line must be valid CSV; got {exc}", row=reader.line_num)
-        log.fail()
-    if header is None:  # pragma: no cover - text.strip() was non-empty
-        log.add("file must hold a header line; got none")
-        log.fail()
-    if _looks_like_data(header):
-        log.add(
-            f"line {header_line} must be a header naming the columns "
-            f"({', '.join(schema.feature_names())}; the label {schema.label.name!r} is "
-            "optional); got what looks like a data row",
-            row=header_line,
-        )
-        log.fail()
-    width = len(header)
-    counts = np.fromiter((len(r) for r in records), dtype=np.int64, count=len(records))
-    lines = np.asarray(starts, dtype=np.int64)
-    ragged = np.flatnonzero(counts != width)
-
-    def describe_ragged(i: int) -> str:
-        return (f"row must have {width} cells (one per header column); "
-                f"got {counts[ragged[i]]}")
-
-    log.add_group(lines[ragged], order=-1, column=None, describe=describe_ragged)
-    good = counts == width
-    if len(ragged):
-        records = [r for r, ok in zip(records, good, strict=True) if ok]
-    frame = pd.DataFrame(records, dtype=object) if records else pd.DataFrame(
-        np.empty((0, width), dtype=object))
-    frame.columns = pd.Index(header, dtype=object)
+    frame, lines, rows_read = _read_frame(
+        path, log, header_hint=f"{', '.join(schema.feature_names())}; the label "
+                               f"{schema.label.name!r} is optional")
 
     label = schema.label
-    labelled = label.name in [name.lstrip("\ufeff") for name in header]
+    labelled = label.name in [str(name).lstrip("\ufeff") for name in frame.columns]
     if not labelled:
         # Stand in a valid label so the shared validator checks everything else exactly
         # as for a training file; the stand-in is never returned.
@@ -928,7 +886,7 @@ def load_features_csv(path: str | os.PathLike[str], schema: TabularSchema) -> Fe
         else:
             stand_in = 0.0
         frame[label.name] = format_number(stand_in)
-    table = _validate(frame, schema, source=source, missing="keep", line_numbers=lines[good],
-                      log=log, rows_read=len(counts))
+    table = _validate(frame, schema, source=source, missing="keep", line_numbers=lines,
+                      log=log, rows_read=rows_read)
     return FeatureTable(features=table.features, labels=table.labels if labelled else None,
-                        lines=lines[good], report=table.report)
+                        lines=lines, report=table.report)
