@@ -47,7 +47,13 @@ import numpy as np
 
 from fedcare.common.errors import LedgerCorrupted, RoundAlreadyRecorded
 from fedcare.common.errors import describe_value as _describe
-from fedcare.common.files import file_lock, fsync_dir, require_exact_keys, strict_json_loads
+from fedcare.common.files import (
+    file_lock,
+    fsync_dir,
+    require_exact_keys,
+    site_state_dir,
+    strict_json_loads,
+)
 
 __all__ = [
     "AUDIT_FILENAME",
@@ -439,11 +445,7 @@ class SiteAuditLog:
     """
 
     def __init__(self, state_dir: str | os.PathLike[str], *, site: str) -> None:
-        if not isinstance(site, str) or not site.strip() or site != site.strip():
-            raise ValueError(f"SiteAuditLog: site must be a non-empty name without "
-                             f"surrounding spaces; got {_describe(site)}")
-        self._dir = Path(state_dir)
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir = site_state_dir(state_dir, site=site, where="SiteAuditLog")
         self._site = site
         self._path = self._dir / AUDIT_FILENAME
 

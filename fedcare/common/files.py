@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fedcare.common.errors import describe_value
+
 try:  # POSIX only
     import fcntl
 except ImportError:  # pragma: no cover
@@ -49,6 +51,16 @@ def json_safe(data: Any) -> Any:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Strict JSON (undefined metrics become ``null``), written atomically."""
     write_text_atomic(path, json.dumps(json_safe(data), indent=2, allow_nan=False))
+
+
+def site_state_dir(state_dir: str | os.PathLike[str], *, site: object, where: str) -> Path:
+    """Check a site name (non-empty, no surrounding spaces) and create its state folder."""
+    if not isinstance(site, str) or not site.strip() or site != site.strip():
+        raise ValueError(f"{where}: site must be a non-empty name without surrounding "
+                         f"spaces; got {describe_value(site)}")
+    directory = Path(state_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -51,7 +51,13 @@ from pathlib import Path
 from typing import Any
 
 from fedcare.common.errors import LedgerCorrupted, PrivacyBudgetExceeded, RoundAlreadyRecorded
-from fedcare.common.files import file_lock, fsync_dir, require_exact_keys, strict_json_loads
+from fedcare.common.files import (
+    file_lock,
+    fsync_dir,
+    require_exact_keys,
+    site_state_dir,
+    strict_json_loads,
+)
 from fedcare.common.privacy.accounting import RoundSpend, compose_epsilon
 from fedcare.common.privacy.config import describe_value
 
@@ -189,11 +195,7 @@ class PrivacyLedger:
     """
 
     def __init__(self, state_dir: str | os.PathLike[str], *, site: str) -> None:
-        if not isinstance(site, str) or not site.strip() or site != site.strip():
-            raise ValueError(f"PrivacyLedger: site must be a non-empty name without "
-                             f"surrounding spaces; got {describe_value(site)}")
-        self._dir = Path(state_dir)
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir = site_state_dir(state_dir, site=site, where="PrivacyLedger")
         self._site = site
         self._path = self._dir / LEDGER_FILENAME
         stray = sorted(p.name for p in self._dir.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"))
