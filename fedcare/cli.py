@@ -144,7 +144,7 @@ def cmd_check_csv(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    from fedcare.common.privacy import PrivacyLedger
+    from fedcare.common.privacy import PrivacyLedger, statement_from_entries
 
     ledger = PrivacyLedger(args.state_dir, site=args.site)
     eps = ledger.epsilon(delta=args.delta, accountant=args.accountant)
@@ -162,6 +162,10 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         sys.stdout.write(f"{args.site}: {len(rows)} rounds recorded; epsilon = {eps:.4f} at "
                          f"delta = {args.delta:g} ({args.accountant.upper()}, "
                          "all recorded rounds)\n")
+        if ledger.entries:
+            statement = statement_from_entries(ledger.entries, delta=args.delta,
+                                               accountant=args.accountant)
+            sys.stdout.write(f"{statement.short()}\n")
     return EXIT_OK
 
 
