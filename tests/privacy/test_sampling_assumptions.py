@@ -83,3 +83,19 @@ def test_statement_names_the_assumption_that_holds(tmp_path) -> None:
     shuffled = statement("shuffle")
     assert "shuffled batches, no amplification by sampling" in shuffled
     assert "Poisson" not in shuffled
+
+
+def test_the_same_spends_are_composed_once_whatever_their_order() -> None:
+    # The budget check and the statement compose the same spends every round; the costly
+    # accountant runs once per distinct canonical composition.
+    from fedcare.common.privacy.accounting import _epsilon_of
+
+    a = plan_round(num_examples=997, batch_size=31, local_epochs=1, noise_multiplier=1.37)
+    b = plan_round(num_examples=997, batch_size=31, local_epochs=1, noise_multiplier=2.11)
+    first = compose_epsilon([a, b, a], delta=DELTA)
+    hits = _epsilon_of.cache_info().hits
+
+    again = compose_epsilon([a, a, b], delta=DELTA)
+
+    assert again == first
+    assert _epsilon_of.cache_info().hits == hits + 1

@@ -31,6 +31,7 @@ adds up epsilons. Two accountants are offered:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -70,6 +71,7 @@ PLD_VALUE_DISCRETIZATION_INTERVAL = 1e-4
 MAX_CALIBRATED_NOISE_MULTIPLIER = 1e4
 
 _SPEND_KEYS = ("mechanism", "sampling_rate", "noise_multiplier", "steps")
+EPSILON_CACHE_SIZE = 1024
 SAMPLINGS = ("poisson", "shuffle")
 #: Ledger mechanism names, by sampling scheme.
 MECHANISMS = {"poisson": MECHANISM, "shuffle": "shuffled-gaussian-no-amplification"}
@@ -242,6 +244,14 @@ def composed_event(spends: Sequence[RoundSpend]) -> dp_accounting.DpEvent:
     once per distinct (q, sigma): N rounds of s steps give exactly the epsilon of
     one event of N*s steps, and the PLD accountant convolves far fewer times.
     """
+    return _event_of(_merged(spends))
+
+
+_Merged = tuple[tuple[tuple[float, float], int], ...]
+
+
+def _merged(spends: Sequence[RoundSpend]) -> _Merged:
+    """Canonical form: ((q, sigma), total steps) for each distinct (q, sigma), sorted."""
     steps_by_params: dict[tuple[float, float], int] = {}
     for spend in spends:
         if not isinstance(spend, RoundSpend):
@@ -249,9 +259,13 @@ def composed_event(spends: Sequence[RoundSpend]) -> dp_accounting.DpEvent:
                             f"got {type(spend).__name__}")
         key = (spend.sampling_rate, spend.noise_multiplier)
         steps_by_params[key] = steps_by_params.get(key, 0) + spend.steps
+    return tuple(sorted(steps_by_params.items()))
+
+
+def _event_of(merged: _Merged) -> dp_accounting.DpEvent:
     events = [
         RoundSpend(sampling_rate=q, noise_multiplier=sigma, steps=steps).to_dp_event()
-        for (q, sigma), steps in sorted(steps_by_params.items())
+        for (q, sigma), steps in merged
     ]
     if not events:
         return dp_accounting.NoOpDpEvent()
@@ -272,8 +286,15 @@ def compose_epsilon(
     spends = tuple(spends)
     if not spends:
         return 0.0
-    event = composed_event(spends)
-    return float(make_accountant(accountant).compose(event).get_epsilon(delta))
+    return _epsilon_of(_merged(spends), delta, accountant)
+
+
+@functools.lru_cache(maxsize=EPSILON_CACHE_SIZE)
+def _epsilon_of(merged: _Merged, delta: float, accountant: str) -> float:
+    """Composition is the costly part (PLD: up to seconds), and a site composes the same
+    spends more than once a round (budget check, statement): keyed on the canonical
+    form, each distinct composition is computed once per process."""
+    return float(make_accountant(accountant).compose(_event_of(merged)).get_epsilon(delta))
 
 
 def calibrate_noise_multiplier(
