@@ -59,6 +59,3 @@ class LedgerCorrupted(FedcareError):
 class ModelMismatch(FedcareError, ValueError):
     """A model, its manifest and a preprocessing file do not belong together."""
 
-
-class UpdateRejected(FedcareError):
-    """A model update failed validation on the server and was not aggregated."""
