@@ -32,6 +32,7 @@ FLEET_ADDRESS = "0.0.0.0:9092"          # hospitals connect here (open this port
 CONTROL_ADDRESS = "127.0.0.1:9093"      # flwr run / node registration: operator only
 SERVERAPPIO_ADDRESS = "127.0.0.1:9091"  # SuperLink <-> ServerApp: never leaves the host
 CLIENTAPPIO_ADDRESS = "127.0.0.1:9094"  # SuperNode <-> ClientApp: never leaves the host
+SYNC_TIMEOUT = 120.0
 INSECURE_WARNING = ("INSECURE: plain-text gRPC, no TLS and no SuperNode authentication. "
                     "Model updates travel unencrypted and ANY process that reaches the port "
                     "can join as a site. Use only on a private test bed.")
@@ -107,11 +108,16 @@ def start_superlink(plan: SuperLinkPlan, *, env: Mapping[str, str] | None = None
     logger.info("starting: %s", shlex.join(cmd))
     proc = subprocess.Popen(cmd, env=child_env(env))
     if not plan.insecure:
-        try:
-            sync_sites(plan.certs, control_address=plan.control_address)
-        except BaseException:
-            proc.terminate()
-            raise
+        # in a child process: Flower's gRPC client imports TensorFlow (~600 MB), and this
+        # process only waits for the SuperLink afterwards
+        sync = subprocess.run([sys.executable, "-m", "fedcare.cli", "certs", "sync",
+                               "--certs", str(plan.certs),
+                               "--control-address", plan.control_address],
+                              env=child_env(env), check=False, timeout=SYNC_TIMEOUT)
+        if sync.returncode != 0:
+            stop(proc)
+            raise LaunchError(f"launch: the listed sites must be registered with the "
+                              f"SuperLink; `fedcare certs sync` exited {sync.returncode}")
     return proc
 
 
