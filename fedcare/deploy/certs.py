@@ -16,6 +16,7 @@ Each step is one function that writes its files or refuses: private keys are wri
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import ipaddress
@@ -220,7 +221,9 @@ def load_site_public_key(path: Path) -> bytes:
 
 
 def fingerprint(public_openssh: bytes) -> str:
-    return "sha256:" + hashlib.sha256(public_openssh.split(b" ")[1]).hexdigest()[:32]
+    """OpenSSH's own fingerprint (``ssh-keygen -lf auth.pub`` prints the same)."""
+    blob = base64.b64decode(public_openssh.split(b" ")[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def read_allowlist(certs: Path) -> dict[str, dict[str, str]]:

@@ -130,3 +130,13 @@ def test_server_certificate_needs_a_ca_and_hosts(tmp_path: Path) -> None:
     certs_mod.create_ca(tmp_path)
     with pytest.raises(CertError, match="hosts must name at least one"):
         certs_mod.issue_server_cert(tmp_path, hosts=[" "])
+
+
+def test_fingerprint_is_the_one_ssh_keygen_prints(certs: Path) -> None:
+    import base64
+    import hashlib
+
+    line = certs_mod.site_pub_path(certs, "alpha").read_text().split()
+    expected = "SHA256:" + base64.b64encode(
+        hashlib.sha256(base64.b64decode(line[1])).digest()).decode().rstrip("=")
+    assert certs_mod.read_allowlist(certs)["alpha"]["fingerprint"] == expected
