@@ -151,18 +151,26 @@ def cmd_supernode(args: argparse.Namespace) -> int:
     if args.insecure:
         sys.stderr.write(f"WARNING: {launch.INSECURE_WARNING}\n")
     proc = launch.start_supernode(plan)
+    node_gave_up = threading.Event()
 
-    def _watch() -> None:  # the SuperNode gave up (refused, unreachable): stop the worker too
+    def _watch() -> None:  # the SuperNode gave up (refused, removed): stop the worker too
         code = proc.wait()
-        logger.error("flower-supernode exited with code %s; stopping this site", code)
-        os.kill(os.getpid(), signal.SIGTERM)
+        if not stopping.is_set():
+            node_gave_up.set()
+            logger.error("flower-supernode exited with code %s (refused, removed or "
+                         "unreachable: see above); stopping this site", code)
+            os.kill(os.getpid(), signal.SIGTERM)
 
+    stopping = threading.Event()
     threading.Thread(target=_watch, daemon=True).start()
     try:
         launch.run_clientapp_worker(plan.clientappio_address)
+    except SystemExit:  # Flower's signal handler exits; we decide the exit code
+        pass
     finally:
+        stopping.set()
         launch.stop(proc)
-    return EXIT_OK if proc.returncode in (0, -signal.SIGTERM) else EXIT_FAILED
+    return EXIT_FAILED if node_gave_up.is_set() else EXIT_OK
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

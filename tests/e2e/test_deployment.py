@@ -97,7 +97,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     certs_mod.remove_site(certs, "gamma")
     certs_mod.create_ca(root / "other-ca")
     (root / "data").mkdir()
-    write_heart_dir(root / "data", {"alpha": 120, "beta": 100})
+    write_heart_dir(root / "data", {"alpha": 120, "beta": 100, "gamma": 80})
     fleet, control, serverappio, io_a, io_b, *io_bad = free_ports(8)
     env = {**os.environ, "FLWR_HOME": str(root / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
            "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(PROJECT_ROOT),
@@ -121,7 +121,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                              f"127.0.0.1:{io}"])
         node = [str(BIN / "flower-supernode"), "--superlink", dep.fleet, "--isolation",
                 "process", "--max-wait-time", REFUSED_WAIT]
-        ca = str(certs / certs_mod.CA_CERT)
         dep.start("no-tls", [*node, "--insecure",
                              "--clientappio-api-address", f"127.0.0.1:{io_bad[0]}"])
         dep.start("other-ca", [*node, "--root-certificates",
@@ -129,10 +128,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                                "--auth-supernode-private-key",
                                str(certs_mod.site_key_path(certs, "alpha")),
                                "--clientappio-api-address", f"127.0.0.1:{io_bad[1]}"])
-        dep.start("unlisted-key", [*node, "--root-certificates", ca,
-                                   "--auth-supernode-private-key",
-                                   str(certs_mod.site_key_path(certs, "gamma")),
-                                   "--clientappio-api-address", f"127.0.0.1:{io_bad[2]}"])
+        # the unlisted site goes through `fedcare supernode`, as a hospital would
+        dep.start("unlisted-key", [str(BIN / "fedcare"), "supernode", "--site", "gamma",
+                                   "--csv", str(root / "data" / "gamma.csv"),
+                                   "--state-dir", str(root / "sites" / "gamma"),
+                                   "--superlink", dep.fleet, "--certs", str(certs),
+                                   "--clientappio-address", f"127.0.0.1:{io_bad[2]}"])
         yield dep
     finally:
         dep.stop_all()
@@ -195,6 +196,7 @@ def test_supernode_trusting_another_ca_is_refused(dp_run: dict[str, object],
 def test_supernode_whose_key_is_not_on_the_list_is_refused(dp_run: dict[str, object],
                                                            deployment: Deployment) -> None:
     proc = deployment.procs["unlisted-key"]
-    assert proc.wait(timeout=60) != 0
+    assert proc.wait(timeout=60) == 1  # `fedcare supernode` reports the refusal
     assert "No SuperNode found with the given public key" in deployment.log("unlisted-key")
     assert "gamma" not in dp_run["report"]["sites"]  # type: ignore[index]
+    assert not (deployment.root / "sites" / "gamma" / "privacy-ledger.json").exists()
