@@ -13,6 +13,11 @@
     fedcare validation-report   the model on the site's held-out rows (HTML, PNG, JSON)
     fedcare drift               a new batch against the site's training distribution
     fedcare serve               a prediction API (localhost; token needed beyond it)
+
+  deployment (docs/runbook-consortium.md, docs/runbook-hospital.md):
+    fedcare certs ...           consortium CA, SuperLink certificate, site keys, status
+    fedcare superlink           consortium: SuperLink with TLS + SuperNode authentication
+    fedcare supernode           hospital: check the CSV, then join over TLS with the site key
 """
 
 from __future__ import annotations
@@ -375,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit_log = sub.add_parser("audit-log", help="verify a site's hash-chained audit log")
     audit_log.add_argument("path", help="the site's state dir or its audit-log.jsonl")
     audit_log.set_defaults(func=cmd_audit_log)
+
+    from fedcare.deploy.commands import add_parsers as add_deploy_parsers
+
+    add_deploy_parsers(sub)  # certs ..., superlink, supernode
 
     led = sub.add_parser("ledger", help="show a site's privacy ledger")
     led.add_argument("state_dir")

@@ -7,6 +7,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedcare.client.secure_aggregation import legacy_format_mod, secure_aggregation_mod
 from fedcare.client.site import SiteSpec, evaluate_round, resolve_site, train_round
 from fedcare.common.config import RunConfig
 from fedcare.common.errors import LedgerCorrupted, PrivacyBudgetExceeded, RoundAlreadyRecorded
@@ -28,7 +29,7 @@ def _read(msg: Message, context: Context) -> tuple[RunConfig, SiteSpec, Any, lis
     return config, site, round_config, msg.content.array_records["arrays"].to_numpy_ndarrays()
 
 
-@app.train()
+@app.train(mods=[secure_aggregation_mod])  # SecAgg+ rounds; plain ones pass
 def train(msg: Message, context: Context) -> Message:
     config, site, round_config, weights = _read(msg, context)
     try:
@@ -54,7 +55,7 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-@app.evaluate()
+@app.evaluate(mods=[legacy_format_mod])
 def evaluate(msg: Message, context: Context) -> Message:
     config, site, _, weights = _read(msg, context)
     result = evaluate_round(config, site, weights)

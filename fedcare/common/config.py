@@ -24,6 +24,9 @@ DP_MODES = ("target-epsilon", "noise-multiplier", "off")
 DP_BACKENDS = ("bookkeeping", "tfp-fast-clipping")
 SAMPLINGS = ("poisson", "shuffle")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
+SECURE_AGGREGATIONS = ("none", "secaggplus")
+SECAGG_STRATEGIES = ("fedavg", "fedprox")  # the server sees only the sum: no robust rules
+SECAGG_MIN_SITES = 3  # with 2, each site learns the other's update from the average
 MAX_HIDDEN_UNITS = 4096
 
 
@@ -70,6 +73,8 @@ class RunConfig:
     site_noise_multiplier: float = 1.0
     site_clip_norm: float = 0.5
     site_delta: float = 1e-2
+    # secure aggregation (SecAgg+): the server sees only the sum of site updates
+    secure_aggregation: str = "none"
     # outputs
     output_dir: str = "runs"
     run_name: str = ""
@@ -259,6 +264,16 @@ def _value_problems(c: RunConfig) -> list[str]:
         _check(p, 0 < c.site_delta < 1, "site-delta", "in (0, 1)", c.site_delta)
         _check(p, c.fraction_train == 1.0, "fraction-train",
                "1.0 when site-dp is on (every site, every round)", c.fraction_train)
+    _choice(p, "secure-aggregation", c.secure_aggregation, SECURE_AGGREGATIONS)
+    if c.secure_aggregation == "secaggplus":
+        _check(p, c.strategy in SECAGG_STRATEGIES, "strategy",
+               f"one of {', '.join(SECAGG_STRATEGIES)} with secure-aggregation=secaggplus "
+               "(the server sees only the sum of updates)", c.strategy)
+        _check(p, not c.site_dp, "site-dp", "false with secure-aggregation=secaggplus "
+               "(server-side clipping needs each site's update)", c.site_dp)
+        _check(p, c.min_sites >= SECAGG_MIN_SITES, "min-sites",
+               f">= {SECAGG_MIN_SITES} with secure-aggregation=secaggplus (with 2 sites each "
+               "learns the other's update)", c.min_sites)
     if c.dp_enabled and not p:
         try:
             c.privacy()

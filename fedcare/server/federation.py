@@ -9,6 +9,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.server import Grid
+from flwr.serverapp.strategy import Strategy
 
 from fedcare import __version__
 from fedcare.common.config import RunConfig
@@ -67,14 +68,22 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
     def on_new_global(server_round: int, arrays: ArrayRecord) -> None:
         checkpoints.save_round(server_round, arrays.to_numpy_ndarrays())
 
-    inner = make_strategy(config)
-    strategy = RecordingStrategy(inner, recorder, on_new_global=on_new_global)
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(weights_of(model)),
-                            num_rounds=config.num_rounds, timeout=ROUND_TIMEOUT_SECONDS,
-                            train_config=ConfigRecord({"run-name": run_name}),
-                            evaluate_config=ConfigRecord({"run-name": run_name}))
-    final_weights = (result.arrays.to_numpy_ndarrays() if len(result.arrays)
-                     else weights_of(model))
+    inner: Strategy | None = None
+    if config.secure_aggregation == "secaggplus":  # Flower's legacy SecAgg+ workflow
+        from fedcare.server.secure_aggregation import run_secaggplus_rounds
+
+        final_weights = run_secaggplus_rounds(
+            grid, config, initial=weights_of(model), run_name=run_name, recorder=recorder,
+            on_new_global=on_new_global, timeout=ROUND_TIMEOUT_SECONDS)
+    else:
+        inner = make_strategy(config)
+        strategy = RecordingStrategy(inner, recorder, on_new_global=on_new_global)
+        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(weights_of(model)),
+                                num_rounds=config.num_rounds, timeout=ROUND_TIMEOUT_SECONDS,
+                                train_config=ConfigRecord({"run-name": run_name}),
+                                evaluate_config=ConfigRecord({"run-name": run_name}))
+        final_weights = (result.arrays.to_numpy_ndarrays() if len(result.arrays)
+                         else weights_of(model))
     last_eval = next((r.evaluate for r in sorted(recorder.rounds.values(),
                                                  key=lambda r: -r.server_round) if r.evaluate), {})
     final = summarize_evaluation(last_eval) if last_eval else {}
