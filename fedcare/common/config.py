@@ -24,6 +24,7 @@ DP_MODES = ("target-epsilon", "noise-multiplier", "off")
 DP_BACKENDS = ("bookkeeping", "tfp-fast-clipping")
 SAMPLINGS = ("poisson", "shuffle")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
+PERSONALISATIONS = ("none", "offset")
 MAX_HIDDEN_UNITS = 4096
 
 
@@ -56,6 +57,9 @@ class RunConfig:
     local_optimizer: str = "sgd"
     hidden_units: str = "64,32"
     seed: int = 0
+    # personalisation (site-private offset, trained inside the DP step; docs/personalisation.md)
+    personalisation: str = "none"
+    finetune_epochs: int = 0
     # differential privacy
     dp_mode: str = "target-epsilon"
     target_epsilon: float = 1.0
@@ -228,6 +232,15 @@ def _value_problems(c: RunConfig) -> list[str]:
     _choice(p, "sampling", c.sampling, SAMPLINGS)
     _choice(p, "local-optimizer", c.local_optimizer, LOCAL_OPTIMIZERS)
     _choice(p, "accountant", c.accountant, ACCOUNTANTS)
+    _choice(p, "personalisation", c.personalisation, PERSONALISATIONS)
+    _check(p, c.finetune_epochs >= 0, "finetune-epochs", ">= 0", c.finetune_epochs)
+    if c.finetune_epochs and c.personalisation == "none":
+        p.append(f"config: finetune-epochs must be 0 when personalisation is none (fine-tuning "
+                 f"makes the site's personalised model); got {c.finetune_epochs!r}")
+    if c.personalisation != "none" and c.dp_enabled and c.dp_backend != "bookkeeping":
+        p.append(f"config: dp-backend must be bookkeeping when personalisation is on (the "
+                 f"private offset is clipped inside its book-keeping step); "
+                 f"got {c.dp_backend!r}")
     _check(p, _finite(c.dirichlet_alpha) and c.dirichlet_alpha > 0, "dirichlet-alpha", "> 0",
            c.dirichlet_alpha)
     _check(p, 0 < c.test_fraction < 1, "test-fraction", "in (0, 1)", c.test_fraction)
