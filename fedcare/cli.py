@@ -185,9 +185,10 @@ def _bundle(args: argparse.Namespace) -> Any:
     from fedcare.client.bundle import ModelBundle
     from fedcare.client.site import PREPROCESSOR_FILENAME
 
+    # The site's personalised model when it has a private part from this run (else global).
     return ModelBundle.load(model_path=args.model,
                             preprocessor_path=Path(args.site_dir) / PREPROCESSOR_FILENAME,
-                            threshold=args.threshold)
+                            threshold=args.threshold, site_dir=args.site_dir)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
