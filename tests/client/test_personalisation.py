@@ -176,6 +176,8 @@ def test_finetune_reply_carries_scores_and_privacy_only(tmp_path: Path) -> None:
     assert not reply.has_error()
     assert list(reply.content.array_records) == []
     assert {"personal-accuracy", "personal-auc", "epsilon"} <= set(reply.content["metrics"])
+    part = load_private_part(site.state_dir)  # the fine-tuned model stays at the site
+    assert part is not None and part.weights is not None and part.phase == "finetune"
 
 
 def test_ledger_is_the_same_with_and_without_the_offset(tmp_path: Path) -> None:
