@@ -192,10 +192,12 @@ def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]
 
 def finetune_site(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *,
                   run_id: str, server_round: int) -> tuple[TrainOutcome, EvalResult]:
-    """After the last round: adapt the final global ``weights`` and the private part on this
-    site's rows under DP (``finetune-epochs`` epochs, recorded in the ledger first, as
-    round ``server_round``), keep the result at the site as its personalised model, and
-    score it on the site's held-out rows. Nothing trained here is sent."""
+    """After the last round: adapt the private part (``finetune-scope = "private"``: on the
+    final global ``weights``, which stay as they are) or also the site's own copy of the
+    shared weights (``"all"``) on this site's rows under DP (``finetune-epochs`` epochs,
+    recorded in the ledger first, as round ``server_round``); keep the result at the site
+    as its personalised model and score it on the site's held-out rows. Nothing trained
+    here is sent."""
     if config.personalisation == "none" or config.finetune_epochs < 1:
         raise ConfigError([f"site {site.name}: fine-tuning needs personalisation on and "
                            f"finetune-epochs >= 1; got {config.personalisation!r}, "
@@ -243,14 +245,15 @@ def _train(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *, 
         learning_rate=config.learning_rate, dp=dp, proximal_mu=proximal_mu,
         sampling=config.sampling, sampling_seed=derive_seed(config.seed, site.name, server_round),
         noise_seed=secure_seed() if config.secure_noise else derive_seed(
-            config.seed, site.name, server_round, "noise"), personal=personal)
+            config.seed, site.name, server_round, "noise"), personal=personal,
+        train_shared=phase == "round" or config.finetune_scope == "all")
     logger.info("site %s %s %d: %d steps in %.2fs, local train loss %.4f (kept at the site)",
                 site.name, phase, server_round, result.steps, result.seconds, result.mean_loss)
     sent = trainer.get_weights()
     if part is not None:
         save_private_part(site.state_dir, part.trained(
             offset=trainer.get_offset(), run=run_id, global_round=server_round, phase=phase,
-            weights=sent if phase == "finetune" else None))
+            weights=sent if phase == "finetune" and config.finetune_scope == "all" else None))
     epsilon_run = math.nan
     epsilon_round: float | None = None
     if privacy is not None and ledger is not None:

@@ -26,7 +26,9 @@ clipped ``g_i`` join the sum, and the sum gets Gaussian noise of the same std. T
 per-example vector (shared weights, offset) is clipped to ``C`` as a whole, so the
 step is one Gaussian mechanism of sensitivity ``C`` and the ledger's spend covers the
 offset unchanged. The offset's noise is drawn after the shared weights' noise, so the
-shared weights see the same noise stream with and without it.
+shared weights see the same noise stream with and without it. With ``train_shared=False``
+(fine-tuning the private part alone) only the offset's gradient is clipped, noised and
+applied; the shared weights stay as they are.
 
 Two interchangeable implementations of step 2 ("backends"):
 
@@ -157,8 +159,9 @@ class LocalTrainer:
                      tf.TensorSpec([None], tf.float32)]
         self._signature = (data_spec + [tf.TensorSpec([], tf.int32)] * 3
                            + [tf.TensorSpec([], tf.float32)] * 5)
-        # One compiled loop per (DP on/off, sampling scheme, personal), traced on first use.
-        self.functions: dict[tuple[bool, str, bool], Any] = {}
+        # One compiled loop per (DP on/off, sampling scheme, what is trained: "shared",
+        # "shared+offset" or "offset"), traced on first use only.
+        self.functions: dict[tuple[bool, str, str], Any] = {}
         self._predict = tf.function(
             lambda x, offset: tf.sigmoid(self._logits_with_trace(x, None, offset)[0]),
             input_signature=[data_spec[0], tf.TensorSpec([], tf.float32)])
@@ -181,32 +184,36 @@ class LocalTrainer:
         return float(self.offset.numpy())
 
     # -- training ----------------------------------------------------------------------
-    def _function(self, dp: bool, sampling: str, personal: bool) -> Any:
+    def _function(self, dp: bool, sampling: str, trained: str) -> Any:
         if sampling not in SAMPLINGS:
             raise ValueError(f"training: sampling must be one of {', '.join(SAMPLINGS)}; "
                              f"got {sampling!r}")
-        if personal and dp and self.dp_backend != "bookkeeping":
+        if trained != "shared" and dp and self.dp_backend != "bookkeeping":
             raise ValueError("training: a private offset needs dp_backend bookkeeping; "
                              f"got {self.dp_backend!r}")
-        key = (dp, sampling, personal)
+        key = (dp, sampling, trained)
         if key not in self.functions:
             self.functions[key] = tf.function(
                 functools.partial(self._run, dp=dp, shuffle=sampling == "shuffle",
-                                  personal=personal),
+                                  personal=trained != "shared", shared=trained != "offset"),
                 input_signature=self._signature)
         return self.functions[key]
 
     def train(self, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
               learning_rate: float, dp: DPSettings | None, proximal_mu: float,
               sampling_seed: int, noise_seed: int, sampling: str = "poisson",
-              personal: bool = False) -> TrainResult:
+              personal: bool = False, train_shared: bool = True) -> TrainResult:
         """Run ``epochs`` local epochs from the current weights (the global model).
 
         ``personal``: also train the private offset (from its current value) in the same
         clipped, noised steps; without it the offset is neither used nor changed.
+        ``train_shared=False`` (with ``personal``): train the offset alone.
         """
+        if not (train_shared or personal):
+            raise ValueError("training: train_shared=False needs personal=True (nothing to train)")
+        trained = ("shared+offset" if train_shared else "offset") if personal else "shared"
         started = time.perf_counter()
-        fn = self._function(dp is not None, sampling, personal)
+        fn = self._function(dp is not None, sampling, trained)
         steps, rate = steps_and_rate(num_examples=len(x), batch_size=batch_size,
                                      local_epochs=epochs)
         for var in self._optimizer.variables:
@@ -230,10 +237,11 @@ class LocalTrainer:
     def _run(self, x: tf.Tensor, y: tf.Tensor, epochs: tf.Tensor, steps_per_epoch: tf.Tensor,
              batch_size: tf.Tensor, rate: tf.Tensor, expected_batch: tf.Tensor,
              noise_std: tf.Tensor, clip: tf.Tensor, proximal_mu: tf.Tensor, *, dp: bool,
-             shuffle: bool, personal: bool) -> tf.Tensor:
+             shuffle: bool, personal: bool, shared: bool) -> tf.Tensor:
         n = tf.shape(x)[0]
         offset = self.offset if personal else None
-        variables = [*self._vars, self.offset] if personal else list(self._vars)
+        variables = ([*self._vars] if shared else []) + ([self.offset] if personal else [])
+        num_shared = len(self._vars) if shared else 0
         loss_total = tf.constant(0.0)
         for _ in tf.range(epochs):
             order = tf.argsort(self._sampling.uniform([n])) if shuffle else tf.range(n)
@@ -244,16 +252,16 @@ class LocalTrainer:
                     picked = tf.where(self._sampling.uniform([n]) < rate)[:, 0]
                 xb, yb = tf.gather(x, picked), tf.gather(y, picked)
                 if dp:
-                    grad_sums, loss_sum = self.clipped_sum(xb, yb, clip, offset)
+                    grad_sums, loss_sum = self.clipped_sum(xb, yb, clip, offset, shared=shared)
                     # In list order: the shared weights' noise first, the offset's last.
                     grad_sums = [g + self._noise.normal(tf.shape(g), stddev=noise_std)
                                  for g in grad_sums]
                 else:
-                    grad_sums, loss_sum = self._plain_sum(xb, yb, offset)
-                shared = len(self._vars)
-                grads = [g / expected_batch + proximal_mu * (v - a) for g, v, a
-                         in zip(grad_sums[:shared], self._vars, self._anchor, strict=True)]
-                grads += [g / expected_batch for g in grad_sums[shared:]]  # private: no prox
+                    grad_sums, loss_sum = self._plain_sum(xb, yb, offset, shared=shared)
+                grads = [g / expected_batch + proximal_mu * (v - a) for g, v, a in
+                         zip(grad_sums[:num_shared], self._vars[:num_shared],
+                             self._anchor[:num_shared], strict=True)]
+                grads += [g / expected_batch for g in grad_sums[num_shared:]]  # private: no prox
                 self._optimizer.apply_gradients(zip(grads, variables, strict=True))
                 loss_total += loss_sum / tf.maximum(tf.cast(tf.size(picked), tf.float32), 1.0)
         return loss_total / tf.cast(epochs * steps_per_epoch, tf.float32)
@@ -278,15 +286,19 @@ class LocalTrainer:
         return tf.squeeze(h, -1), inputs, pre
 
     def _bookkeeping_clipped_sum(self, xb: tf.Tensor, yb: tf.Tensor, clip: tf.Tensor,
-                                 offset: tf.Tensor | None = None
+                                 offset: tf.Tensor | None = None, *, shared: bool = True
                                  ) -> tuple[list[tf.Tensor], tf.Tensor]:
         """Clipped per-example gradient sums, one array per shared variable, then (with
-        ``offset``) one scalar for the private offset, all clipped together."""
+        ``offset``) one scalar for the private offset, all clipped together. With
+        ``shared=False`` only the offset's per-example gradients, clipped on their own."""
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             logits, inputs, pre = self._logits_with_trace(xb, tape, offset)
             loss_sum = tf.reduce_sum(
                 tf.nn.sigmoid_cross_entropy_with_logits(labels=yb, logits=logits))
         pre_grads = tape.gradient(loss_sum, pre)
+        if offset is not None and not shared:
+            g = pre_grads[-1][:, 0]
+            return [tf.reduce_sum(g * (clip / tf.maximum(clip, tf.abs(g))))], loss_sum
         # ||d loss_i / d[W, b]||^2 = (||a_i||^2 + 1) * ||g_i||^2 for each Dense layer.
         sq_norms = tf.add_n([(tf.reduce_sum(a * a, 1) + 1.0) * tf.reduce_sum(g * g, 1)
                              for a, g in zip(inputs, pre_grads, strict=True)])
@@ -302,7 +314,7 @@ class LocalTrainer:
         return grads, loss_sum
 
     def _tfp_clipped_sum(self, xb: tf.Tensor, yb: tf.Tensor, clip: tf.Tensor,
-                         offset: tf.Tensor | None = None
+                         offset: tf.Tensor | None = None, *, shared: bool = True
                          ) -> tuple[list[tf.Tensor], tf.Tensor]:
         # Refused with a private offset in _function (and by RunConfig): tf-privacy's
         # registry knows Keras layers only, not a free variable added to the logit.
@@ -317,13 +329,13 @@ class LocalTrainer:
             self.model, clip, self._registry, xb, yb[:, None], clipping_loss=summed_loss)
         return list(grads), loss_sum
 
-    def _plain_sum(self, xb: tf.Tensor, yb: tf.Tensor, offset: tf.Tensor | None = None
-                   ) -> tuple[list[tf.Tensor], tf.Tensor]:
+    def _plain_sum(self, xb: tf.Tensor, yb: tf.Tensor, offset: tf.Tensor | None = None, *,
+                   shared: bool = True) -> tuple[list[tf.Tensor], tf.Tensor]:
         with tf.GradientTape() as tape:
             logits, _, _ = self._logits_with_trace(xb, tape, offset)
             loss_sum = tf.reduce_sum(
                 tf.nn.sigmoid_cross_entropy_with_logits(labels=yb, logits=logits))
-        targets = [*self._vars, offset] if offset is not None else self._vars
+        targets = ([*self._vars] if shared else []) + ([offset] if offset is not None else [])
         return tape.gradient(loss_sum, targets), loss_sum
 
     # -- evaluation --------------------------------------------------------------------

@@ -25,6 +25,7 @@ DP_BACKENDS = ("bookkeeping", "tfp-fast-clipping")
 SAMPLINGS = ("poisson", "shuffle")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
 PERSONALISATIONS = ("none", "offset")
+FINETUNE_SCOPES = ("private", "all")
 MAX_HIDDEN_UNITS = 4096
 
 
@@ -60,6 +61,7 @@ class RunConfig:
     # personalisation (site-private offset, trained inside the DP step; docs/personalisation.md)
     personalisation: str = "none"
     finetune_epochs: int = 0
+    finetune_scope: str = "private"
     # differential privacy
     dp_mode: str = "target-epsilon"
     target_epsilon: float = 1.0
@@ -234,6 +236,7 @@ def _value_problems(c: RunConfig) -> list[str]:
     _choice(p, "accountant", c.accountant, ACCOUNTANTS)
     _choice(p, "personalisation", c.personalisation, PERSONALISATIONS)
     _check(p, c.finetune_epochs >= 0, "finetune-epochs", ">= 0", c.finetune_epochs)
+    _choice(p, "finetune-scope", c.finetune_scope, FINETUNE_SCOPES)
     if c.finetune_epochs and c.personalisation == "none":
         p.append(f"config: finetune-epochs must be 0 when personalisation is none (fine-tuning "
                  f"makes the site's personalised model); got {c.finetune_epochs!r}")

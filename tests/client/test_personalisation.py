@@ -98,6 +98,27 @@ def test_offset_gets_gaussian_noise_of_the_same_std_as_the_shared_weights() -> N
     assert np.std(changes) == pytest.approx(sigma * clip, rel=0.12)
 
 
+def test_offset_alone_is_clipped_on_its_own_and_shared_weights_stay() -> None:
+    x, y = make_data(16, seed=2)
+    trainer = make_trainer()
+    trainer.set_offset(-0.4)
+    before = trainer.get_weights()
+    clip = 0.2
+    risks = trainer.predict(x, offset=-0.4)
+    g = risks - y  # d loss_i / d logit_i
+    expected = float(np.sum(g * np.minimum(1.0, clip / np.abs(g))))
+
+    got, _ = trainer.clipped_sum(tf.constant(x), tf.constant(y), tf.constant(clip),
+                                 trainer.offset, shared=False)
+    trainer.train(x, y, epochs=3, batch_size=16, learning_rate=0.5,
+                  dp=DPSettings(noise_multiplier=1.0, clip_norm=clip), proximal_mu=0.0,
+                  sampling_seed=0, noise_seed=0, personal=True, train_shared=False)
+
+    assert len(got) == 1 and float(got[0]) == pytest.approx(expected, rel=1e-4)
+    assert all(np.array_equal(a, b) for a, b in zip(before, trainer.get_weights(), strict=True))
+    assert trainer.get_offset() != -0.4
+
+
 def test_offset_is_neither_used_nor_changed_without_personalisation() -> None:
     x, y = make_data(40)
     trainer = make_trainer()
@@ -169,7 +190,7 @@ def test_reply_holds_exactly_the_shared_arrays_and_no_private_part(tmp_path: Pat
 
 
 def test_finetune_reply_carries_scores_and_privacy_only(tmp_path: Path) -> None:
-    config, site, weights = _site(tmp_path, finetune_epochs=1)
+    config, site, weights = _site(tmp_path, finetune_epochs=1, finetune_scope="all")
 
     reply = finetune(_message(weights, 3, "train.finetune"), _context(config))
 
@@ -253,7 +274,8 @@ def test_finetune_is_recorded_in_the_ledger_and_planned_into_the_whole_run_epsil
     assert noise_multiplier_for(config, n) > noise_multiplier_for(
         config.replace(finetune_epochs=0), n)
     part = load_private_part(site.state_dir)
-    assert part is not None and part.phase == "finetune" and part.weights is not None
+    # scope "private": the offset alone was fine-tuned, on the final global model as it is
+    assert part is not None and part.phase == "finetune" and part.weights is None
     assert 0.0 <= personal.accuracy <= 1.0
 
 
