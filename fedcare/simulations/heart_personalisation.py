@@ -33,6 +33,7 @@ from fedcare.simulations.heart_benchmark import (
     TUNED,
     centralized_rows,
     load_sites,
+    mean_std,
     protocol_config,
 )
 
@@ -135,15 +136,6 @@ def _write(output: Path, settings: Mapping[str, Any], split_seeds: Sequence[int]
                                  default=str))
 
 
-def _stat(values: Sequence[float]) -> str:
-    kept = [v for v in values if math.isfinite(v)]
-    if not kept:
-        return "n/a"
-    if len(kept) == 1:
-        return f"{kept[0]:.3f}"
-    return f"{statistics.fmean(kept):.3f} ± {statistics.stdev(kept):.3f}"
-
-
 def format_personal_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown: per setting, mean ± std over all (split, seed) runs of each site's accuracy
     and AUC on its own held-out rows, and of their mean over sites."""
@@ -157,10 +149,10 @@ def format_personal_table(rows: Sequence[Mapping[str, Any]]) -> str:
             continue
         eps = [max(r["epsilon"].values()) for r in group if r.get("epsilon")]
         lines.append(
-            f"| {setting} | {_stat([r['mean-site-accuracy'] for r in group])} | "
-            + " | ".join(_stat([r["site-accuracy"].get(s, math.nan) for r in group])
+            f"| {setting} | {mean_std([r['mean-site-accuracy'] for r in group])} | "
+            + " | ".join(mean_std([r["site-accuracy"].get(s, math.nan) for r in group])
                          for s in SITES)
-            + f" | {_stat([r['mean-site-auc'] for r in group])} | "
-            + " | ".join(_stat([r["site-auc"].get(s, math.nan) for r in group]) for s in SITES)
+            + f" | {mean_std([r['mean-site-auc'] for r in group])} | "
+            + " | ".join(mean_std([r["site-auc"].get(s, math.nan) for r in group]) for s in SITES)
             + f" | {len(group)} | {f'{max(eps):.3f}' if eps else '-'} |")
     return "\n".join(lines)

@@ -32,21 +32,7 @@ from fedcare.common.errors import ConfigError
 from fedcare.common.model import build_model, weights_of
 from fedcare.common.privacy import PrivacyLedger
 from tests.bundle_factory import SITE, make_bundle
-
-INPUT_DIM = 6
-
-
-def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, INPUT_DIM)).astype(np.float32)
-    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.float32)
-    return x, y
-
-
-def make_trainer() -> LocalTrainer:
-    return LocalTrainer(input_dim=INPUT_DIM, hidden_units=(8, 4), local_optimizer="sgd",
-                        dp_backend="bookkeeping")
-
+from tests.client.test_training import make_data, make_trainer
 
 # -- the offset is inside the clipped, noised step -------------------------------------
 
