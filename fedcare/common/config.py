@@ -59,7 +59,7 @@ class RunConfig:
     hidden_units: str = "64,32"
     seed: int = 0
     # personalisation (site-private offset, trained inside the DP step; docs/personalisation.md)
-    personalisation: str = "none"
+    personalisation: str = "offset"
     finetune_epochs: int = 0
     finetune_scope: str = "private"
     # differential privacy

@@ -129,7 +129,7 @@ def test_offset_learns_a_site_base_rate_without_dp() -> None:
 
 @pytest.mark.parametrize("changes, field", [
     ({"personalisation": "offset", "dp_backend": "tfp-fast-clipping"}, "dp-backend"),
-    ({"finetune_epochs": 2}, "finetune-epochs"),
+    ({"personalisation": "none", "finetune_epochs": 2}, "finetune-epochs"),
     ({"personalisation": "last-layer"}, "personalisation"),
     ({"personalisation": "offset", "finetune_epochs": -1}, "finetune-epochs"),
 ])
