@@ -291,16 +291,17 @@ def _private_part(site: SiteSpec, run_id: str) -> PrivatePart:
 def evaluate_personalised(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray],
                           *, run_id: str) -> EvalResult | None:
     """Score the site's personalised model (``weights`` + its private part) on its held-out
-    rows; ``None`` when personalisation is off or the site has no private part of this run."""
+    rows; ``None`` when personalisation is off. A site with no private part of this run (it
+    has not trained yet, or refused to) would predict with the global model, so that is what
+    is scored (every site's reply then has the same metric keys, as Flower requires)."""
     if config.personalisation == "none":
         return None
     part = load_private_part(site.state_dir)
-    if part is None or part.run != run_id:
-        return None
     data = load_site(config, site)
     trainer = get_trainer(input_dim=data.x_train.shape[1], hidden_units=config.hidden_layer_sizes,
                           local_optimizer=config.local_optimizer, dp_backend=config.dp_backend)
-    trainer.set_weights(part.apply(weights))
+    trainer.set_weights(part.apply(weights) if part is not None and part.run == run_id
+                        else weights)
     return trainer.evaluate(data.x_test, data.y_test)
 
 

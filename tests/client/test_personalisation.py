@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from fedcare.client.app import finetune, train
+from fedcare.client.app import evaluate, finetune, train
 from fedcare.client.bundle import ModelBundle
 from fedcare.client.personal import (
     PRIVATE_PART_FILENAME,
@@ -173,6 +173,20 @@ def test_reply_holds_exactly_the_shared_arrays_and_no_private_part(tmp_path: Pat
     assert part.offset not in list(reply.content["metrics"].values())
     assert set(reply.content.config_records) == {"site"}
     assert set(reply.content["site"]) == {"name", "audit-hash", "update-sha256", "privacy"}
+
+
+def test_evaluation_replies_have_the_same_keys_with_and_without_a_private_part(
+        tmp_path: Path) -> None:
+    # Flower aggregates evaluation replies only if all have the same metric keys: a site that
+    # has no private part yet (e.g. it refused to train) scores the global model it would use.
+    config, _, weights = _site(tmp_path)
+    before = evaluate(_message(weights, 1, "evaluate"), _context(config)).content["metrics"]
+    train(_message(weights, 1), _context(config))
+
+    after = evaluate(_message(weights, 1, "evaluate"), _context(config)).content["metrics"]
+
+    assert set(before) == set(after) and "personal-accuracy" in before
+    assert before["personal-accuracy"] == before["accuracy"]  # no private part: the global model
 
 
 def test_finetune_reply_carries_scores_and_privacy_only(tmp_path: Path) -> None:
