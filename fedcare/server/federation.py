@@ -16,6 +16,12 @@ from fedcare.common.config import RunConfig
 from fedcare.common.datasets import schema_for
 from fedcare.common.model import build_model, weights_of
 from fedcare.server.checkpoint import CheckpointWriter
+from fedcare.server.personalisation import (
+    apply_finetune_privacy,
+    format_personalisation,
+    personalisation_section,
+    run_finetune,
+)
 from fedcare.server.report import (
     RunRecorder,
     format_global,
@@ -84,10 +90,17 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
                                 evaluate_config=ConfigRecord({"run-name": run_name}))
         final_weights = (result.arrays.to_numpy_ndarrays() if len(result.arrays)
                          else weights_of(model))
+    finetune = run_finetune(grid, config, run_name=run_name, arrays=ArrayRecord(final_weights),
+                            recorder=recorder, timeout=ROUND_TIMEOUT_SECONDS)
     last_eval = next((r.evaluate for r in sorted(recorder.rounds.values(),
                                                  key=lambda r: -r.server_round) if r.evaluate), {})
     final = summarize_evaluation(last_eval) if last_eval else {}
     report = recorder.to_dict(final=final)
+    if config.personalisation != "none":
+        apply_finetune_privacy(report, finetune, recorder)
+        report["personalisation"] = personalisation_section(config, report, finetune)
+        logger.info("global vs personalised models (held-out rows at each site):\n%s",
+                    format_personalisation(report["personalisation"]))
     if isinstance(inner, SiteLevelDP):
         report["site-level-privacy"] = site_level_statement(config, inner.rounds_aggregated)
         logger.info("site-level DP: %s", report["site-level-privacy"]["short"])
