@@ -3,6 +3,9 @@
     fedcare simulate            multi-site DP simulation (default: bundled breast-cancer data)
     fedcare benchmark-heart     the heart-disease protocol: federated vs pooled vs local-only
     fedcare perf-epoch          DP vs plain local epoch cost, measured in one run
+    fedcare perf                speed and scale ratios (round overhead, vs Flower, 100 sites)
+    fedcare sweep               resumable epsilon x strategy x partitioning x seeds grid
+    fedcare benchmark-heart-table  the heart-disease protocol laid out like FLamby's table
     fedcare check-csv FILE      validate a hospital's CSV, listing every problem
     fedcare ledger STATE_DIR    a site's privacy spend, recomputed from its ledger
     fedcare audit-log STATE_DIR verify a site's hash-chained audit log
@@ -305,6 +308,36 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_benchmark_heart_table(args: argparse.Namespace) -> int:
+    from fedcare.simulations.flamby_table import heart_table
+
+    def seeds(text: str) -> list[int]:
+        return [int(s) for s in text.split(",") if s.strip()]
+
+    command = "fedcare " + " ".join(sys.argv[1:]) if args.record_command else ""
+    result = heart_table(_overrides(args), split_seeds=seeds(args.split_seeds),
+                         seeds=seeds(args.seeds), cache_dir=Path(args.cache_dir),
+                         out=Path(args.out) if args.out else None,
+                         markdown=Path(args.markdown) if args.markdown else None,
+                         command=command)
+    sys.stdout.write(result["table"] + "\n")
+    return EXIT_OK
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    from fedcare.common.files import write_json_atomic
+    from fedcare.simulations.perf_suite import format_summary, run_perf
+
+    result = run_perf(sites=args.sites, rounds=args.rounds or 10, repeats=args.repeats,
+                      scale_sites=[int(s) for s in args.scale_sites.split(",") if s.strip()],
+                      scale_rounds=args.scale_rounds, epoch_repeats=args.epoch_repeats)
+    sys.stdout.write(format_summary(result) + "\n")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(args.out), result)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedcare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -336,6 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="write the results JSON here")
     bench.set_defaults(func=cmd_benchmark_heart)
 
+    table = sub.add_parser("benchmark-heart-table",
+                           help="heart-disease table laid out like FLamby's (BENCHMARK.md)")
+    run_flags(table)
+    table.add_argument("--split-seeds", default="43,0,1,2,3")
+    table.add_argument("--seeds", default="0", help="run seeds, comma-separated")
+    table.add_argument("--cache-dir", default="runs/heart-table",
+                       help="cell cache (a rerun resumes)")
+    table.add_argument("--out", help="write the results JSON here")
+    table.add_argument("--markdown", help="write the table and its command as Markdown here")
+    table.add_argument("--no-record-command", dest="record_command", action="store_false",
+                       help="leave the command out of the outputs")
+    table.set_defaults(func=cmd_benchmark_heart_table)
+
     perf = sub.add_parser("perf-epoch", help="DP vs plain local epoch cost, measured in one run")
     run_flags(perf)
     perf.add_argument("--repeats", type=int, default=15)
@@ -356,6 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out-dir", required=True, help="sweep folder (cache, tables, plots)")
     sweep.add_argument("--keep-runs", action="store_true", help="keep each run's folder")
     sweep.set_defaults(func=cmd_sweep)
+
+    speed = sub.add_parser("perf", help="speed and scale: DP epoch, round overhead, fedcare "
+                                        "vs a Flower template app, 10-100 sites")
+    speed.add_argument("--sites", type=int, default=DEFAULT_SITES)
+    speed.add_argument("--rounds", type=int, default=10)
+    speed.add_argument("--repeats", type=int, default=2, help="interleaved repeats")
+    speed.add_argument("--scale-sites", default="10,50,100")
+    speed.add_argument("--scale-rounds", type=int, default=3)
+    speed.add_argument("--epoch-repeats", type=int, default=9)
+    speed.add_argument("--out", help="write the results JSON here")
+    speed.set_defaults(func=cmd_perf)
 
     check = sub.add_parser("check-csv", help="validate a site's CSV against a schema")
     check.add_argument("path")

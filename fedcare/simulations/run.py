@@ -32,6 +32,15 @@ def simulation_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+def ray_backend_config(workers: int | None = None) -> dict[str, Any]:
+    """One CPU per virtual-site worker, ``workers`` workers (default: one per core)."""
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": workers or simulation_workers(), "include_dashboard": False,
+                      "logging_level": logging.WARNING, "log_to_driver": True},
+    }
+
+
 def run_simulation(config: RunConfig, *, num_sites: int, workers: int | None = None,
                    poll_seconds: float = FAST_POLL_SECONDS, audit: bool = True
                    ) -> dict[str, Any]:
@@ -65,11 +74,7 @@ def run_simulation(config: RunConfig, *, num_sites: int, workers: int | None = N
     run.override_config = overrides
     server_context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
                              run_config=overrides)
-    backend_config = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": workers or simulation_workers(), "include_dashboard": False,
-                      "logging_level": logging.WARNING, "log_to_driver": True},
-    }
+    backend_config = ray_backend_config(workers)
     logger.info("simulating %d sites (%s), %d rounds, run %s", num_sites, config.dataset,
                 config.num_rounds, config.run_name)
     with fast_polling(poll_seconds):  # Flower's fixed 0.1 s polls are most of a round
