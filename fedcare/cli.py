@@ -319,6 +319,7 @@ def cmd_benchmark_heart_table(args: argparse.Namespace) -> int:
                          seeds=seeds(args.seeds), cache_dir=Path(args.cache_dir),
                          out=Path(args.out) if args.out else None,
                          markdown=Path(args.markdown) if args.markdown else None,
+                         plots_dir=Path(args.plots_dir) if args.plots_dir else None,
                          command=command)
     sys.stdout.write(result["table"] + "\n")
     return EXIT_OK
@@ -378,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cell cache (a rerun resumes)")
     table.add_argument("--out", help="write the results JSON here")
     table.add_argument("--markdown", help="write the table and its command as Markdown here")
+    table.add_argument("--plots-dir", help="write the sweep's tidy CSV and plots here")
     table.add_argument("--no-record-command", dest="record_command", action="store_false",
                        help="leave the command out of the outputs")
     table.set_defaults(func=cmd_benchmark_heart_table)

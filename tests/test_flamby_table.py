@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from fedcare.common.config import RunConfig
@@ -11,10 +14,11 @@ from fedcare.simulations.flamby_table import (
     STRATEGIES,
     collect,
     format_table,
+    heart_table,
     render_markdown,
     table_cells,
 )
-from fedcare.simulations.sweep import BASELINES, FEDERATED
+from fedcare.simulations.sweep import BASELINES, FEDERATED, PLOTS
 from tests.sweep_factories import fake_result
 
 
@@ -73,3 +77,20 @@ def test_every_cell_kind_is_counted_once_per_run(kind: str) -> None:
     rows = collect([fake_result(c, sites=SITES) for c in cells])
 
     assert all(len(runs) == 2 for runs in rows.values())
+
+
+def test_the_command_renders_from_a_full_cache_without_running_anything(tmp_path: Path) -> None:
+    cells = table_cells({}, split_seeds=[43, 0], seeds=[0])
+    (tmp_path / "cache" / "cells").mkdir(parents=True)
+    for cell in cells:
+        (tmp_path / "cache" / "cells" / f"{cell.key}.json").write_text(
+            json.dumps(fake_result(cell, sites=SITES)))
+
+    result = heart_table({}, split_seeds=[43, 0], seeds=[0], cache_dir=tmp_path / "cache",
+                         out=tmp_path / "table.json", markdown=tmp_path / "table.md",
+                         plots_dir=tmp_path / "plots", command="fedcare benchmark-heart-table")
+
+    assert json.loads((tmp_path / "table.json").read_text())["table"] == result["table"]
+    assert "fedcare benchmark-heart-table" in (tmp_path / "table.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
+        ["results.csv", *PLOTS])

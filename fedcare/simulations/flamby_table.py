@@ -19,7 +19,18 @@ from typing import Any
 from fedcare.common.datasets.heart_disease import SITES
 from fedcare.common.files import write_json_atomic, write_text_atomic
 from fedcare.simulations.heart_benchmark import PROTOCOL, TUNED
-from fedcare.simulations.sweep import BASELINES, FEDERATED, Cell, Progress, run_cells
+from fedcare.simulations.sweep import (
+    BASELINES,
+    FEDERATED,
+    TIDY_COLUMNS,
+    Cell,
+    Progress,
+    plot_all,
+    round_rows,
+    run_cells,
+    tidy_rows,
+    write_csv,
+)
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
 DP_EPSILONS = (0.1, 1.0, 3.0, 10.0)
@@ -129,7 +140,8 @@ def format_table(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
 
 def heart_table(overrides: Mapping[str, Any], *, split_seeds: Sequence[int],
                 seeds: Sequence[int], cache_dir: Path, out: Path | None = None,
-                markdown: Path | None = None, command: str = "") -> dict[str, Any]:
+                markdown: Path | None = None, plots_dir: Path | None = None,
+                command: str = "") -> dict[str, Any]:
     cells = table_cells(overrides, split_seeds=split_seeds, seeds=seeds)
     cached = sum(1 for c in cells if (cache_dir / "cells" / f"{c.key}.json").is_file())
     results = run_cells(cells, cache_dir, progress=Progress(total=len(cells), skipped=cached))
@@ -144,6 +156,11 @@ def heart_table(overrides: Mapping[str, Any], *, split_seeds: Sequence[int],
     if markdown is not None:
         markdown.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(markdown, render_markdown(result))
+    if plots_dir is not None:  # the sweep's tidy table and plots, from the same cells
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        tidy, by_round = tidy_rows(results), round_rows(results)
+        write_csv(plots_dir / "results.csv", tidy, TIDY_COLUMNS)
+        result["plots"] = [str(p) for p in plot_all(plots_dir, tidy, by_round)]
     return result
 
 
@@ -179,5 +196,11 @@ Made with (cells are cached under the cache folder; a rerun resumes):
 
 {result['table']}
 
-Raw per-run figures: `docs/data/heart-flamby-table.json`.
+Raw per-run figures: `docs/data/heart-flamby-table.json`; the same runs as the sweep's tidy
+table and plots: `docs/heart-benchmark/` (`results.csv`, `privacy-utility.png`,
+`accuracy-by-round.png`, `per-site-vs-local.png`).
+
+![privacy-utility](heart-benchmark/privacy-utility.png)
+![per site](heart-benchmark/per-site-vs-local.png)
+![by round](heart-benchmark/accuracy-by-round.png)
 """
