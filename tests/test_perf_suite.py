@@ -28,6 +28,8 @@ def perf(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     import fedcare.simulations.perf as perf_module
 
     monkeypatch.setattr(perf_suite, "_fedcare_run", _fake_fedcare)
+    monkeypatch.setattr(perf_suite, "site_work", lambda root, *, rounds: {
+        "site-round-seconds": 0.02, "site-training-seconds": 0.005})
     monkeypatch.setattr(perf_suite, "_baseline_run", lambda *, sites, rounds: {
         "wall-seconds": 60.0, "peak-rss-bytes": 1, "sites": sites, "rounds": rounds})
     monkeypatch.setattr(perf_module, "epoch_costs", lambda config, repeats: {
@@ -54,6 +56,8 @@ def test_goals_are_computed_from_the_measurements(perf: dict[str, Any]) -> None:
     assert goals["fedcare-vs-flower-ratio"]["value"] == pytest.approx((10 + 10 * 0.08) / 60)
     assert goals["round-overhead-seconds"]["value"] == pytest.approx(0.04)
     assert perf["round-overhead"]["median-overhead-seconds-default-polls"] == pytest.approx(0.44)
+    assert perf["round-overhead"]["site-non-training-seconds-per-round"] == pytest.approx(
+        0.015 * 4 / perf["machine"]["workers"])
     assert goals["round-time-growth"]["value"] == pytest.approx(10.0)  # 2.0 s vs 0.2 s
     assert goals["round-time-growth"]["met"]  # exactly linear is within the goal
     assert goals["peak-rss-bytes-100-sites"]["met"]

@@ -115,6 +115,31 @@ def _fedcare_run(root: Path, *, sites: int, rounds: int, poll: float) -> dict[st
             "mean-site-accuracy": report["final"].get("mean-site-accuracy")}
 
 
+def site_work(root: Path, *, rounds: int = 10) -> dict[str, float]:
+    """One site's whole round outside Flower (median over rounds 2..N): training alone, and
+    everything a fedcare site does (ledger budget check and accounting, audit log append
+    with fsync, training, evaluation). Timed in this process, beside the simulations."""
+    from fedcare.client.site import SiteSpec, evaluate_round, train_round
+    from fedcare.common.model import build_model, weights_of
+
+    config = RunConfig.from_mapping({**SIM_SETTINGS, "num-rounds": rounds})
+    site = SiteSpec(name="site-0", state_dir=root / f"site-work-{secrets.token_hex(4)}",
+                    epsilon_budget=config.epsilon_budget, partition_id=0, num_partitions=4)
+    weights = weights_of(build_model(input_dim=30, hidden_units=config.hidden_layer_sizes,
+                                     seed=0))
+    whole, training = [], []
+    for server_round in range(1, rounds + 1):
+        started = time.perf_counter()
+        outcome = train_round(config, site, weights, run_id="perf", server_round=server_round,
+                              proximal_mu=0.0)
+        evaluate_round(config, site, weights)
+        if server_round > 1:  # round 1 traces the training function once per process
+            whole.append(time.perf_counter() - started)
+            training.append(outcome.seconds)
+    return {"site-round-seconds": statistics.median(whole),
+            "site-training-seconds": statistics.median(training)}
+
+
 def _baseline_run(*, sites: int, rounds: int) -> dict[str, Any]:
     from flwr.app import Context, RecordDict
     from flwr.simulation.run_simulation import _run_simulation
@@ -157,6 +182,7 @@ def run_perf(*, sites: int = 4, rounds: int = 10, repeats: int = 2,
             baseline.append(_baseline_run(sites=sites, rounds=rounds))
             default_poll.append(_fedcare_run(root, sites=sites, rounds=rounds,
                                              poll=FLOWER_DEFAULT_POLL_SECONDS))
+        work = site_work(root, rounds=rounds)
         for n in scale_sites:
             logger.info("perf: scaling, %d sites", n)
             scaling.append(_fedcare_run(root, sites=n, rounds=scale_rounds, poll=0.01))
@@ -166,6 +192,11 @@ def run_perf(*, sites: int = 4, rounds: int = 10, repeats: int = 2,
 
     ratio = med(fast, "wall-seconds") / med(baseline, "wall-seconds")
     overhead = med(fast, "overhead-seconds-per-round")
+    workers = simulation_workers()
+    # Of the overhead: the sites' own non-training work (on the critical path: sites over
+    # workers), and what is left for Flower's engine (messages, polling, serialization).
+    site_extra = (work["site-round-seconds"] - work["site-training-seconds"]) * sites / workers
+    flower_part = med(fast, "seconds-per-round") - work["site-round-seconds"] * sites / workers
     base = scaling[0] if scaling else None
     for row in scaling:
         assert base is not None
@@ -201,6 +232,9 @@ def run_perf(*, sites: int = 4, rounds: int = 10, repeats: int = 2,
             "round-overhead": {"fedcare-10ms-polls": fast,
                                "fedcare-flower-default-polls": default_poll,
                                "median-overhead-seconds": overhead,
+                               "site-work": work,
+                               "site-non-training-seconds-per-round": site_extra,
+                               "flower-engine-seconds-per-round": flower_part,
                                "median-overhead-seconds-default-polls":
                                    med(default_poll, "overhead-seconds-per-round")},
             "versus-flower": {"fedcare": fast, "flower-template-app": baseline,
@@ -222,7 +256,9 @@ def format_summary(result: dict[str, Any]) -> str:
                  f"Flower template app {vs['flower-median-wall-seconds']:.1f} s")
     ro = result["round-overhead"]
     lines.append(f"overhead per round: {ro['median-overhead-seconds']:.3f} s (10 ms polls), "
-                 f"{ro['median-overhead-seconds-default-polls']:.3f} s (Flower's 0.1 s polls)")
+                 f"{ro['median-overhead-seconds-default-polls']:.3f} s (Flower's 0.1 s polls); "
+                 f"of it, sites' non-training work {ro['site-non-training-seconds-per-round']:.3f}"
+                 f" s, Flower's engine {ro['flower-engine-seconds-per-round']:.3f} s")
     for row in result["scaling"]:
         lines.append(f"{row['sites']:>4} sites: {row['seconds-per-round']:.2f} s/round "
                      f"(x{row['round-time-ratio-to-smallest']:.2f} for x"
