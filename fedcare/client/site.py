@@ -124,7 +124,9 @@ def _node_budget(node_config: Mapping[str, object], run_budget: float,
     return min(float(raw), run_budget)
 
 
-@functools.lru_cache(maxsize=16)
+# A simulation worker serves many virtual sites (100 sites on 2 workers: 50 each); with
+# fewer cache slots than that, every message reloads, re-splits and re-writes its site.
+@functools.lru_cache(maxsize=256)
 def load_site(config: RunConfig, site: SiteSpec) -> SiteData:
     """Load, validate, split and preprocess a site's rows once per process."""
     if site.data_path is not None:
