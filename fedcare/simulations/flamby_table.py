@@ -188,6 +188,15 @@ add/remove-one adjacency, q = 1: full batch, so no amplification by sampling);
 "max site eps" is the largest figure any site spent, never an average. FLamby's eps = 0.1
 row was published at delta = 1e-4; ours is at 1e-3.
 
+Reading it:
+- With full batch and one local epoch a site takes one step a round, starting at the global
+  model, where FedProx's proximal term has zero gradient: FedProx and FedAvg coincide here.
+- FedAdam and FedYogi use Flower's server-side defaults, untuned for this model.
+- BENCHMARK.md asks for at least 3 run seeds per split as well; the run seeds used here are
+  listed above (the spread over run seeds on split 43 is in docs/results.md).
+- `secure-noise=false` derives the DP noise from the run seed so the table can be reproduced
+  exactly; it changes no privacy figure.
+
 Made with (cells are cached under the cache folder; a rerun resumes):
 
 ```
