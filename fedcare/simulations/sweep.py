@@ -50,6 +50,7 @@ ROUND_COLUMNS = ("strategy", "dp", "epsilon", "partitioning", "dirichlet-alpha",
                  "seed", "round", "mean-site-accuracy", "mean-site-auc", "pooled-accuracy",
                  "seconds", "cell")
 PLOTS = ("privacy-utility.png", "accuracy-by-round.png", "per-site-vs-local.png")
+_COLOURS = tuple(f"C{k}" for k in (0, 1, 2, 3, 4, 5, 6, 8, 9))  # C7 is grey: local-only's
 
 
 @dataclass(frozen=True)
@@ -457,7 +458,9 @@ def plot_all(out_dir: Path, rows: Sequence[Mapping[str, Any]],
                 and r["site"] != MEAN_SITE and r["kind"] in (FEDERATED, "local-only")]
         sites = sorted({r["site"] for r in mine})
         series = sorted({("local only (own site)",) if r["kind"] == "local-only" else
-                         (r["strategy"], r["epsilon"]) for r in mine}, key=str)
+                         (r["strategy"], r["epsilon"]) for r in mine},
+                        key=lambda s: (len(s) == 1, str(s[0]),
+                                       -1.0 if len(s) == 1 or s[1] is None else s[1]))
         width = 0.8 / max(1, len(series))
         for j, s in enumerate(series):
             def matches(r: Mapping[str, Any], s: tuple[Any, ...] = s) -> bool:
@@ -469,7 +472,8 @@ def plot_all(out_dir: Path, rows: Sequence[Mapping[str, Any]],
                 f"{s[0]}, {'no DP' if s[1] is None else f'eps {s[1]:g}'}")
             ax.bar([i + j * width for i in range(len(sites))],
                    [_mean(v) or 0.0 for v in vals], width, yerr=[_std(v) for v in vals],
-                   capsize=2, label=label, color="grey" if len(s) == 1 else f"C{j % 10}")
+                   capsize=2, label=label, color="0.25" if len(s) == 1 else _COLOURS[j % 9],
+                   hatch="//" if len(s) == 1 else None)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(sites))], sites)
         ax.set_ylabel("site test accuracy")
         ax.set_title(f"{_series_label('per site', part, alpha).removeprefix('per site, ')}: "
