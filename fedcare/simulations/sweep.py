@@ -204,17 +204,7 @@ def _baselines(config: RunConfig, num_sites: int) -> dict[str, Any]:
         split_seed=config.split_seed, test_fraction=config.test_fraction,
         dirichlet_alpha=config.dirichlet_alpha, partition_seed=config.partition_seed)
         for i in range(num_sites)]
-    if config.dataset == "heart-disease" and config.partitioning == "natural":
-        from fedcare.common.datasets.heart_disease import SITES
-
-        sites = [_renamed(site, SITES[i]) for i, site in enumerate(sites)]
     return {"rows": centralized_rows(config, sites)}
-
-
-def _renamed(site: Any, name: str) -> Any:
-    import dataclasses
-
-    return site if site.name == name else dataclasses.replace(site, name=name)
 
 
 def run_cells(cells: Sequence[Cell], cache_dir: Path, *, keep_runs: bool = False,
