@@ -4,6 +4,9 @@
     fedcare benchmark-heart     the heart-disease protocol: federated vs pooled vs local-only
     fedcare benchmark-heart-personal  global vs personalised vs local-only, per site
     fedcare perf-epoch          DP vs plain local epoch cost, measured in one run
+    fedcare perf                speed and scale ratios (round overhead, vs Flower, 100 sites)
+    fedcare sweep               resumable epsilon x strategy x partitioning x seeds grid
+    fedcare benchmark-heart-table  the heart-disease protocol laid out like FLamby's table
     fedcare check-csv FILE      validate a hospital's CSV, listing every problem
     fedcare ledger STATE_DIR    a site's privacy spend, recomputed from its ledger
     fedcare audit-log STATE_DIR verify a site's hash-chained audit log
@@ -308,6 +311,54 @@ def cmd_perf_epoch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedcare.simulations.sweep import parse_epsilon, run_sweep
+
+    def items(text: str) -> list[str]:
+        return [t.strip() for t in text.split(",") if t.strip()]
+
+    overrides = _overrides(args)
+    result = run_sweep(overrides, epsilons=[parse_epsilon(e) for e in items(args.epsilons)],
+                       strategies=items(args.strategies), partitionings=items(args.partitionings),
+                       split_seeds=[int(s) for s in items(args.split_seeds)],
+                       seeds=[int(s) for s in items(args.seeds)], num_sites=args.sites,
+                       out_dir=Path(args.out_dir), keep_runs=args.keep_runs)
+    sys.stdout.write(f"{result['cells']} cells; wrote:\n" +
+                     "".join(f"  {f}\n" for f in result["files"]))
+    return EXIT_OK
+
+
+def cmd_benchmark_heart_table(args: argparse.Namespace) -> int:
+    from fedcare.simulations.flamby_table import heart_table
+
+    def seeds(text: str) -> list[int]:
+        return [int(s) for s in text.split(",") if s.strip()]
+
+    command = "fedcare " + " ".join(sys.argv[1:]) if args.record_command else ""
+    result = heart_table(_overrides(args), split_seeds=seeds(args.split_seeds),
+                         seeds=seeds(args.seeds), cache_dir=Path(args.cache_dir),
+                         out=Path(args.out) if args.out else None,
+                         markdown=Path(args.markdown) if args.markdown else None,
+                         plots_dir=Path(args.plots_dir) if args.plots_dir else None,
+                         command=command)
+    sys.stdout.write(result["table"] + "\n")
+    return EXIT_OK
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    from fedcare.common.files import write_json_atomic
+    from fedcare.simulations.perf_suite import format_summary, run_perf
+
+    result = run_perf(sites=args.sites, rounds=args.rounds or 10, repeats=args.repeats,
+                      scale_sites=[int(s) for s in args.scale_sites.split(",") if s.strip()],
+                      scale_rounds=args.scale_rounds, epoch_repeats=args.epoch_repeats)
+    sys.stdout.write(format_summary(result) + "\n")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(args.out), result)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedcare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -347,11 +398,51 @@ def build_parser() -> argparse.ArgumentParser:
     bpers.add_argument("--out", help="write the results JSON here")
     bpers.set_defaults(func=cmd_benchmark_heart_personal)
 
+    table = sub.add_parser("benchmark-heart-table",
+                           help="heart-disease table laid out like FLamby's (BENCHMARK.md)")
+    run_flags(table)
+    table.add_argument("--split-seeds", default="43,0,1,2,3")
+    table.add_argument("--seeds", default="0", help="run seeds, comma-separated")
+    table.add_argument("--cache-dir", default="runs/heart-table",
+                       help="cell cache (a rerun resumes)")
+    table.add_argument("--out", help="write the results JSON here")
+    table.add_argument("--markdown", help="write the table and its command as Markdown here")
+    table.add_argument("--plots-dir", help="write the sweep's tidy CSV and plots here")
+    table.add_argument("--no-record-command", dest="record_command", action="store_false",
+                       help="leave the command out of the outputs")
+    table.set_defaults(func=cmd_benchmark_heart_table)
+
     perf = sub.add_parser("perf-epoch", help="DP vs plain local epoch cost, measured in one run")
     run_flags(perf)
     perf.add_argument("--repeats", type=int, default=15)
     perf.add_argument("--out", help="write the results JSON here")
     perf.set_defaults(func=cmd_perf_epoch)
+
+    sweep = sub.add_parser("sweep", help="resumable grid: epsilon x strategy x partitioning x "
+                                         "seeds; tidy CSV and privacy-utility plots")
+    run_flags(sweep)
+    sweep.add_argument("--epsilons", default="none,1,3,10",
+                       help="whole-run target epsilons per site; 'none' = no DP")
+    sweep.add_argument("--strategies", default="fedavg")
+    sweep.add_argument("--partitionings", default="iid",
+                       help="natural, iid, dirichlet:ALPHA (comma-separated)")
+    sweep.add_argument("--split-seeds", default="43")
+    sweep.add_argument("--seeds", default="0", help="run seeds")
+    sweep.add_argument("--sites", type=int, default=DEFAULT_SITES)
+    sweep.add_argument("--out-dir", required=True, help="sweep folder (cache, tables, plots)")
+    sweep.add_argument("--keep-runs", action="store_true", help="keep each run's folder")
+    sweep.set_defaults(func=cmd_sweep)
+
+    speed = sub.add_parser("perf", help="speed and scale: DP epoch, round overhead, fedcare "
+                                        "vs a Flower template app, 10-100 sites")
+    speed.add_argument("--sites", type=int, default=DEFAULT_SITES)
+    speed.add_argument("--rounds", type=int, default=10)
+    speed.add_argument("--repeats", type=int, default=2, help="interleaved repeats")
+    speed.add_argument("--scale-sites", default="10,50,100")
+    speed.add_argument("--scale-rounds", type=int, default=3)
+    speed.add_argument("--epoch-repeats", type=int, default=9)
+    speed.add_argument("--out", help="write the results JSON here")
+    speed.set_defaults(func=cmd_perf)
 
     check = sub.add_parser("check-csv", help="validate a site's CSV against a schema")
     check.add_argument("path")

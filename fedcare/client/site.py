@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 PREPROCESSOR_FILENAME = "preprocessor.json"
 PROFILE_FILENAME = "training-profile.json"
+PROFILE_BINS = 10  # decile bins of the drift profile
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,7 +125,9 @@ def _node_budget(node_config: Mapping[str, object], run_budget: float,
     return min(float(raw), run_budget)
 
 
-@functools.lru_cache(maxsize=16)
+# A simulation worker serves many virtual sites (100 sites on 2 workers: 50 each); with
+# fewer cache slots than that, every message reloads, re-splits and re-writes its site.
+@functools.lru_cache(maxsize=256)
 def load_site(config: RunConfig, site: SiteSpec) -> SiteData:
     """Load, validate, split and preprocess a site's rows once per process."""
     if site.data_path is not None:
@@ -149,8 +152,15 @@ def _save_preprocessor(state_dir: Path, data: SiteData) -> None:
     rows (for drift checks) at the site. Both come from private rows: they never leave it."""
     state_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(state_dir / PREPROCESSOR_FILENAME, data.preprocessor.to_dict())
+    if len(data.x_train) < PROFILE_BINS:
+        # Too few rows for decile bins: the site still trains; only drift checks are off.
+        logger.warning("%s: %d training rows are fewer than the drift profile's %d bins; no "
+                       "%s written, so drift checks are unavailable at this site", state_dir,
+                       len(data.x_train), PROFILE_BINS, PROFILE_FILENAME)
+        return
     write_json_atomic(state_dir / PROFILE_FILENAME,
-                      training_profile(data.x_train, data.preprocessor.encoded_feature_names))
+                      training_profile(data.x_train, data.preprocessor.encoded_feature_names,
+                                       bins=PROFILE_BINS))
 
 
 @functools.lru_cache(maxsize=64)

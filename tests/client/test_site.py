@@ -89,3 +89,19 @@ def test_each_round_is_recorded_and_reported_as_the_composed_total(tmp_path: Pat
     assert second.statement.epsilon == pytest.approx(ledger.epsilon(delta=config.delta))
     assert second.epsilon_run == second.statement.epsilon
     assert second.statement.epsilon <= config.target_epsilon  # calibrated for 2 rounds
+
+
+@pytest.mark.parametrize("partitions,has_profile", [(4, True), (100, False)])
+def test_a_site_too_small_for_a_drift_profile_still_trains(tmp_path: Path, partitions: int,
+                                                            has_profile: bool) -> None:
+    from fedcare.client.site import PROFILE_FILENAME, load_site
+
+    config = RunConfig(output_dir=str(tmp_path), dp_mode="off")
+    site = resolve_site(config, {"partition-id": 0, "num-partitions": partitions},
+                        run_name="r")
+
+    data = load_site(config, site)  # 100 breast-cancer sites: 3-4 training rows each
+
+    assert len(data.y_train) > 0
+    assert (site.state_dir / PROFILE_FILENAME).is_file() == has_profile
+    assert (site.state_dir / "preprocessor.json").is_file()

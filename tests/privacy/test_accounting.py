@@ -375,3 +375,27 @@ def test_calibration_rejects_bad_arguments(overrides: dict[str, Any], fragment: 
         calibrate(**overrides)
 
     assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize("spends", [
+    [(0.3, 1.1, 4)],
+    [(0.3, 1.1, 4), (0.3, 1.1, 9), (1.0, 12.98, 1)],
+    [(0.05, 0.7, 200), (0.5, 3.0, 17), (1.0, 0.9, 3)],
+])
+def test_rdp_epsilon_is_bit_for_bit_the_accountants(spends: list[tuple[float, float, int]]
+                                                    ) -> None:
+    from dp_accounting.rdp import RdpAccountant
+
+    from fedcare.common.privacy.accounting import RoundSpend, compose_epsilon
+
+    rounds = [RoundSpend(sampling_rate=q, noise_multiplier=s, steps=n) for q, s, n in spends]
+    merged: dict[tuple[float, float], int] = {}
+    for q, s, n in spends:
+        merged[(q, s)] = merged.get((q, s), 0) + n
+    accountant = RdpAccountant()
+    for (q, s), n in sorted(merged.items()):
+        accountant.compose(dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(s)), n))
+
+    assert compose_epsilon(rounds, delta=1e-5) == accountant.get_epsilon(1e-5)
+    assert compose_epsilon(rounds, delta=1e-3) == accountant.get_epsilon(1e-3)
