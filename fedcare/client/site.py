@@ -35,6 +35,7 @@ from fedcare.common.privacy import (
     plan_round,
     statement_from_entries,
 )
+from fedcare.common.runid import run_of
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +219,8 @@ def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]
     if privacy is not None and ledger is not None:
         statement = statement_from_entries(ledger.entries, delta=privacy.delta,
                                            accountant=privacy.accountant)
-        this_run = [e.spend for e in ledger.entries if e.run_id == run_id]
+        # Every attempt of this run (a round redone after a server crash is a new spend).
+        this_run = [e.spend for e in ledger.entries if run_of(e.run_id) == run_of(run_id)]
         epsilon_run = (statement.epsilon if len(this_run) == len(ledger.entries) else
                        compose_epsilon(this_run, delta=privacy.delta,
                                        accountant=privacy.accountant))

@@ -13,6 +13,7 @@ from flwr.server import Grid
 from fedcare import __version__
 from fedcare.common.config import RunConfig
 from fedcare.common.datasets import schema_for
+from fedcare.common.errors import ConfigError
 from fedcare.common.model import build_model, weights_of
 from fedcare.server.checkpoint import CheckpointWriter
 from fedcare.server.report import (
@@ -22,13 +23,19 @@ from fedcare.server.report import (
     summarize_evaluation,
     write_report,
 )
+from fedcare.server.resume import (
+    attempt_run_id,
+    check_same_run,
+    load_state,
+    next_attempt,
+    restore_strategy,
+    save_state,
+)
 from fedcare.server.site_dp import SiteLevelDP, site_level_epsilon
 from fedcare.server.strategies import RecordingStrategy, make_strategy
+from fedcare.server.validation import UpdateValidator
 
 logger = logging.getLogger(__name__)
-
-# How long the server waits for a round's replies before going on with those it has.
-ROUND_TIMEOUT_SECONDS = 600.0
 
 
 def default_run_name() -> str:
@@ -60,25 +67,58 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
     if not config.dp_enabled:
         logger.warning("DP is OFF for this run (dp-mode=off): site updates carry no privacy "
                        "guarantee")
+    run_config = config.replace(run_name=run_name).to_run_config()
+    resumed = load_state(run_dir) if config.resume else None
+    if config.resume and resumed is None and not run_dir.is_dir():
+        raise ConfigError([f"resume: run folder {run_dir} must exist to resume run "
+                           f"{run_name!r}; got no such folder"])
+    attempt = next_attempt(run_dir)
     checkpoints = CheckpointWriter(run_dir, model)
-    recorder = RunRecorder(run_name=run_name, run_config=config.replace(run_name=run_name)
-                           .to_run_config())
+    recorder = RunRecorder(run_name=run_name, run_config=run_config)
+    validator = UpdateValidator(max_update_norm=config.max_update_norm,
+                                max_examples_per_site=config.max_examples_per_site)
+    inner = make_strategy(config)
+    weights = weights_of(model)
+    done = 0
+    if resumed is not None:
+        check_same_run(resumed.config, run_config)
+        restore_strategy(inner, resumed.strategy_arrays, resumed.strategy)
+        recorder.restore(resumed.report)
+        validator.restore(resumed.validation)
+        weights, done = resumed.weights, resumed.server_round
+        logger.warning("resuming run %s (attempt %d) after round %d of %d: sites record "
+                       "redone rounds as new privacy spends", run_name, attempt, done,
+                       config.num_rounds)
+    elif attempt:
+        logger.warning("run %s: attempt %d starts from round 1 (no completed round to "
+                       "resume from)", run_name, attempt)
 
     def on_new_global(server_round: int, arrays: ArrayRecord) -> None:
         checkpoints.save_round(server_round, arrays.to_numpy_ndarrays())
 
-    inner = make_strategy(config)
-    strategy = RecordingStrategy(inner, recorder, on_new_global=on_new_global)
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(weights_of(model)),
-                            num_rounds=config.num_rounds, timeout=ROUND_TIMEOUT_SECONDS,
-                            train_config=ConfigRecord({"run-name": run_name}),
-                            evaluate_config=ConfigRecord({"run-name": run_name}))
-    final_weights = (result.arrays.to_numpy_ndarrays() if len(result.arrays)
-                     else weights_of(model))
+    def on_round_end(server_round: int, arrays: ArrayRecord) -> None:
+        save_state(run_dir, server_round=server_round, weights=arrays.to_numpy_ndarrays(),
+                   strategy=inner, report=recorder.state(), validation=validator.state(),
+                   config=run_config)
+
+    strategy = RecordingStrategy(inner, recorder, on_new_global=on_new_global,
+                                 validator=validator, min_sites=config.min_sites,
+                                 round_offset=done, on_round_end=on_round_end)
+
+    def round_config() -> ConfigRecord:
+        return ConfigRecord({"run-name": run_name, "attempt": attempt,
+                             "ledger-run-id": attempt_run_id(run_name, attempt)})
+
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(weights),
+                            num_rounds=config.num_rounds - done, timeout=config.round_timeout,
+                            train_config=round_config(), evaluate_config=round_config())
+    final_weights = result.arrays.to_numpy_ndarrays() if len(result.arrays) else weights
     last_eval = next((r.evaluate for r in sorted(recorder.rounds.values(),
                                                  key=lambda r: -r.server_round) if r.evaluate), {})
     final = summarize_evaluation(last_eval) if last_eval else {}
     report = recorder.to_dict(final=final)
+    report["attempts"] = attempt + 1
+    report["resumed-after-round"] = done if resumed is not None else None
     if isinstance(inner, SiteLevelDP):
         report["site-level-privacy"] = site_level_statement(config, inner.rounds_aggregated)
         logger.info("site-level DP: %s", report["site-level-privacy"]["short"])
