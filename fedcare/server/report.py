@@ -70,11 +70,13 @@ class RoundRecord:
     failures: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     capped: dict[str, dict[str, float]] = field(default_factory=dict)
+    update_norms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"round": self.server_round, "seconds": self.seconds, "train": self.train,
                 "evaluate": self.evaluate, "failures": self.failures,
                 "rejected": self.rejected, "capped-example-counts": self.capped,
+                "update-norms": self.update_norms,
                 "global": summarize_evaluation(self.evaluate) if self.evaluate else {}}
 
     @classmethod
@@ -84,7 +86,8 @@ class RoundRecord:
                    seconds=_number(data["seconds"]), train=dict(data["train"]),
                    evaluate=dict(data["evaluate"]), failures=list(data["failures"]),
                    rejected=list(data.get("rejected", [])),
-                   capped=dict(data.get("capped-example-counts", {})))
+                   capped=dict(data.get("capped-example-counts", {})),
+                   update_norms=dict(data.get("update-norms", {})))
 
 
 class RunRecorder:
@@ -143,13 +146,16 @@ class RunRecorder:
                        self.site_of_node.get(node, f"node-{node}"), reason)
 
     def record_rejections(self, server_round: int, rejections: Iterable[Any],
-                          capped: Mapping[str, tuple[float, int]]) -> None:
-        """Replies that failed update validation, and example counts that were capped."""
+                          capped: Mapping[str, tuple[float, int]],
+                          norms: Mapping[str, float] | None = None) -> None:
+        """Replies that failed update validation, example counts that were capped, and the
+        accepted updates' norms."""
         record = self.rounds.setdefault(
             server_round, RoundRecord(server_round=server_round, started=time.time()))
         record.rejected.extend(r.to_dict() for r in rejections)
         record.capped.update({site: {"claimed": claimed, "used": used}
                               for site, (claimed, used) in capped.items()})
+        record.update_norms.update(norms or {})
 
     def state(self) -> dict[str, Any]:
         """Rounds so far, as the report holds them, for a checkpoint to resume from."""

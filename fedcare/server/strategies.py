@@ -182,5 +182,6 @@ class RecordingStrategy(Strategy):
         screened = (self.validator.screen_train(server_round, replies, self._global, self._names)
                     if phase == "train" else
                     self.validator.screen_evaluate(server_round, replies))
-        self.recorder.record_rejections(server_round, screened.rejections, screened.capped)
+        self.recorder.record_rejections(server_round, screened.rejections, screened.capped,
+                                        screened.norms)
         return screened.replies

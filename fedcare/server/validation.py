@@ -62,6 +62,7 @@ class Screened:
     replies: list[Message]
     rejections: list[Rejection]
     capped: dict[str, tuple[float, int]]  # site -> (claimed, used) example counts
+    norms: dict[str, float]  # site -> ||w_site - w_global|| of each accepted update
 
     @property
     def accepted(self) -> int:
@@ -142,8 +143,10 @@ class UpdateValidator:
             seen.add(site)
             checked.append((msg, site, arrays, metrics, count))
         capped: dict[str, tuple[float, int]] = {}
+        norms: dict[str, float] = {}
         shared = _shared_keys([m for _, _, _, m, _ in checked])
         for msg, site, arrays, metrics, claimed in checked:
+            norms[site] = update_norm(arrays, global_arrays)
             used = self._cap(site, claimed)
             if used != claimed:
                 capped[site] = (claimed, used)
@@ -159,7 +162,7 @@ class UpdateValidator:
                 (name, Array(a)) for name, a in zip(array_names, arrays, strict=True)))
             msg.content[next(iter(msg.content.metric_records))] = MetricRecord(values)
             kept.append(msg)
-        return Screened(replies=kept, rejections=rejections, capped=capped)
+        return Screened(replies=kept, rejections=rejections, capped=capped, norms=norms)
 
     def screen_evaluate(self, server_round: int, replies: Sequence[Message]) -> Screened:
         kept: list[Message] = []
@@ -185,7 +188,7 @@ class UpdateValidator:
             msg.content[next(iter(msg.content.metric_records))] = MetricRecord(
                 {k: metrics[k] for k in shared})
             kept.append(msg)
-        return Screened(replies=kept, rejections=rejections, capped={})
+        return Screened(replies=kept, rejections=rejections, capped={}, norms={})
 
     def _check_arrays(self, msg: Message, global_arrays: Sequence[np.ndarray],
                       array_names: Sequence[str]) -> list[np.ndarray]:

@@ -260,3 +260,13 @@ def test_validator_state_round_trips_and_refuses_nonsense() -> None:
     assert other.registered == {"a": 3}
     with pytest.raises(ValueError, match="registered counts"):
         other.restore({"registered": {"a": -1}})
+
+
+def test_accepted_update_norms_are_reported() -> None:
+    strategy = _wrapped()
+
+    _round(strategy, 1, _honest())
+
+    # ||[1, 1, 1]|| = sqrt(3); ||[3, 3, 3]|| = 3 sqrt(3).
+    norms = strategy.recorder.to_dict(final={})["rounds"][0]["update-norms"]
+    assert norms == pytest.approx({"site-1": 3**0.5, "site-2": 3 * 3**0.5})
