@@ -24,6 +24,7 @@ from fedcare.server.report import (
     write_report,
 )
 from fedcare.server.resume import (
+    RESUME_FILENAME,
     attempt_run_id,
     check_same_run,
     load_state,
@@ -68,6 +69,10 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
         logger.warning("DP is OFF for this run (dp-mode=off): site updates carry no privacy "
                        "guarantee")
     run_config = config.replace(run_name=run_name).to_run_config()
+    if not config.resume and (run_dir / RESUME_FILENAME).exists():
+        raise ConfigError([f"run: run-name {run_name!r} must be new unless resume = true; got "
+                           f"a run folder {run_dir} holding rounds already (nothing is "
+                           "overwritten)"])
     resumed = load_state(run_dir) if config.resume else None
     if config.resume and resumed is None and not run_dir.is_dir():
         raise ConfigError([f"resume: run folder {run_dir} must exist to resume run "

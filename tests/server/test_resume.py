@@ -174,3 +174,14 @@ def test_a_resumed_run_numbers_its_rounds_after_the_checkpoint() -> None:
 
     assert {m.content["config"]["server-round"] for m in messages} == {4}
     assert 4 in strategy.recorder.rounds
+
+
+def test_a_checkpointed_run_is_not_restarted_without_resume(tmp_path: Path) -> None:
+    from fedcare.server.federation import run_federation
+
+    run_dir = tmp_path / "study"
+    _save(run_dir, _adam_with_moments())
+    config = RunConfig(output_dir=str(tmp_path), run_name="study", hidden_units="4")
+
+    with pytest.raises(ConfigError, match="must be new unless resume = true"):
+        run_federation(None, config)  # type: ignore[arg-type]  # refused before any round
