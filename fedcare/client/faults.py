@@ -3,8 +3,9 @@
 ``malicious-sites`` names virtual sites (partition ids) whose updates are replaced by an
 attack before they are sent: ``sign-flip`` (``w_g - s * (w - w_g)``), ``scale``
 (``w_g + s * (w - w_g)``), ``noise`` (``w + N(0, s^2)``) or ``nan``; ``s`` is
-``attack-scale``. ``fail-sites`` names virtual sites that crash while training from round
-``fail-round`` on.
+``attack-scale``. ``fail-sites`` names virtual sites that fail while training from round
+``fail-round`` on: ``fail-mode = "crash"`` raises, ``"hang"`` stays silent for three round
+timeouts (then raises), so the server must go on without its reply.
 
 This can never switch on in a deployment by accident: it is refused unless the site is
 a virtual one (a partition of a simulation) *and* the process runs under fedcare's
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,9 +53,12 @@ def check_allowed(config: RunConfig, site: SiteSpec) -> None:
 def maybe_fail(config: RunConfig, site: SiteSpec, server_round: int) -> None:
     check_allowed(config, site)
     if site.partition_id in config.fail_partitions and server_round >= config.fail_round:
-        logger.error("SIMULATED FAILURE: site %s crashes in round %d (fail-sites)", site.name,
-                     server_round)
-        raise SimulatedSiteFailure(f"site {site.name}: simulated crash in round {server_round}")
+        logger.error("SIMULATED FAILURE: site %s %ss in round %d (fail-sites)", site.name,
+                     config.fail_mode, server_round)
+        if config.fail_mode == "hang":  # silent past the server's round timeout
+            time.sleep(3 * config.round_timeout)
+        raise SimulatedSiteFailure(f"site {site.name}: simulated {config.fail_mode} in round "
+                                   f"{server_round}")
 
 
 def maybe_attack(config: RunConfig, site: SiteSpec, sent: Sequence[np.ndarray],

@@ -25,6 +25,7 @@ DP_BACKENDS = ("bookkeeping", "tfp-fast-clipping")
 SAMPLINGS = ("poisson", "shuffle")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
 ATTACKS = ("sign-flip", "scale", "noise", "nan")
+FAIL_MODES = ("crash", "hang")
 MAX_HIDDEN_UNITS = 4096
 
 
@@ -81,6 +82,7 @@ class RunConfig:
     attack_scale: float = 10.0
     fail_sites: str = ""
     fail_round: int = 1
+    fail_mode: str = "crash"
     # outputs
     output_dir: str = "runs"
     run_name: str = ""
@@ -279,6 +281,7 @@ def _value_problems(c: RunConfig) -> list[str]:
         p.append(f"config: hidden-units must be comma-separated sizes in [1, {MAX_HIDDEN_UNITS}] "
                  f"such as '64,32'; got {c.hidden_units!r}")
     _choice(p, "attack", c.attack, ATTACKS)
+    _choice(p, "fail-mode", c.fail_mode, FAIL_MODES)
     _check(p, _finite(c.max_update_norm) and c.max_update_norm >= 0, "max-update-norm",
            ">= 0 (0 = no bound)", c.max_update_norm)
     _check(p, c.max_examples_per_site >= 1, "max-examples-per-site", ">= 1",
