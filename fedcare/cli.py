@@ -2,6 +2,7 @@
 
     fedcare simulate            multi-site DP simulation (default: bundled breast-cancer data)
     fedcare benchmark-heart     the heart-disease protocol: federated vs pooled vs local-only
+    fedcare benchmark-heart-personal  global vs personalised vs local-only, per site
     fedcare perf-epoch          DP vs plain local epoch cost, measured in one run
     fedcare check-csv FILE      validate a hospital's CSV, listing every problem
     fedcare ledger STATE_DIR    a site's privacy spend, recomputed from its ledger
@@ -13,6 +14,11 @@
     fedcare validation-report   the model on the site's held-out rows (HTML, PNG, JSON)
     fedcare drift               a new batch against the site's training distribution
     fedcare serve               a prediction API (localhost; token needed beyond it)
+
+  deployment (docs/runbook-consortium.md, docs/runbook-hospital.md):
+    fedcare certs ...           consortium CA, SuperLink certificate, site keys, status
+    fedcare superlink           consortium: SuperLink with TLS + SuperNode authentication
+    fedcare supernode           hospital: check the CSV, then join over TLS with the site key
 """
 
 from __future__ import annotations
@@ -187,9 +193,10 @@ def _bundle(args: argparse.Namespace) -> Any:
     from fedcare.client.bundle import ModelBundle
     from fedcare.client.site import PREPROCESSOR_FILENAME
 
+    # The site's personalised model when it has a private part from this run (else global).
     return ModelBundle.load(model_path=args.model,
                             preprocessor_path=Path(args.site_dir) / PREPROCESSOR_FILENAME,
-                            threshold=args.threshold)
+                            threshold=args.threshold, site_dir=args.site_dir)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -271,6 +278,19 @@ def cmd_benchmark_heart(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_benchmark_heart_personal(args: argparse.Namespace) -> int:
+    from fedcare.simulations.heart_personalisation import run_personalisation_benchmark
+
+    def ints(text: str) -> list[int]:
+        return [int(s) for s in text.split(",") if s.strip()]
+
+    result = run_personalisation_benchmark(
+        _overrides(args), split_seeds=ints(args.split_seeds), seeds=ints(args.seeds),
+        output=Path(args.out) if args.out else None)
+    sys.stdout.write(result["table"] + "\n")
+    return EXIT_OK
+
+
 def cmd_perf_epoch(args: argparse.Namespace) -> int:
     from fedcare.common.config import RunConfig
     from fedcare.simulations.perf import epoch_costs
@@ -322,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-dp", action="store_true", help="skip the DP federated run")
     bench.add_argument("--out", help="write the results JSON here")
     bench.set_defaults(func=cmd_benchmark_heart)
+
+    bpers = sub.add_parser("benchmark-heart-personal",
+                           help="heart-disease: global vs personalised vs local-only models")
+    run_flags(bpers)
+    bpers.add_argument("--split-seeds", default="43", help="comma-separated, e.g. 43,0,1,2,3")
+    bpers.add_argument("--seeds", default="0", help="run seeds, comma-separated (e.g. 0,1,2)")
+    bpers.add_argument("--out", help="write the results JSON here")
+    bpers.set_defaults(func=cmd_benchmark_heart_personal)
 
     perf = sub.add_parser("perf-epoch", help="DP vs plain local epoch cost, measured in one run")
     run_flags(perf)
@@ -379,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit_log = sub.add_parser("audit-log", help="verify a site's hash-chained audit log")
     audit_log.add_argument("path", help="the site's state dir or its audit-log.jsonl")
     audit_log.set_defaults(func=cmd_audit_log)
+
+    from fedcare.deploy.commands import add_parsers as add_deploy_parsers
+
+    add_deploy_parsers(sub)  # certs ..., superlink, supernode
 
     led = sub.add_parser("ledger", help="show a site's privacy ledger")
     led.add_argument("state_dir")

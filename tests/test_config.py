@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import FrozenInstanceError
 from pathlib import Path
@@ -105,3 +106,23 @@ def test_config_is_frozen_and_round_trips() -> None:
         config.num_rounds = 4  # type: ignore[misc]
     assert RunConfig.from_mapping(config.to_run_config()) == config
     assert config.hidden_layer_sizes == (16,)
+
+
+@pytest.mark.parametrize(("changes", "fragment"), [
+    ({"secure-aggregation": "paillier"}, "secure-aggregation must be one of"),
+    ({"secure-aggregation": "secaggplus", "min-sites": 3, "strategy": "fedmedian"},
+     "strategy must be one of fedavg, fedprox with secure-aggregation=secaggplus"),
+    ({"secure-aggregation": "secaggplus", "min-sites": 3, "site-dp": True},
+     "site-dp must be false with secure-aggregation=secaggplus"),
+    ({"secure-aggregation": "secaggplus", "min-sites": 2},
+     "min-sites must be >= 3 with secure-aggregation=secaggplus"),
+])
+def test_secure_aggregation_rejects_settings_it_cannot_honour(changes: dict[str, object],
+                                                              fragment: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        RunConfig.from_mapping(changes)
+
+
+def test_secaggplus_with_fedavg_and_three_sites_is_accepted() -> None:
+    config = RunConfig.from_mapping({"secure-aggregation": "secaggplus", "min-sites": 3})
+    assert config.secure_aggregation == "secaggplus"

@@ -8,7 +8,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedcare.client.faults import maybe_attack, maybe_fail
-from fedcare.client.site import SiteSpec, evaluate_round, resolve_site, train_round
+from fedcare.client.secure_aggregation import legacy_format_mod, secure_aggregation_mod
+from fedcare.client.site import (
+    SiteSpec,
+    evaluate_personalised,
+    evaluate_round,
+    finetune_site,
+    resolve_site,
+    train_round,
+)
+from fedcare.client.training import EvalResult
 from fedcare.common.config import RunConfig
 from fedcare.common.errors import LedgerCorrupted, PrivacyBudgetExceeded, RoundAlreadyRecorded
 from fedcare.common.wire import decode_arrays
@@ -18,6 +27,9 @@ PRIVACY_BUDGET_EXHAUSTED = 100
 LEDGER_UNUSABLE = 101
 ROUND_ALREADY_SPENT = 102
 UNNAMED_RUN = "unnamed-run"
+_REFUSALS = {PrivacyBudgetExceeded: PRIVACY_BUDGET_EXHAUSTED, LedgerCorrupted: LEDGER_UNUSABLE,
+             RoundAlreadyRecorded: ROUND_ALREADY_SPENT}
+_REFUSABLE = tuple(_REFUSALS)
 
 app = ClientApp()
 
@@ -32,7 +44,12 @@ def _read(msg: Message, context: Context) -> tuple[RunConfig, SiteSpec, Any, lis
     return config, site, round_config, weights
 
 
-@app.train()
+def _scores(result: EvalResult, prefix: str = "") -> dict[str, Any]:
+    return {f"{prefix}accuracy": result.accuracy, f"{prefix}auc": result.auc,
+            f"{prefix}loss": result.loss}
+
+
+@app.train(mods=[secure_aggregation_mod])  # SecAgg+ rounds; plain ones pass
 def train(msg: Message, context: Context) -> Message:
     config, site, round_config, weights = _read(msg, context)
     server_round = int(round_config["server-round"])
@@ -44,18 +61,17 @@ def train(msg: Message, context: Context) -> Message:
                                                                            UNNAMED_RUN))),
                               server_round=server_round,
                               proximal_mu=float(round_config.get("proximal-mu", 0.0)))
-    except PrivacyBudgetExceeded as err:
-        return Message(Error(code=PRIVACY_BUDGET_EXHAUSTED, reason=str(err)), reply_to=msg)
-    except LedgerCorrupted as err:
-        return Message(Error(code=LEDGER_UNUSABLE, reason=str(err)), reply_to=msg)
-    except RoundAlreadyRecorded as err:
-        return Message(Error(code=ROUND_ALREADY_SPENT, reason=str(err)), reply_to=msg)
+    except _REFUSABLE as err:
+        code = next(c for kind, c in _REFUSALS.items() if isinstance(err, kind))
+        return Message(Error(code=code, reason=str(err)), reply_to=msg)
+    assert outcome.audit is not None
     # The audit entry's hash and the update digest let the server anchor the site's
     # hash-chained log from outside (report.json keeps them).
     site_info: dict[str, Any] = {"name": site.name, "audit-hash": outcome.audit.hash,
                                  "update-sha256": outcome.audit.update_sha256}
     if outcome.statement is not None:
         site_info["privacy"] = outcome.statement.short()
+    # Only the shared arrays: the site's private part stays in its state dir.
     sent = maybe_attack(config, site, outcome.weights, weights, server_round)  # simulation only
     content = RecordDict({"arrays": ArrayRecord(sent),
                           "metrics": MetricRecord(dict(outcome.metrics())),
@@ -63,14 +79,36 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-@app.evaluate()
+@app.train("finetune")
+def finetune(msg: Message, context: Context) -> Message:
+    """After the last round: personalise at the site under DP; reply with scores only."""
+    config, site, round_config, weights = _read(msg, context)
+    try:
+        outcome, personal = finetune_site(
+            config, site, weights, run_id=str(round_config.get("run-name", UNNAMED_RUN)),
+            server_round=int(round_config["server-round"]))
+    except _REFUSABLE as err:
+        code = next(c for kind, c in _REFUSALS.items() if isinstance(err, kind))
+        return Message(Error(code=code, reason=str(err)), reply_to=msg)
+    site_info: dict[str, Any] = {"name": site.name}
+    if outcome.statement is not None:
+        site_info["privacy"] = outcome.statement.short()
+    metrics = {**outcome.metrics(), **_scores(personal, "personal-"),
+               "test-rows": personal.num_examples}
+    return Message(RecordDict({"metrics": MetricRecord(metrics),
+                               "site": ConfigRecord(site_info)}), reply_to=msg)
+
+
+@app.evaluate(mods=[legacy_format_mod])
 def evaluate(msg: Message, context: Context) -> Message:
-    config, site, _, weights = _read(msg, context)
+    config, site, round_config, weights = _read(msg, context)
     result = evaluate_round(config, site, weights)
     metrics: dict[str, Any] = {"num-examples": result.num_examples, "unit-weight": 1,
-                               "accuracy": result.accuracy,
-                               "auc": result.auc, "loss": result.loss,
-                               "positives": result.positives}
+                               **_scores(result), "positives": result.positives}
+    personal = evaluate_personalised(config, site, weights, run_id=str(
+        round_config.get("run-name", UNNAMED_RUN)))
+    if personal is not None:
+        metrics.update(_scores(personal, "personal-"))
     content = RecordDict({"metrics": MetricRecord(metrics),
                           "site": ConfigRecord({"name": site.name})})
     return Message(content=content, reply_to=msg)

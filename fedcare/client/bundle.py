@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from fedcare.client.personal import PrivatePart, load_private_part
 from fedcare.common.data import (
     MAX_LISTED_PROBLEMS,
     PREPROCESSOR_FORMAT,
@@ -262,9 +263,11 @@ class ModelBundle:
 
     def __init__(self, *, model: tf.keras.Model, manifest: dict[str, Any],
                  preprocessor: Preprocessor, model_sha256: str,
-                 threshold: float = DEFAULT_THRESHOLD) -> None:
+                 threshold: float = DEFAULT_THRESHOLD,
+                 personalisation: dict[str, Any] | None = None) -> None:
         """Prefer :meth:`load`, which checks that the parts belong together."""
         self.threshold = _check_threshold(threshold)
+        self.personalisation = personalisation or {"kind": "none", "model": "global"}
         self.model = model
         self.manifest = manifest
         self.preprocessor = preprocessor
@@ -306,11 +309,14 @@ class ModelBundle:
         preprocessor_path: str | os.PathLike[str],
         manifest_path: str | os.PathLike[str] | None = None,
         threshold: float = DEFAULT_THRESHOLD,
+        site_dir: str | os.PathLike[str] | None = None,
     ) -> ModelBundle:
         """Load and cross-check the three files; :class:`ModelMismatch` if they do not fit.
 
         ``manifest_path`` defaults to ``model.json`` beside the model. Missing files raise
-        :class:`ConfigError` naming every missing path.
+        :class:`ConfigError` naming every missing path. With ``site_dir``, the site's
+        private part (``private-part.json``, from the model's run) personalises the model;
+        without one the global model is used, and ``describe()`` says which it is.
         """
         threshold = _check_threshold(threshold)
         model_p = Path(model_path)
@@ -365,8 +371,9 @@ class ModelBundle:
             raise ModelMismatch(
                 f"model bundle does not fit together (model {model_p}, manifest {manifest_p}, "
                 f"preprocessor {pre_p}): {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+        personalisation = _personalise(model, manifest, site_dir)
         bundle = cls(model=model, manifest=manifest, preprocessor=preprocessor,
-                     model_sha256=digest, threshold=threshold)
+                     model_sha256=digest, threshold=threshold, personalisation=personalisation)
         logger.info("loaded model bundle: run %s, %s, %d features, model sha256 %s, "
                     "site preprocessing %s", manifest.get("run"), schema.name, len(want),
                     bundle.model_sha256[:12], pre_p)
@@ -479,7 +486,29 @@ class ModelBundle:
             "privacy": self.manifest.get("privacy"),
             "site-level-privacy": self.manifest.get("site-level-privacy"),
             "model-sha256": self.model_sha256,
+            "personalisation": self.personalisation,
         }
+
+
+def _personalise(model: tf.keras.Model, manifest: dict[str, Any],
+                 site_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """Apply the site's private part to ``model`` in place; its provenance, or why not."""
+    if site_dir is None:
+        return {"kind": "none", "model": "global", "reason": "no site dir given"}
+    part: PrivatePart | None = load_private_part(Path(site_dir))
+    if part is None:
+        logger.info("no private part in %s: using the global model", site_dir)
+        return {"kind": "none", "model": "global", "reason": "this site has no private part"}
+    if part.run != manifest.get("run"):
+        logger.warning("private part in %s is from run %s, the model from run %s: using the "
+                       "global model", site_dir, part.run, manifest.get("run"))
+        return {"kind": "none", "model": "global",
+                "reason": f"the site's private part (v{part.version}) is from run {part.run!r}, "
+                          f"not the model's run {manifest.get('run')!r}"}
+    model.set_weights(part.apply(model.get_weights()))
+    logger.info("personalised model: global model of run %s + private part v%d (round %d, %s)",
+                part.run, part.version, part.global_round, part.phase)
+    return {"model": "personalised", **part.provenance()}
 
 
 # --------------------------------------------------------------------------- validation

@@ -21,6 +21,7 @@ import numpy as np
 
 from fedcare.client.audit import AuditRecord, SiteAuditLog
 from fedcare.client.drift import training_profile
+from fedcare.client.personal import PrivatePart, load_private_part, save_private_part
 from fedcare.client.training import DPSettings, EvalResult, derive_seed, get_trainer, secure_seed
 from fedcare.common.config import RunConfig
 from fedcare.common.datasets import SiteData, load_federated_site, load_site_from_csv
@@ -64,7 +65,7 @@ class TrainOutcome:
     seconds: float
     statement: PrivacyStatement | None  # None only when DP was explicitly switched off
     epsilon_run: float
-    audit: AuditRecord
+    audit: AuditRecord | None  # None for fine-tuning: nothing was sent
 
     def metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {"num-examples": self.num_examples, "unit-weight": 1,
@@ -168,9 +169,11 @@ def noise_multiplier_for(config: RunConfig, num_examples: int) -> float:
     sigma = calibrate_noise_multiplier(
         target_epsilon=privacy.target_epsilon, delta=privacy.delta, num_examples=num_examples,
         batch_size=privacy.batch_size, local_epochs=privacy.local_epochs,
-        rounds=config.num_rounds, accountant=privacy.accountant, sampling=config.sampling)
-    logger.info("calibrated noise multiplier %.4f for %d rows, %d rounds, target eps %.3g",
-                sigma, num_examples, config.num_rounds, privacy.target_epsilon)
+        rounds=config.num_rounds, accountant=privacy.accountant, sampling=config.sampling,
+        extra_epochs=config.finetune_epochs)  # the final fine-tuning is planned in
+    logger.info("calibrated noise multiplier %.4f for %d rows, %d rounds + %d fine-tuning "
+                "epochs, target eps %.3g (whole run)", sigma, num_examples, config.num_rounds,
+                config.finetune_epochs, privacy.target_epsilon)
     return sigma
 
 
@@ -178,15 +181,48 @@ def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]
                 run_id: str, server_round: int, proximal_mu: float) -> TrainOutcome:
     """Train one round from the global ``weights``; spend is recorded *before* training.
 
+    With personalisation on, the site's private part (loaded from its state dir) is
+    trained in the same DP steps and saved back there; it is not in the outcome's weights.
+
     Raises ``PrivacyBudgetExceeded`` (nothing trained, nothing recorded) when the round
     would take the site past its budget.
     """
+    return _train(config, site, weights, run_id=run_id, server_round=server_round,
+                  proximal_mu=proximal_mu, epochs=config.local_epochs, phase="round")
+
+
+def finetune_site(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *,
+                  run_id: str, server_round: int) -> tuple[TrainOutcome, EvalResult]:
+    """After the last round: adapt the private part (``finetune-scope = "private"``: on the
+    final global ``weights``, which stay as they are) or also the site's own copy of the
+    shared weights (``"all"``) on this site's rows under DP (``finetune-epochs`` epochs,
+    recorded in the ledger first, as round ``server_round``); keep the result at the site
+    as its personalised model and score it on the site's held-out rows. Nothing trained
+    here is sent."""
+    if config.personalisation == "none" or config.finetune_epochs < 1:
+        raise ConfigError([f"site {site.name}: fine-tuning needs personalisation on and "
+                           f"finetune-epochs >= 1; got {config.personalisation!r}, "
+                           f"{config.finetune_epochs!r}"])
+    outcome = _train(config, site, weights, run_id=run_id, server_round=server_round,
+                     proximal_mu=0.0, epochs=config.finetune_epochs, phase="finetune")
+    personal = evaluate_personalised(config, site, weights, run_id=run_id)
+    assert personal is not None  # _train has just saved this run's private part
+    return outcome, personal
+
+
+def _train(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *, run_id: str,
+           server_round: int, proximal_mu: float, epochs: int, phase: str) -> TrainOutcome:
     data = load_site(config, site)
     privacy = config.privacy()
     trainer = get_trainer(input_dim=data.x_train.shape[1], hidden_units=config.hidden_layer_sizes,
                           local_optimizer=config.local_optimizer, dp_backend=config.dp_backend)
     n = len(data.y_train)
     trainer.set_weights(weights)  # rejects incompatible arrays before anything is spent
+    personal = config.personalisation != "none"
+    # The private part belongs to the run, whichever attempt (resume) trains it.
+    part = _private_part(site, run_of(run_id)) if personal else None
+    if part is not None:
+        trainer.set_offset(part.offset)
     audit = SiteAuditLog(site.state_dir, site=site.name)
     audit.require_intact()  # a tampered audit log stops the site before it spends anything
     dp: DPSettings | None = None
@@ -198,7 +234,7 @@ def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]
     else:
         sigma = noise_multiplier_for(config, n)
         spend = plan_round(num_examples=n, batch_size=privacy.batch_size,
-                           local_epochs=privacy.local_epochs, noise_multiplier=sigma,
+                           local_epochs=epochs, noise_multiplier=sigma,
                            sampling=config.sampling)
         ledger = PrivacyLedger(site.state_dir, site=site.name)
         entry = LedgerEntry.now(run_id=run_id, server_round=server_round, spend=spend,
@@ -207,13 +243,19 @@ def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]
                       accountant=privacy.accountant)
         dp = DPSettings(noise_multiplier=sigma, clip_norm=privacy.clip_norm)
     result = trainer.train(
-        data.x_train, data.y_train, epochs=config.local_epochs, batch_size=config.batch_size,
+        data.x_train, data.y_train, epochs=epochs, batch_size=config.batch_size,
         learning_rate=config.learning_rate, dp=dp, proximal_mu=proximal_mu,
         sampling=config.sampling, sampling_seed=derive_seed(config.seed, site.name, server_round),
         noise_seed=secure_seed() if config.secure_noise else derive_seed(
-            config.seed, site.name, server_round, "noise"))
-    logger.info("site %s round %d: %d steps in %.2fs, local train loss %.4f (kept at the site)",
-                site.name, server_round, result.steps, result.seconds, result.mean_loss)
+            config.seed, site.name, server_round, "noise"), personal=personal,
+        train_shared=phase == "round" or config.finetune_scope == "all")
+    logger.info("site %s %s %d: %d steps in %.2fs, local train loss %.4f (kept at the site)",
+                site.name, phase, server_round, result.steps, result.seconds, result.mean_loss)
+    sent = trainer.get_weights()
+    if part is not None:
+        save_private_part(site.state_dir, part.trained(
+            offset=trainer.get_offset(), run=run_of(run_id), global_round=server_round, phase=phase,
+            weights=sent if phase == "finetune" and config.finetune_scope == "all" else None))
     epsilon_run = math.nan
     epsilon_round: float | None = None
     if privacy is not None and ledger is not None:
@@ -226,16 +268,44 @@ def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]
                                        accountant=privacy.accountant))
         epsilon_round = compose_epsilon([ledger.entries[-1].spend], delta=privacy.delta,
                                         accountant=privacy.accountant)
-    sent = trainer.get_weights()
-    record = audit.append(
-        run_id=run_id, server_round=server_round, server=site.server, sent=sent,
-        received=list(weights), epsilon_round=epsilon_round,
-        epsilon_total=statement.epsilon if statement else None,
-        delta=privacy.delta if privacy else None,
-        accountant=privacy.accountant if privacy else None, train_rows=n)
+    record = None
+    if phase == "round":  # the audit log records what was sent; fine-tuning sends nothing
+        record = audit.append(
+            run_id=run_id, server_round=server_round, server=site.server, sent=sent,
+            received=list(weights), epsilon_round=epsilon_round,
+            epsilon_total=statement.epsilon if statement else None,
+            delta=privacy.delta if privacy else None,
+            accountant=privacy.accountant if privacy else None, train_rows=n)
     return TrainOutcome(weights=sent, num_examples=n, steps=result.steps,
                         seconds=result.seconds, statement=statement, epsilon_run=epsilon_run,
                         audit=record)
+
+
+def _private_part(site: SiteSpec, run_id: str) -> PrivatePart:
+    stored = load_private_part(site.state_dir)
+    if stored is None:
+        return PrivatePart(offset=0.0, version=0, run=run_id, global_round=0)
+    if stored.run != run_id:
+        logger.info("site %s: private part v%d is from run %s; run %s starts a fresh offset",
+                    site.name, stored.version, stored.run, run_id)
+    return stored.for_run(run_id)
+
+
+def evaluate_personalised(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray],
+                          *, run_id: str) -> EvalResult | None:
+    """Score the site's personalised model (``weights`` + its private part) on its held-out
+    rows; ``None`` when personalisation is off. A site with no private part of this run (it
+    has not trained yet, or refused to) would predict with the global model, so that is what
+    is scored (every site's reply then has the same metric keys, as Flower requires)."""
+    if config.personalisation == "none":
+        return None
+    part = load_private_part(site.state_dir)
+    data = load_site(config, site)
+    trainer = get_trainer(input_dim=data.x_train.shape[1], hidden_units=config.hidden_layer_sizes,
+                          local_optimizer=config.local_optimizer, dp_backend=config.dp_backend)
+    trainer.set_weights(part.apply(weights) if part is not None and part.run == run_id
+                        else weights)
+    return trainer.evaluate(data.x_test, data.y_test)
 
 
 def evaluate_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray]) -> EvalResult:

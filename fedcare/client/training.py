@@ -18,6 +18,18 @@ DP-SGD step (example-level, add/remove-one adjacency), per step:
 4. Optional FedProx term ``mu*(w - w_global)``: data-independent, so it is
    post-processing and costs no privacy.
 
+Personalisation (``personal=True``): a site-private scalar *offset* is added to the
+logit. It is trained in the SAME clipped, noised step as the shared weights: its
+per-example gradient is ``d loss_i / d logit_i``, the very ``g_i`` of the last Dense
+layer's bias, so ``g_i^2`` joins each example's squared norm before clipping, the
+clipped ``g_i`` join the sum, and the sum gets Gaussian noise of the same std. The
+per-example vector (shared weights, offset) is clipped to ``C`` as a whole, so the
+step is one Gaussian mechanism of sensitivity ``C`` and the ledger's spend covers the
+offset unchanged. The offset's noise is drawn after the shared weights' noise, so the
+shared weights see the same noise stream with and without it. With ``train_shared=False``
+(fine-tuning the private part alone) only the offset's gradient is clipped, noised and
+applied; the shared weights stay as they are.
+
 Two interchangeable implementations of step 2 ("backends"):
 
 * ``bookkeeping`` (default): one forward and one backward pass. For a Dense layer the
@@ -127,7 +139,9 @@ class LocalTrainer:
         else:
             raise ValueError(
                 f"training: local_optimizer must be sgd or adam; got {local_optimizer!r}")
-        self._optimizer.build(self._vars)
+        # The site-private logit offset (see the module docstring); never in get_weights().
+        self.offset = tf.Variable(0.0, dtype=tf.float32, name="private_offset")
+        self._optimizer.build([*self._vars, self.offset])
         self._anchor = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self._vars]
         self._sampling = tf.random.Generator.from_seed(0)
         self._noise = tf.random.Generator.from_seed(0)
@@ -140,14 +154,17 @@ class LocalTrainer:
             raise ValueError(f"training: dp_backend must be bookkeeping or tfp-fast-clipping; "
                              f"got {dp_backend!r}")
         self.clipped_sum = clipped_sum
+        self.dp_backend = dp_backend
         data_spec = [tf.TensorSpec([None, input_dim], tf.float32),
                      tf.TensorSpec([None], tf.float32)]
         self._signature = (data_spec + [tf.TensorSpec([], tf.int32)] * 3
                            + [tf.TensorSpec([], tf.float32)] * 5)
-        # One compiled loop per (DP on/off, sampling scheme), traced on first use only.
-        self.functions: dict[tuple[bool, str], Any] = {}
-        self._predict = tf.function(lambda x: tf.squeeze(self.model(x, training=False), -1),
-                                    input_signature=[data_spec[0]])
+        # One compiled loop per (DP on/off, sampling scheme, what is trained: "shared",
+        # "shared+offset" or "offset"), traced on first use only.
+        self.functions: dict[tuple[bool, str, str], Any] = {}
+        self._predict = tf.function(
+            lambda x, offset: tf.sigmoid(self._logits_with_trace(x, None, offset)[0]),
+            input_signature=[data_spec[0], tf.TensorSpec([], tf.float32)])
 
     # -- weights -----------------------------------------------------------------------
     def set_weights(self, weights: Sequence[np.ndarray]) -> None:
@@ -155,26 +172,48 @@ class LocalTrainer:
         self.model.set_weights(list(weights))
 
     def get_weights(self) -> NDArrays:
+        """The SHARED arrays only: the private offset is never among them."""
         return weights_of(self.model)
 
+    def set_offset(self, value: float) -> None:
+        if not math.isfinite(value):
+            raise ValueError(f"training: private offset must be finite; got {value}")
+        self.offset.assign(float(value))
+
+    def get_offset(self) -> float:
+        return float(self.offset.numpy())
+
     # -- training ----------------------------------------------------------------------
-    def _function(self, dp: bool, sampling: str) -> Any:
+    def _function(self, dp: bool, sampling: str, trained: str) -> Any:
         if sampling not in SAMPLINGS:
             raise ValueError(f"training: sampling must be one of {', '.join(SAMPLINGS)}; "
                              f"got {sampling!r}")
-        key = (dp, sampling)
+        if trained != "shared" and dp and self.dp_backend != "bookkeeping":
+            raise ValueError("training: a private offset needs dp_backend bookkeeping; "
+                             f"got {self.dp_backend!r}")
+        key = (dp, sampling, trained)
         if key not in self.functions:
             self.functions[key] = tf.function(
-                functools.partial(self._run, dp=dp, shuffle=sampling == "shuffle"),
+                functools.partial(self._run, dp=dp, shuffle=sampling == "shuffle",
+                                  personal=trained != "shared", shared=trained != "offset"),
                 input_signature=self._signature)
         return self.functions[key]
 
     def train(self, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
               learning_rate: float, dp: DPSettings | None, proximal_mu: float,
-              sampling_seed: int, noise_seed: int, sampling: str = "poisson") -> TrainResult:
-        """Run ``epochs`` local epochs from the current weights (the global model)."""
+              sampling_seed: int, noise_seed: int, sampling: str = "poisson",
+              personal: bool = False, train_shared: bool = True) -> TrainResult:
+        """Run ``epochs`` local epochs from the current weights (the global model).
+
+        ``personal``: also train the private offset (from its current value) in the same
+        clipped, noised steps; without it the offset is neither used nor changed.
+        ``train_shared=False`` (with ``personal``): train the offset alone.
+        """
+        if not (train_shared or personal):
+            raise ValueError("training: train_shared=False needs personal=True (nothing to train)")
+        trained = ("shared+offset" if train_shared else "offset") if personal else "shared"
         started = time.perf_counter()
-        fn = self._function(dp is not None, sampling)
+        fn = self._function(dp is not None, sampling, trained)
         steps, rate = steps_and_rate(num_examples=len(x), batch_size=batch_size,
                                      local_epochs=epochs)
         for var in self._optimizer.variables:
@@ -198,8 +237,11 @@ class LocalTrainer:
     def _run(self, x: tf.Tensor, y: tf.Tensor, epochs: tf.Tensor, steps_per_epoch: tf.Tensor,
              batch_size: tf.Tensor, rate: tf.Tensor, expected_batch: tf.Tensor,
              noise_std: tf.Tensor, clip: tf.Tensor, proximal_mu: tf.Tensor, *, dp: bool,
-             shuffle: bool) -> tf.Tensor:
+             shuffle: bool, personal: bool, shared: bool) -> tf.Tensor:
         n = tf.shape(x)[0]
+        offset = self.offset if personal else None
+        variables = ([*self._vars] if shared else []) + ([self.offset] if personal else [])
+        num_shared = len(self._vars) if shared else 0
         loss_total = tf.constant(0.0)
         for _ in tf.range(epochs):
             order = tf.argsort(self._sampling.uniform([n])) if shuffle else tf.range(n)
@@ -210,49 +252,72 @@ class LocalTrainer:
                     picked = tf.where(self._sampling.uniform([n]) < rate)[:, 0]
                 xb, yb = tf.gather(x, picked), tf.gather(y, picked)
                 if dp:
-                    grad_sums, loss_sum = self.clipped_sum(xb, yb, clip)
+                    grad_sums, loss_sum = self.clipped_sum(xb, yb, clip, offset, shared=shared)
+                    # In list order: the shared weights' noise first, the offset's last.
                     grad_sums = [g + self._noise.normal(tf.shape(g), stddev=noise_std)
                                  for g in grad_sums]
                 else:
-                    grad_sums, loss_sum = self._plain_sum(xb, yb)
-                grads = [g / expected_batch + proximal_mu * (v - a)
-                         for g, v, a in zip(grad_sums, self._vars, self._anchor, strict=True)]
-                self._optimizer.apply_gradients(zip(grads, self._vars, strict=True))
+                    grad_sums, loss_sum = self._plain_sum(xb, yb, offset, shared=shared)
+                grads = [g / expected_batch + proximal_mu * (v - a) for g, v, a in
+                         zip(grad_sums[:num_shared], self._vars[:num_shared],
+                             self._anchor[:num_shared], strict=True)]
+                grads += [g / expected_batch for g in grad_sums[num_shared:]]  # private: no prox
+                self._optimizer.apply_gradients(zip(grads, variables, strict=True))
                 loss_total += loss_sum / tf.maximum(tf.cast(tf.size(picked), tf.float32), 1.0)
         return loss_total / tf.cast(epochs * steps_per_epoch, tf.float32)
 
-    def _logits_with_trace(self, xb: tf.Tensor, tape: tf.GradientTape
+    def _logits_with_trace(self, xb: tf.Tensor, tape: tf.GradientTape | None,
+                           offset: tf.Tensor | None = None
                            ) -> tuple[tf.Tensor, list[tf.Tensor], list[tf.Tensor]]:
-        """Forward pass that records each Dense layer's input and watched pre-activation."""
+        """Forward pass that records each Dense layer's input and watched pre-activation.
+
+        With ``offset`` the private offset is added to the logit (the last pre-activation)."""
         h, inputs, pre = xb, [], []
         last = len(self._dense) - 1
         for i, layer in enumerate(self._dense):
             inputs.append(h)
             z = tf.matmul(h, layer.kernel) + layer.bias
-            tape.watch(z)
+            if i == last and offset is not None:
+                z = z + offset
+            if tape is not None:
+                tape.watch(z)
             pre.append(z)
             h = layer.activation(z) if i < last else z
         return tf.squeeze(h, -1), inputs, pre
 
-    def _bookkeeping_clipped_sum(self, xb: tf.Tensor, yb: tf.Tensor, clip: tf.Tensor
+    def _bookkeeping_clipped_sum(self, xb: tf.Tensor, yb: tf.Tensor, clip: tf.Tensor,
+                                 offset: tf.Tensor | None = None, *, shared: bool = True
                                  ) -> tuple[list[tf.Tensor], tf.Tensor]:
+        """Clipped per-example gradient sums, one array per shared variable, then (with
+        ``offset``) one scalar for the private offset, all clipped together. With
+        ``shared=False`` only the offset's per-example gradients, clipped on their own."""
         with tf.GradientTape(watch_accessed_variables=False) as tape:
-            logits, inputs, pre = self._logits_with_trace(xb, tape)
+            logits, inputs, pre = self._logits_with_trace(xb, tape, offset)
             loss_sum = tf.reduce_sum(
                 tf.nn.sigmoid_cross_entropy_with_logits(labels=yb, logits=logits))
         pre_grads = tape.gradient(loss_sum, pre)
+        if offset is not None and not shared:
+            g = pre_grads[-1][:, 0]
+            return [tf.reduce_sum(g * (clip / tf.maximum(clip, tf.abs(g))))], loss_sum
         # ||d loss_i / d[W, b]||^2 = (||a_i||^2 + 1) * ||g_i||^2 for each Dense layer.
         sq_norms = tf.add_n([(tf.reduce_sum(a * a, 1) + 1.0) * tf.reduce_sum(g * g, 1)
                              for a, g in zip(inputs, pre_grads, strict=True)])
+        if offset is not None:  # d loss_i / d offset = g_i of the logit
+            sq_norms += tf.reduce_sum(pre_grads[-1] * pre_grads[-1], 1)
         weights = clip / tf.maximum(clip, tf.sqrt(sq_norms))
         grads: list[tf.Tensor] = []
         for a, g in zip(inputs, pre_grads, strict=True):
             wg = g * weights[:, None]
             grads += [tf.matmul(a, wg, transpose_a=True), tf.reduce_sum(wg, 0)]
+        if offset is not None:
+            grads.append(tf.reduce_sum(pre_grads[-1][:, 0] * weights))
         return grads, loss_sum
 
-    def _tfp_clipped_sum(self, xb: tf.Tensor, yb: tf.Tensor, clip: tf.Tensor
+    def _tfp_clipped_sum(self, xb: tf.Tensor, yb: tf.Tensor, clip: tf.Tensor,
+                         offset: tf.Tensor | None = None, *, shared: bool = True
                          ) -> tuple[list[tf.Tensor], tf.Tensor]:
+        # Refused with a private offset in _function (and by RunConfig): tf-privacy's
+        # registry knows Keras layers only, not a free variable added to the logit.
         def summed_loss(y_true: tf.Tensor, y_pred: tf.Tensor,
                         sample_weight: tf.Tensor | None = None) -> tf.Tensor:
             per_example = tf.keras.losses.binary_crossentropy(y_true, y_pred)
@@ -264,19 +329,24 @@ class LocalTrainer:
             self.model, clip, self._registry, xb, yb[:, None], clipping_loss=summed_loss)
         return list(grads), loss_sum
 
-    def _plain_sum(self, xb: tf.Tensor, yb: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
+    def _plain_sum(self, xb: tf.Tensor, yb: tf.Tensor, offset: tf.Tensor | None = None, *,
+                   shared: bool = True) -> tuple[list[tf.Tensor], tf.Tensor]:
         with tf.GradientTape() as tape:
-            logits, _, _ = self._logits_with_trace(xb, tape)
+            logits, _, _ = self._logits_with_trace(xb, tape, offset)
             loss_sum = tf.reduce_sum(
                 tf.nn.sigmoid_cross_entropy_with_logits(labels=yb, logits=logits))
-        return tape.gradient(loss_sum, self._vars), loss_sum
+        targets = ([*self._vars] if shared else []) + ([offset] if offset is not None else [])
+        return tape.gradient(loss_sum, targets), loss_sum
 
     # -- evaluation --------------------------------------------------------------------
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self._predict(tf.constant(x, tf.float32)), dtype=np.float64)
+    def predict(self, x: np.ndarray, *, offset: float = 0.0) -> np.ndarray:
+        """Risks from the current shared weights, plus ``offset`` on the logit."""
+        return np.asarray(self._predict(tf.constant(x, tf.float32), tf.constant(offset,
+                                                                                tf.float32)),
+                          dtype=np.float64)
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> EvalResult:
-        return evaluate_scores(self.predict(x), y)
+    def evaluate(self, x: np.ndarray, y: np.ndarray, *, offset: float = 0.0) -> EvalResult:
+        return evaluate_scores(self.predict(x, offset=offset), y)
 
 
 def evaluate_scores(scores: np.ndarray, y: np.ndarray) -> EvalResult:

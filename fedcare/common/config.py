@@ -26,6 +26,11 @@ SAMPLINGS = ("poisson", "shuffle")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
 ATTACKS = ("sign-flip", "scale", "noise", "nan")
 FAIL_MODES = ("crash", "hang")
+SECURE_AGGREGATIONS = ("none", "secaggplus")
+SECAGG_STRATEGIES = ("fedavg", "fedprox")  # the server sees only the sum: no robust rules
+SECAGG_MIN_SITES = 3  # with 2, each site learns the other's update from the average
+PERSONALISATIONS = ("none", "offset")
+FINETUNE_SCOPES = ("private", "all")
 MAX_HIDDEN_UNITS = 4096
 
 
@@ -58,6 +63,10 @@ class RunConfig:
     local_optimizer: str = "sgd"
     hidden_units: str = "64,32"
     seed: int = 0
+    # personalisation (site-private offset, trained inside the DP step; docs/personalisation.md)
+    personalisation: str = "offset"
+    finetune_epochs: int = 0
+    finetune_scope: str = "private"
     # differential privacy
     dp_mode: str = "target-epsilon"
     target_epsilon: float = 1.0
@@ -83,6 +92,8 @@ class RunConfig:
     fail_sites: str = ""
     fail_round: int = 1
     fail_mode: str = "crash"
+    # secure aggregation (SecAgg+): the server sees only the sum of site updates
+    secure_aggregation: str = "none"
     # outputs
     output_dir: str = "runs"
     run_name: str = ""
@@ -257,6 +268,16 @@ def _value_problems(c: RunConfig) -> list[str]:
     _choice(p, "sampling", c.sampling, SAMPLINGS)
     _choice(p, "local-optimizer", c.local_optimizer, LOCAL_OPTIMIZERS)
     _choice(p, "accountant", c.accountant, ACCOUNTANTS)
+    _choice(p, "personalisation", c.personalisation, PERSONALISATIONS)
+    _check(p, c.finetune_epochs >= 0, "finetune-epochs", ">= 0", c.finetune_epochs)
+    _choice(p, "finetune-scope", c.finetune_scope, FINETUNE_SCOPES)
+    if c.finetune_epochs and c.personalisation == "none":
+        p.append(f"config: finetune-epochs must be 0 when personalisation is none (fine-tuning "
+                 f"makes the site's personalised model); got {c.finetune_epochs!r}")
+    if c.personalisation != "none" and c.dp_enabled and c.dp_backend != "bookkeeping":
+        p.append(f"config: dp-backend must be bookkeeping when personalisation is on (the "
+                 f"private offset is clipped inside its book-keeping step); "
+                 f"got {c.dp_backend!r}")
     _check(p, _finite(c.dirichlet_alpha) and c.dirichlet_alpha > 0, "dirichlet-alpha", "> 0",
            c.dirichlet_alpha)
     _check(p, 0 < c.test_fraction < 1, "test-fraction", "in (0, 1)", c.test_fraction)
@@ -305,6 +326,16 @@ def _value_problems(c: RunConfig) -> list[str]:
         _check(p, 0 < c.site_delta < 1, "site-delta", "in (0, 1)", c.site_delta)
         _check(p, c.fraction_train == 1.0, "fraction-train",
                "1.0 when site-dp is on (every site, every round)", c.fraction_train)
+    _choice(p, "secure-aggregation", c.secure_aggregation, SECURE_AGGREGATIONS)
+    if c.secure_aggregation == "secaggplus":
+        _check(p, c.strategy in SECAGG_STRATEGIES, "strategy",
+               f"one of {', '.join(SECAGG_STRATEGIES)} with secure-aggregation=secaggplus "
+               "(the server sees only the sum of updates)", c.strategy)
+        _check(p, not c.site_dp, "site-dp", "false with secure-aggregation=secaggplus "
+               "(server-side clipping needs each site's update)", c.site_dp)
+        _check(p, c.min_sites >= SECAGG_MIN_SITES, "min-sites",
+               f">= {SECAGG_MIN_SITES} with secure-aggregation=secaggplus (with 2 sites each "
+               "learns the other's update)", c.min_sites)
     if c.dp_enabled and not p:
         try:
             c.privacy()

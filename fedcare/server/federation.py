@@ -9,6 +9,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.server import Grid
+from flwr.serverapp.strategy import Strategy
 
 from fedcare import __version__
 from fedcare.common.config import RunConfig
@@ -16,6 +17,12 @@ from fedcare.common.datasets import schema_for
 from fedcare.common.errors import ConfigError
 from fedcare.common.model import build_model, weights_of
 from fedcare.server.checkpoint import CheckpointWriter
+from fedcare.server.personalisation import (
+    apply_finetune_privacy,
+    format_personalisation,
+    personalisation_section,
+    run_finetune,
+)
 from fedcare.server.report import (
     RunRecorder,
     format_global,
@@ -82,10 +89,16 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
     recorder = RunRecorder(run_name=run_name, run_config=run_config)
     validator = UpdateValidator(max_update_norm=config.max_update_norm,
                                 max_examples_per_site=config.max_examples_per_site)
-    inner = make_strategy(config)
+    secagg = config.secure_aggregation == "secaggplus"
+    if secagg and config.resume:
+        # Flower's SecAgg+ workflow runs its own round loop: fedcare cannot checkpoint it.
+        raise ConfigError(["resume: resume must be false with secure-aggregation = "
+                           "secaggplus; got true"])
+    inner: Strategy | None = None if secagg else make_strategy(config)
     weights = weights_of(model)
     done = 0
     if resumed is not None:
+        assert inner is not None
         check_same_run(resumed.config, run_config)
         restore_strategy(inner, resumed.strategy_arrays, resumed.strategy)
         recorder.restore(resumed.report)
@@ -101,29 +114,46 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
     def on_new_global(server_round: int, arrays: ArrayRecord) -> None:
         checkpoints.save_round(server_round, arrays.to_numpy_ndarrays())
 
-    def on_round_end(server_round: int, arrays: ArrayRecord) -> None:
-        save_state(run_dir, server_round=server_round, weights=arrays.to_numpy_ndarrays(),
-                   strategy=inner, report=recorder.state(), validation=validator.state(),
-                   config=run_config)
+    if inner is None:  # Flower's legacy SecAgg+ workflow; no per-update validation possible
+        from fedcare.server.secure_aggregation import run_secaggplus_rounds
 
-    strategy = RecordingStrategy(inner, recorder, on_new_global=on_new_global,
-                                 validator=validator, min_sites=config.min_sites,
-                                 round_offset=done, on_round_end=on_round_end)
+        final_weights = run_secaggplus_rounds(
+            grid, config, initial=weights, run_name=run_name, recorder=recorder,
+            on_new_global=on_new_global, timeout=config.round_timeout)
+    else:
+        strategy_state = inner
 
-    def round_config() -> ConfigRecord:
-        return ConfigRecord({"run-name": run_name, "attempt": attempt,
-                             "ledger-run-id": attempt_run_id(run_name, attempt)})
+        def on_round_end(server_round: int, arrays: ArrayRecord) -> None:
+            save_state(run_dir, server_round=server_round, weights=arrays.to_numpy_ndarrays(),
+                       strategy=strategy_state, report=recorder.state(),
+                       validation=validator.state(), config=run_config)
 
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(weights),
-                            num_rounds=config.num_rounds - done, timeout=config.round_timeout,
-                            train_config=round_config(), evaluate_config=round_config())
-    final_weights = result.arrays.to_numpy_ndarrays() if len(result.arrays) else weights
+        strategy = RecordingStrategy(inner, recorder, on_new_global=on_new_global,
+                                     validator=validator, min_sites=config.min_sites,
+                                     round_offset=done, on_round_end=on_round_end)
+
+        def round_config() -> ConfigRecord:
+            return ConfigRecord({"run-name": run_name, "attempt": attempt,
+                                 "ledger-run-id": attempt_run_id(run_name, attempt)})
+
+        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(weights),
+                                num_rounds=config.num_rounds - done,
+                                timeout=config.round_timeout,
+                                train_config=round_config(), evaluate_config=round_config())
+        final_weights = result.arrays.to_numpy_ndarrays() if len(result.arrays) else weights
+    finetune = run_finetune(grid, config, run_name=run_name, arrays=ArrayRecord(final_weights),
+                            recorder=recorder, timeout=config.round_timeout)
     last_eval = next((r.evaluate for r in sorted(recorder.rounds.values(),
                                                  key=lambda r: -r.server_round) if r.evaluate), {})
     final = summarize_evaluation(last_eval) if last_eval else {}
     report = recorder.to_dict(final=final)
     report["attempts"] = attempt + 1
     report["resumed-after-round"] = done if resumed is not None else None
+    if config.personalisation != "none":
+        apply_finetune_privacy(report, finetune, recorder)
+        report["personalisation"] = personalisation_section(config, report, finetune)
+        logger.info("global vs personalised models (held-out rows at each site):\n%s",
+                    format_personalisation(report["personalisation"]))
     if isinstance(inner, SiteLevelDP):
         report["site-level-privacy"] = site_level_statement(config, inner.rounds_aggregated)
         logger.info("site-level DP: %s", report["site-level-privacy"]["short"])

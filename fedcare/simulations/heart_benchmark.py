@@ -134,19 +134,22 @@ def run_benchmark(overrides: Mapping[str, Any], *, split_seed: int, seeds: Seque
     return result
 
 
+def mean_std(values: Sequence[float]) -> str:
+    """``mean ± sample std`` of the finite values (one value alone; ``n/a`` for none)."""
+    kept = [v for v in values if math.isfinite(v)]
+    if not kept:
+        return "n/a"
+    if len(kept) == 1:
+        return f"{kept[0]:.3f}"
+    return f"{statistics.fmean(kept):.3f} ± {statistics.stdev(kept):.3f}"
+
+
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown: mean (and std over run seeds) per setting; per-site columns."""
     settings: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         settings.setdefault(row["setting"], []).append(row)
-
-    def stat(values: list[float]) -> str:
-        values = [v for v in values if math.isfinite(v)]
-        if not values:
-            return "n/a"
-        if len(values) == 1:
-            return f"{values[0]:.3f}"
-        return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+    stat = mean_std
 
     header = ("| setting | mean site acc | " + " | ".join(SITES) +
               " | mean site AUC | pooled acc | own-site acc | max site eps |")

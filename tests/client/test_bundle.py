@@ -273,6 +273,7 @@ def test_describe_shows_provenance_raw_features_privacy_and_model_hash(
         "schema": "breast-cancer", "features": list(SCHEMA.feature_names()),
         "threshold": 0.3, "privacy": manifest["privacy"], "site-level-privacy": None,
         "model-sha256": hashlib.sha256(files.model.read_bytes()).hexdigest(),
+        "personalisation": {"kind": "none", "model": "global", "reason": "no site dir given"},
     }
     json.dumps(described, allow_nan=False)  # servable as is
 

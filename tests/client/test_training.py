@@ -183,7 +183,7 @@ def test_trainer_is_built_once_and_never_retraced_across_sites_and_rounds() -> N
 
     assert get_trainer(input_dim=INPUT_DIM, hidden_units=(8, 4), local_optimizer="sgd",
                        dp_backend="bookkeeping") is trainer
-    assert trainer.functions[(True, "poisson")].experimental_get_tracing_count() == 1
+    assert trainer.functions[(True, "poisson", "shared")].experimental_get_tracing_count() == 1
 
 
 def test_proximal_term_pulls_towards_the_global_weights() -> None:

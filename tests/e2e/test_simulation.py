@@ -177,3 +177,31 @@ def test_site_level_dp_run_reports_both_guarantees(tmp_path: Path) -> None:
     assert all(row["epsilon"] <= TARGET_EPSILON for row in report["sites"].values())
     manifest = json.loads((tmp_path / "runs" / "e2e-site-dp" / "model.json").read_text())
     assert manifest["site-level-privacy"]["epsilon"] == site_level["epsilon"]
+
+
+def test_personalised_run_finetunes_at_every_site_within_the_whole_run_budget(
+        tmp_path: Path) -> None:
+    from fedcare.client.personal import load_private_part
+
+    report = run_simulation(small_run(tmp_path, personalisation="offset", finetune_epochs=1),
+                            num_sites=2)
+
+    run_dir = tmp_path / "runs" / "e2e"
+    section = report["personalisation"]
+    assert sorted(section["sites"]) == ["site-0", "site-1"]
+    assert all(row["fine-tuned"] and row["personalised"]["accuracy"] is not None
+               for row in section["sites"].values())
+    assert set(section["mean-over-sites"]) == {"global", "personalised"}
+    for site, row in report["sites"].items():
+        ledger = PrivacyLedger(run_dir / "sites" / site, site=site)
+        assert [e.server_round for e in ledger.entries] == [1, 2, 3]  # 3 = fine-tuning
+        # The reported epsilon is the whole run's, fine-tuning included, at the target.
+        assert row["epsilon"] == pytest.approx(ledger.epsilon(delta=DELTA), rel=1e-9)
+        assert row["epsilon"] <= TARGET_EPSILON
+        assert row["epsilon"] == pytest.approx(TARGET_EPSILON, rel=1e-3)
+        part = load_private_part(run_dir / "sites" / site)
+        assert part is not None and (part.phase, part.global_round, part.version) == (
+            "finetune", 3, 3)
+    # The server holds no private part: neither the report nor the model folder names one.
+    assert "offset" not in json.dumps(report["rounds"])
+    assert not list((run_dir).glob("private-part*"))

@@ -308,8 +308,12 @@ def calibrate_noise_multiplier(
     accountant: str = "rdp",
     prior: Sequence[RoundSpend] = (),
     sampling: str = "poisson",
+    extra_epochs: int = 0,
 ) -> float:
     """Smallest noise multiplier keeping the site at or below ``target_epsilon``.
+
+    ``extra_epochs`` > 0 plans one more spend of that many epochs after the rounds
+    (a site's final fine-tuning), at the same noise multiplier.
 
     The site's ``prior`` spends (its ledger) plus ``rounds`` rounds of
     :func:`plan_round` at the returned noise multiplier compose to an epsilon at
@@ -330,6 +334,9 @@ def calibrate_noise_multiplier(
                          f"got {describe_value(target_epsilon)}")
     if not _is_int(rounds) or rounds < 1:
         raise ValueError(f"{where}: rounds must be an integer >= 1; got {describe_value(rounds)}")
+    if not _is_int(extra_epochs) or extra_epochs < 0:
+        raise ValueError(f"{where}: extra_epochs must be an integer >= 0; "
+                         f"got {describe_value(extra_epochs)}")
     target = float(target_epsilon)
     prior = tuple(prior)
     # Validates num_examples / batch_size / local_epochs up front.
@@ -340,7 +347,10 @@ def calibrate_noise_multiplier(
         spend = plan_round(num_examples=num_examples, batch_size=batch_size,
                            local_epochs=local_epochs, noise_multiplier=sigma,
                            sampling=sampling)
-        return [*prior, *([spend] * rounds)]
+        extra = [plan_round(num_examples=num_examples, batch_size=batch_size,
+                            local_epochs=extra_epochs, noise_multiplier=sigma,
+                            sampling=sampling)] if extra_epochs else []
+        return [*prior, *([spend] * rounds), *extra]
 
     memo: dict[float, float] = {}
 

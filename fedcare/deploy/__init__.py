@@ -1,0 +1,1 @@
+"""Running fedcare as separate processes: certificates, SuperLink and SuperNode launchers."""

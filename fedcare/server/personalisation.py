@@ -1,0 +1,109 @@
+"""Server side of personalisation: the final fine-tuning message and the report section.
+
+The server never sees a site's private part. After the last round it sends every site
+one ``train.finetune`` message carrying the final global model; each site fine-tunes
+the global model and its private part on its own rows under DP (recorded in its ledger
+first, planned into its whole-run epsilon), keeps the result, and replies with scores
+on its held-out rows and its whole-run privacy statement only (no arrays).
+
+The report's ``personalisation`` section puts, per site and as the unweighted mean
+over sites, the GLOBAL model's scores (the FLamby Fed-Heart-Disease metric: one shared
+model for all sites) beside the site's PERSONALISED model's scores (global model + the
+site's private part, fine-tuned if asked), so the two are not confused.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.server import Grid
+
+from fedcare.common.config import RunConfig
+from fedcare.server.report import RunRecorder, _finite_mean, _number
+
+logger = logging.getLogger(__name__)
+
+FINETUNE_MESSAGE_TYPE = "train.finetune"
+
+
+def finetune_round(config: RunConfig) -> int:
+    """The ledger round number of the fine-tuning spend: the one after the last round."""
+    return config.num_rounds + 1
+
+
+def run_finetune(grid: Grid, config: RunConfig, *, run_name: str, arrays: ArrayRecord,
+                 recorder: RunRecorder, timeout: float) -> dict[str, dict[str, Any]]:
+    """Ask every connected site to fine-tune the final global model; per-site replies."""
+    if config.personalisation == "none" or config.finetune_epochs < 1:
+        return {}
+    server_round = finetune_round(config)
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord(
+        {"run-name": run_name, "server-round": server_round, "phase": "finetune"})})
+    messages = [Message(content=content, message_type=FINETUNE_MESSAGE_TYPE, dst_node_id=node)
+                for node in grid.get_node_ids()]
+    logger.info("fine-tuning at %d sites (%d epochs under DP, kept at the sites)",
+                len(messages), config.finetune_epochs)
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    recorder.start_round(server_round)
+    recorder.record_replies(server_round, "train", replies)
+    record = recorder.rounds.pop(server_round)  # not a federated round: reported apart
+    for failure in record.failures:
+        site = recorder.site_of_node.get(failure["node"], f"node-{failure['node']}")
+        logger.warning("fine-tuning failed at %s: %s", site, failure["reason"])
+    return record.train
+
+
+def personalisation_section(config: RunConfig, report: Mapping[str, Any],
+                            finetune: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Global vs personalised scores per site and their mean over sites."""
+    last_eval: dict[str, dict[str, Any]] = next(
+        (r["evaluate"] for r in reversed(report["rounds"]) if r["evaluate"]), {})
+    sites: dict[str, dict[str, Any]] = {}
+    for site, m in sorted(last_eval.items()):
+        personal = finetune.get(site) or m
+        sites[site] = {
+            "global": {"accuracy": m.get("accuracy"), "auc": m.get("auc")},
+            "personalised": {"accuracy": personal.get("personal-accuracy"),
+                             "auc": personal.get("personal-auc")},
+            "fine-tuned": site in finetune,
+        }
+    mean = {model: {metric: _finite_mean(_number(row[model][metric]) for row in sites.values())
+                    for metric in ("accuracy", "auc")} for model in ("global", "personalised")}
+    return {
+        "kind": config.personalisation, "finetune-epochs": config.finetune_epochs,
+        "sites": sites, "mean-over-sites": mean,
+        "note": "global = the one shared model scored on each site's held-out rows (the FLamby "
+                "Fed-Heart-Disease metric); personalised = the shared model plus the site's "
+                "private part (a logit offset trained in the same DP steps"
+                + (", then fine-tuned under DP" if finetune else "") + "), which never leaves "
+                "the site. Each site's epsilon covers both (whole run, incl. fine-tuning).",
+    }
+
+
+def apply_finetune_privacy(report: dict[str, Any], finetune: Mapping[str, Mapping[str, Any]],
+                           recorder: RunRecorder) -> None:
+    """A site's whole-run epsilon includes its fine-tuning spend: take it from the reply."""
+    for site, m in finetune.items():
+        row = report["sites"].setdefault(site, {})
+        if m.get("epsilon") is not None:
+            row["epsilon"] = m["epsilon"]
+            row["epsilon-includes-finetune"] = True
+        if site in recorder.site_privacy:
+            report["privacy"][site] = recorder.site_privacy[site]
+
+
+def format_personalisation(section: Mapping[str, Any]) -> str:
+    def fmt(value: Any) -> str:
+        return "n/a" if value is None or not math.isfinite(float(value)) else f"{value:.3f}"
+
+    lines = [f"{'site':<16}{'global acc':>11}{'global auc':>11}{'pers. acc':>11}{'pers. auc':>11}"]
+    rows = {**section["sites"], "mean over sites": section["mean-over-sites"]}
+    for site, row in rows.items():
+        lines.append(f"{site:<16}{fmt(row['global']['accuracy']):>11}"
+                     f"{fmt(row['global']['auc']):>11}{fmt(row['personalised']['accuracy']):>11}"
+                     f"{fmt(row['personalised']['auc']):>11}")
+    return "\n".join(lines)

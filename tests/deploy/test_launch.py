@@ -1,0 +1,70 @@
+"""Launcher plans and the site's pre-flight checks (no processes started here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedcare.cli import main
+from fedcare.deploy import certs as certs_mod
+from fedcare.deploy.launch import SuperLinkPlan, SuperNodePlan, check_site
+from tests.data_factories import HEART_HEADER, csv_text, heart_rows, write_text
+
+
+def test_superlink_is_tls_with_node_auth_unless_insecure(tmp_path: Path) -> None:
+    plan = SuperLinkPlan(certs=tmp_path, database=tmp_path / "db", storage_dir=tmp_path / "ffs")
+    cmd = plan.command()
+    assert "--enable-supernode-auth" in cmd and "--ssl-certfile" in cmd
+    assert "--insecure" not in cmd and "--database" in cmd
+    insecure = SuperLinkPlan(certs=tmp_path, database=tmp_path / "db",
+                             storage_dir=tmp_path / "ffs", insecure=True).command()
+    assert "--insecure" in insecure and "--enable-supernode-auth" not in insecure
+
+
+def test_superlink_refuses_to_start_without_certificates(tmp_path: Path) -> None:
+    assert main(["superlink", "--certs", str(tmp_path / "none"),
+                 "--database", str(tmp_path / "db")]) == 2
+
+
+def test_supernode_node_config_carries_the_keys_the_clientapp_reads(tmp_path: Path) -> None:
+    plan = SuperNodePlan(site="alpha", csv=tmp_path / "a.csv", state_dir=tmp_path / "s",
+                         superlink="h:9092", epsilon_budget=3.0, root_cert=tmp_path / "ca.pem",
+                         private_key=tmp_path / "k")
+    from flwr.common.config import parse_config_args
+
+    parsed = parse_config_args([plan.node_config()])
+    assert parsed["site-name"] == "alpha" and parsed["epsilon-budget"] == 3.0
+    assert parsed["data-path"] == str((tmp_path / "a.csv").resolve())
+    assert parsed["state-dir"] == str((tmp_path / "s").resolve())
+    cmd = plan.command()
+    assert cmd[cmd.index("--isolation") + 1] == "process"
+    assert "--auth-supernode-private-key" in cmd and "--insecure" not in cmd
+
+
+def test_supernode_refuses_a_bad_csv_listing_every_problem(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = heart_rows(20, seed=1)
+    rows[2]["age"] = "old"
+    rows[5]["sex"] = "7"
+    csv = write_text(tmp_path, "site.csv", csv_text(rows, HEART_HEADER))
+    certs_mod.init(tmp_path / "certs", hosts=["localhost"], sites=["alpha"])
+    code = main(["supernode", "--site", "alpha", "--csv", str(csv), "--state-dir",
+                 str(tmp_path / "state"), "--superlink", "127.0.0.1:1",
+                 "--certs", str(tmp_path / "certs")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "2 data problem(s)" in out and "age" in out and "sex" in out
+    assert "not starting" in out
+    assert not (tmp_path / "state").exists()  # nothing started, nothing written
+
+
+def test_site_checks_its_key_files_and_budget_before_connecting(tmp_path: Path) -> None:
+    csv = write_text(tmp_path, "site.csv", csv_text(heart_rows(20, seed=1), HEART_HEADER))
+    plan = SuperNodePlan(site="alpha", csv=csv, state_dir=tmp_path / "s", superlink="h:1",
+                         epsilon_budget=0.0, root_cert=tmp_path / "missing.pem",
+                         private_key=None)
+    with pytest.raises(Exception, match="epsilon-budget must be a number > 0") as err:
+        check_site(plan)
+    assert "root certificate must be a readable file" in str(err.value)
+    assert "private key must be a readable file" in str(err.value)
