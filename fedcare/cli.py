@@ -72,6 +72,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag, None)
         if value is not None:
             out[key] = value
+    if getattr(args, "resume", False):
+        out["resume"] = True
     return out
 
 
@@ -380,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="multi-site DP simulation on Flower's engine")
     run_flags(sim)
     sim.add_argument("--sites", type=int, help="number of virtual sites (default 4)")
+    sim.add_argument("--resume", action="store_true",
+                     help="continue run --run-name from its last completed round")
     sim.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser("benchmark-heart", help="heart-disease protocol (BENCHMARK.md)")

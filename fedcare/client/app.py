@@ -7,6 +7,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedcare.client.faults import maybe_attack, maybe_fail
 from fedcare.client.secure_aggregation import legacy_format_mod, secure_aggregation_mod
 from fedcare.client.site import (
     SiteSpec,
@@ -19,6 +20,7 @@ from fedcare.client.site import (
 from fedcare.client.training import EvalResult
 from fedcare.common.config import RunConfig
 from fedcare.common.errors import LedgerCorrupted, PrivacyBudgetExceeded, RoundAlreadyRecorded
+from fedcare.common.wire import decode_arrays
 
 # Error codes this app replies with (Flower's own codes are below 100).
 PRIVACY_BUDGET_EXHAUSTED = 100
@@ -37,7 +39,9 @@ def _read(msg: Message, context: Context) -> tuple[RunConfig, SiteSpec, Any, lis
     round_config = msg.content.config_records["config"]
     site = resolve_site(config, context.node_config,
                         run_name=str(round_config.get("run-name", UNNAMED_RUN)))
-    return config, site, round_config, msg.content.array_records["arrays"].to_numpy_ndarrays()
+    # Numbers only: an object array or pickle from the server is refused, never loaded.
+    weights = decode_arrays(msg.content.array_records["arrays"], where="global model")
+    return config, site, round_config, weights
 
 
 def _scores(result: EvalResult, prefix: str = "") -> dict[str, Any]:
@@ -48,10 +52,14 @@ def _scores(result: EvalResult, prefix: str = "") -> dict[str, Any]:
 @app.train(mods=[secure_aggregation_mod])  # SecAgg+ rounds; plain ones pass
 def train(msg: Message, context: Context) -> Message:
     config, site, round_config, weights = _read(msg, context)
+    server_round = int(round_config["server-round"])
+    maybe_fail(config, site, server_round)  # simulation only (fail-sites)
     try:
         outcome = train_round(config, site, weights,
-                              run_id=str(round_config.get("run-name", UNNAMED_RUN)),
-                              server_round=int(round_config["server-round"]),
+                              run_id=str(round_config.get("ledger-run-id",
+                                                          round_config.get("run-name",
+                                                                           UNNAMED_RUN))),
+                              server_round=server_round,
                               proximal_mu=float(round_config.get("proximal-mu", 0.0)))
     except _REFUSABLE as err:
         code = next(c for kind, c in _REFUSALS.items() if isinstance(err, kind))
@@ -64,7 +72,8 @@ def train(msg: Message, context: Context) -> Message:
     if outcome.statement is not None:
         site_info["privacy"] = outcome.statement.short()
     # Only the shared arrays: the site's private part stays in its state dir.
-    content = RecordDict({"arrays": ArrayRecord(outcome.weights),
+    sent = maybe_attack(config, site, outcome.weights, weights, server_round)  # simulation only
+    content = RecordDict({"arrays": ArrayRecord(sent),
                           "metrics": MetricRecord(dict(outcome.metrics())),
                           "site": ConfigRecord(site_info)})
     return Message(content=content, reply_to=msg)

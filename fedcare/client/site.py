@@ -36,6 +36,7 @@ from fedcare.common.privacy import (
     plan_round,
     statement_from_entries,
 )
+from fedcare.common.runid import run_of
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +229,8 @@ def _train(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *, 
     n = len(data.y_train)
     trainer.set_weights(weights)  # rejects incompatible arrays before anything is spent
     personal = config.personalisation != "none"
-    part = _private_part(site, run_id) if personal else None
+    # The private part belongs to the run, whichever attempt (resume) trains it.
+    part = _private_part(site, run_of(run_id)) if personal else None
     if part is not None:
         trainer.set_offset(part.offset)
     audit = SiteAuditLog(site.state_dir, site=site.name)
@@ -262,14 +264,15 @@ def _train(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *, 
     sent = trainer.get_weights()
     if part is not None:
         save_private_part(site.state_dir, part.trained(
-            offset=trainer.get_offset(), run=run_id, global_round=server_round, phase=phase,
+            offset=trainer.get_offset(), run=run_of(run_id), global_round=server_round, phase=phase,
             weights=sent if phase == "finetune" and config.finetune_scope == "all" else None))
     epsilon_run = math.nan
     epsilon_round: float | None = None
     if privacy is not None and ledger is not None:
         statement = statement_from_entries(ledger.entries, delta=privacy.delta,
                                            accountant=privacy.accountant)
-        this_run = [e.spend for e in ledger.entries if e.run_id == run_id]
+        # Every attempt of this run (a round redone after a server crash is a new spend).
+        this_run = [e.spend for e in ledger.entries if run_of(e.run_id) == run_of(run_id)]
         epsilon_run = (statement.epsilon if len(this_run) == len(ledger.entries) else
                        compose_epsilon(this_run, delta=privacy.delta,
                                        accountant=privacy.accountant))

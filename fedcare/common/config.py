@@ -24,6 +24,8 @@ DP_MODES = ("target-epsilon", "noise-multiplier", "off")
 DP_BACKENDS = ("bookkeeping", "tfp-fast-clipping")
 SAMPLINGS = ("poisson", "shuffle")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
+ATTACKS = ("sign-flip", "scale", "noise", "nan")
+FAIL_MODES = ("crash", "hang")
 SECURE_AGGREGATIONS = ("none", "secaggplus")
 SECAGG_STRATEGIES = ("fedavg", "fedprox")  # the server sees only the sum: no robust rules
 SECAGG_MIN_SITES = 3  # with 2, each site learns the other's update from the average
@@ -79,6 +81,17 @@ class RunConfig:
     site_noise_multiplier: float = 1.0
     site_clip_norm: float = 0.5
     site_delta: float = 1e-2
+    # robustness: update validation, dropouts, resume; attacks and failures (simulation only)
+    max_update_norm: float = 50.0
+    max_examples_per_site: int = 100_000
+    round_timeout: float = 600.0
+    resume: bool = False
+    malicious_sites: str = ""
+    attack: str = "sign-flip"
+    attack_scale: float = 10.0
+    fail_sites: str = ""
+    fail_round: int = 1
+    fail_mode: str = "crash"
     # secure aggregation (SecAgg+): the server sees only the sum of site updates
     secure_aggregation: str = "none"
     # outputs
@@ -101,6 +114,14 @@ class RunConfig:
     @property
     def hidden_layer_sizes(self) -> tuple[int, ...]:
         return _parse_hidden_units(self.hidden_units)
+
+    @property
+    def malicious_partitions(self) -> tuple[int, ...]:
+        return _parse_ids(self.malicious_sites)
+
+    @property
+    def fail_partitions(self) -> tuple[int, ...]:
+        return _parse_ids(self.fail_sites)
 
     def privacy(self) -> PrivacyConfig | None:
         """The validated privacy settings, or ``None`` when DP is explicitly off."""
@@ -215,6 +236,14 @@ def _parse_hidden_units(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _parse_ids(text: str) -> tuple[int, ...]:
+    """``"0, 3"`` -> ``(0, 3)``: partition ids of virtual sites; ``""`` -> none."""
+    ids = tuple(int(p) for p in (p.strip() for p in text.split(",")) if p)
+    if any(i < 0 for i in ids):
+        raise ValueError(text)
+    return ids
+
+
 def _choice(problems: list[str], key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         problems.append(f"config: {key} must be one of {', '.join(allowed)}; got {value!r}")
@@ -272,6 +301,23 @@ def _value_problems(c: RunConfig) -> list[str]:
     except ValueError:
         p.append(f"config: hidden-units must be comma-separated sizes in [1, {MAX_HIDDEN_UNITS}] "
                  f"such as '64,32'; got {c.hidden_units!r}")
+    _choice(p, "attack", c.attack, ATTACKS)
+    _choice(p, "fail-mode", c.fail_mode, FAIL_MODES)
+    _check(p, _finite(c.max_update_norm) and c.max_update_norm >= 0, "max-update-norm",
+           ">= 0 (0 = no bound)", c.max_update_norm)
+    _check(p, c.max_examples_per_site >= 1, "max-examples-per-site", ">= 1",
+           c.max_examples_per_site)
+    _check(p, _finite(c.round_timeout) and c.round_timeout > 0, "round-timeout", "> 0 seconds",
+           c.round_timeout)
+    _check(p, _finite(c.attack_scale) and c.attack_scale > 0, "attack-scale", "> 0",
+           c.attack_scale)
+    _check(p, c.fail_round >= 1, "fail-round", ">= 1", c.fail_round)
+    for ids_key, ids in (("malicious-sites", c.malicious_sites), ("fail-sites", c.fail_sites)):
+        try:
+            _parse_ids(ids)
+        except ValueError:
+            p.append(f"config: {ids_key} must be comma-separated partition ids >= 0 such as "
+                     f"'0,3'; got {ids!r}")
     if c.site_dp:
         _check(p, _finite(c.site_noise_multiplier) and c.site_noise_multiplier > 0,
                "site-noise-multiplier", "> 0 when site-dp is on", c.site_noise_multiplier)

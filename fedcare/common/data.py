@@ -41,6 +41,10 @@ MISSING_POLICIES: tuple[str, ...] = ("drop", "keep")
 MAX_LISTED_PROBLEMS = 200
 """At most this many problems are listed in one error; the rest are counted."""
 
+MAX_CSV_BYTES = 256 * 2**20
+"""A site file larger than this is refused before it is read (a hospital table of tabular
+features is megabytes; a file of gigabytes is a wrong file or an attack on memory)."""
+
 # Tokens people type for "not recorded". They are NOT treated as missing (that would be
 # a silent coercion); they only earn a hint in the problem message.
 _MISSING_TOKENS = frozenset({"?", "na", "n/a", "nan", "null", "none", "-", ".", "missing"})
@@ -419,8 +423,13 @@ def _validate(
 # --------------------------------------------------------------------------- CSV
 
 
-def _read_text(path: str | os.PathLike[str], log: _ProblemLog) -> str | None:
+def _read_text(path: str | os.PathLike[str], log: _ProblemLog,
+               max_bytes: int = MAX_CSV_BYTES) -> str | None:
     try:
+        size = Path(path).stat().st_size
+        if size > max_bytes:
+            log.add(f"file must be at most {max_bytes} bytes; got {size} bytes")
+            return None
         raw = Path(path).read_bytes()
     except FileNotFoundError:
         log.add("file must exist; got no file at this path")
@@ -464,11 +473,11 @@ def _looks_like_data(cells: Sequence[str]) -> bool:
     return bool(filled) and all(is_number(c) for c in filled)
 
 
-def _read_frame(path: str | os.PathLike[str], log: _ProblemLog, *,
-                header_hint: str) -> tuple[pd.DataFrame, np.ndarray, int]:
+def _read_frame(path: str | os.PathLike[str], log: _ProblemLog, *, header_hint: str,
+                max_bytes: int = MAX_CSV_BYTES) -> tuple[pd.DataFrame, np.ndarray, int]:
     """A CSV file as a frame of str cells (header as column names); ragged rows reported
     and left out. Returns the frame, the line number of each kept row, and rows read."""
-    text = _read_text(path, log)
+    text = _read_text(path, log, max_bytes)
     if text is None:
         log.fail()
 
@@ -498,6 +507,11 @@ def _read_frame(path: str | os.PathLike[str], log: _ProblemLog, *,
         log.fail()
     if header is None:  # pragma: no cover - text.strip() was non-empty
         log.add("file must hold a header line; got none")
+        log.fail()
+    separator = next((d for d in (";", "\t", "|") if len(header) == 1 and d in header[0]), None)
+    if separator is not None:
+        log.add(f"line {header_line} must be comma-separated; got one cell holding "
+                f"{separator!r} separators (save the file as CSV with commas)", row=header_line)
         log.fail()
     if _looks_like_data(header):
         log.add(
@@ -531,8 +545,9 @@ def load_site_csv(
     schema: TabularSchema,
     *,
     missing: MissingPolicy = "drop",
+    max_bytes: int = MAX_CSV_BYTES,
 ) -> SiteTable:
-    """Read and validate one site's CSV file.
+    """Read and validate one site's CSV file (at most ``max_bytes`` bytes).
 
     The file is read as UTF-8 text (a leading BOM is dropped); every cell stays a string
     until it is checked, so nothing is inferred or coerced behind the user's back. Every
@@ -543,7 +558,8 @@ def load_site_csv(
     _check_missing_policy(missing)
     source = os.fspath(path)
     log = _ProblemLog(source)
-    frame, lines, rows_read = _read_frame(path, log, header_hint=", ".join(schema.column_names()))
+    frame, lines, rows_read = _read_frame(path, log, header_hint=", ".join(schema.column_names()),
+                                          max_bytes=max_bytes)
     return _validate(frame, schema, source=source, missing=missing, line_numbers=lines,
                      log=log, rows_read=rows_read)
 

@@ -59,3 +59,15 @@ class LedgerCorrupted(FedcareError):
 class ModelMismatch(FedcareError, ValueError):
     """A model, its manifest and a preprocessing file do not belong together."""
 
+
+
+class UnsafePayload(FedcareError, ValueError):
+    """Arrays from the network are not plain floating-point numbers of the expected form."""
+
+
+class UpdateRejected(FedcareError, ValueError):
+    """A site's update failed the server's checks and was kept out of the aggregate."""
+
+
+class CheckpointCorrupted(FedcareError):
+    """A server resume checkpoint is incomplete or fails its integrity checks."""

@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import Strategy
 from fedcare import __version__
 from fedcare.common.config import RunConfig
 from fedcare.common.datasets import schema_for
+from fedcare.common.errors import ConfigError
 from fedcare.common.model import build_model, weights_of
 from fedcare.server.checkpoint import CheckpointWriter
 from fedcare.server.personalisation import (
@@ -29,13 +30,20 @@ from fedcare.server.report import (
     summarize_evaluation,
     write_report,
 )
+from fedcare.server.resume import (
+    RESUME_FILENAME,
+    attempt_run_id,
+    check_same_run,
+    load_state,
+    next_attempt,
+    restore_strategy,
+    save_state,
+)
 from fedcare.server.site_dp import SiteLevelDP, site_level_epsilon
 from fedcare.server.strategies import RecordingStrategy, make_strategy
+from fedcare.server.validation import UpdateValidator
 
 logger = logging.getLogger(__name__)
-
-# How long the server waits for a round's replies before going on with those it has.
-ROUND_TIMEOUT_SECONDS = 600.0
 
 
 def default_run_name() -> str:
@@ -67,35 +75,80 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
     if not config.dp_enabled:
         logger.warning("DP is OFF for this run (dp-mode=off): site updates carry no privacy "
                        "guarantee")
+    run_config = config.replace(run_name=run_name).to_run_config()
+    if not config.resume and (run_dir / RESUME_FILENAME).exists():
+        raise ConfigError([f"run: run-name {run_name!r} must be new unless resume = true; got "
+                           f"a run folder {run_dir} holding rounds already (nothing is "
+                           "overwritten)"])
+    resumed = load_state(run_dir) if config.resume else None
+    if config.resume and resumed is None and not run_dir.is_dir():
+        raise ConfigError([f"resume: run folder {run_dir} must exist to resume run "
+                           f"{run_name!r}; got no such folder"])
+    attempt = next_attempt(run_dir)
     checkpoints = CheckpointWriter(run_dir, model)
-    recorder = RunRecorder(run_name=run_name, run_config=config.replace(run_name=run_name)
-                           .to_run_config())
+    recorder = RunRecorder(run_name=run_name, run_config=run_config)
+    validator = UpdateValidator(max_update_norm=config.max_update_norm,
+                                max_examples_per_site=config.max_examples_per_site)
+    secagg = config.secure_aggregation == "secaggplus"
+    if secagg and config.resume:
+        # Flower's SecAgg+ workflow runs its own round loop: fedcare cannot checkpoint it.
+        raise ConfigError(["resume: resume must be false with secure-aggregation = "
+                           "secaggplus; got true"])
+    inner: Strategy | None = None if secagg else make_strategy(config)
+    weights = weights_of(model)
+    done = 0
+    if resumed is not None:
+        assert inner is not None
+        check_same_run(resumed.config, run_config)
+        restore_strategy(inner, resumed.strategy_arrays, resumed.strategy)
+        recorder.restore(resumed.report)
+        validator.restore(resumed.validation)
+        weights, done = resumed.weights, resumed.server_round
+        logger.warning("resuming run %s (attempt %d) after round %d of %d: sites record "
+                       "redone rounds as new privacy spends", run_name, attempt, done,
+                       config.num_rounds)
+    elif attempt:
+        logger.warning("run %s: attempt %d starts from round 1 (no completed round to "
+                       "resume from)", run_name, attempt)
 
     def on_new_global(server_round: int, arrays: ArrayRecord) -> None:
         checkpoints.save_round(server_round, arrays.to_numpy_ndarrays())
 
-    inner: Strategy | None = None
-    if config.secure_aggregation == "secaggplus":  # Flower's legacy SecAgg+ workflow
+    if inner is None:  # Flower's legacy SecAgg+ workflow; no per-update validation possible
         from fedcare.server.secure_aggregation import run_secaggplus_rounds
 
         final_weights = run_secaggplus_rounds(
-            grid, config, initial=weights_of(model), run_name=run_name, recorder=recorder,
-            on_new_global=on_new_global, timeout=ROUND_TIMEOUT_SECONDS)
+            grid, config, initial=weights, run_name=run_name, recorder=recorder,
+            on_new_global=on_new_global, timeout=config.round_timeout)
     else:
-        inner = make_strategy(config)
-        strategy = RecordingStrategy(inner, recorder, on_new_global=on_new_global)
-        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(weights_of(model)),
-                                num_rounds=config.num_rounds, timeout=ROUND_TIMEOUT_SECONDS,
-                                train_config=ConfigRecord({"run-name": run_name}),
-                                evaluate_config=ConfigRecord({"run-name": run_name}))
-        final_weights = (result.arrays.to_numpy_ndarrays() if len(result.arrays)
-                         else weights_of(model))
+        strategy_state = inner
+
+        def on_round_end(server_round: int, arrays: ArrayRecord) -> None:
+            save_state(run_dir, server_round=server_round, weights=arrays.to_numpy_ndarrays(),
+                       strategy=strategy_state, report=recorder.state(),
+                       validation=validator.state(), config=run_config)
+
+        strategy = RecordingStrategy(inner, recorder, on_new_global=on_new_global,
+                                     validator=validator, min_sites=config.min_sites,
+                                     round_offset=done, on_round_end=on_round_end)
+
+        def round_config() -> ConfigRecord:
+            return ConfigRecord({"run-name": run_name, "attempt": attempt,
+                                 "ledger-run-id": attempt_run_id(run_name, attempt)})
+
+        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(weights),
+                                num_rounds=config.num_rounds - done,
+                                timeout=config.round_timeout,
+                                train_config=round_config(), evaluate_config=round_config())
+        final_weights = result.arrays.to_numpy_ndarrays() if len(result.arrays) else weights
     finetune = run_finetune(grid, config, run_name=run_name, arrays=ArrayRecord(final_weights),
-                            recorder=recorder, timeout=ROUND_TIMEOUT_SECONDS)
+                            recorder=recorder, timeout=config.round_timeout)
     last_eval = next((r.evaluate for r in sorted(recorder.rounds.values(),
                                                  key=lambda r: -r.server_round) if r.evaluate), {})
     final = summarize_evaluation(last_eval) if last_eval else {}
     report = recorder.to_dict(final=final)
+    report["attempts"] = attempt + 1
+    report["resumed-after-round"] = done if resumed is not None else None
     if config.personalisation != "none":
         apply_finetune_privacy(report, finetune, recorder)
         report["personalisation"] = personalisation_section(config, report, finetune)

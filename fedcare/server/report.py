@@ -68,11 +68,26 @@ class RoundRecord:
     train: dict[str, dict[str, Any]] = field(default_factory=dict)
     evaluate: dict[str, dict[str, Any]] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    capped: dict[str, dict[str, float]] = field(default_factory=dict)
+    update_norms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"round": self.server_round, "seconds": self.seconds, "train": self.train,
                 "evaluate": self.evaluate, "failures": self.failures,
+                "rejected": self.rejected, "capped-example-counts": self.capped,
+                "update-norms": self.update_norms,
                 "global": summarize_evaluation(self.evaluate) if self.evaluate else {}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoundRecord:
+        """A round as :meth:`to_dict` wrote it (failures already named by site)."""
+        return cls(server_round=int(data["round"]), started=math.nan,
+                   seconds=_number(data["seconds"]), train=dict(data["train"]),
+                   evaluate=dict(data["evaluate"]), failures=list(data["failures"]),
+                   rejected=list(data.get("rejected", [])),
+                   capped=dict(data.get("capped-example-counts", {})),
+                   update_norms=dict(data.get("update-norms", {})))
 
 
 class RunRecorder:
@@ -121,13 +136,44 @@ class RunRecorder:
                     if key in info:
                         metrics[key] = str(info[key])
 
+    def record_dropped(self, server_round: int, phase: str, node: int) -> None:
+        """A site that was sent work and did not reply before the round timeout."""
+        record = self.rounds.setdefault(
+            server_round, RoundRecord(server_round=server_round, started=time.time()))
+        reason = "no reply before the round timeout"
+        record.failures.append({"node": node, "phase": phase, "code": None, "reason": reason})
+        logger.warning("round %d %s: %s dropped out: %s", server_round, phase,
+                       self.site_of_node.get(node, f"node-{node}"), reason)
+
+    def record_rejections(self, server_round: int, rejections: Iterable[Any],
+                          capped: Mapping[str, tuple[float, int]],
+                          norms: Mapping[str, float] | None = None) -> None:
+        """Replies that failed update validation, example counts that were capped, and the
+        accepted updates' norms."""
+        record = self.rounds.setdefault(
+            server_round, RoundRecord(server_round=server_round, started=time.time()))
+        record.rejected.extend(r.to_dict() for r in rejections)
+        record.capped.update({site: {"claimed": claimed, "used": used}
+                              for site, (claimed, used) in capped.items()})
+        record.update_norms.update(norms or {})
+
+    def state(self) -> dict[str, Any]:
+        """Rounds so far, as the report holds them, for a checkpoint to resume from."""
+        rounds = self.to_dict(final={})["rounds"]
+        return {"rounds": rounds, "privacy": dict(self.site_privacy)}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.rounds = {int(r["round"]): RoundRecord.from_dict(r) for r in state["rounds"]}
+        self.site_privacy = {str(k): str(v) for k, v in state["privacy"].items()}
+
     def to_dict(self, *, final: Mapping[str, Any]) -> dict[str, Any]:
         """The report. Failed replies are named by site: a site that refused to train
         may be known only from its later evaluation replies."""
         rounds = [self.rounds[r].to_dict() for r in sorted(self.rounds)]
         for rnd in rounds:
-            rnd["failures"] = [{"site": self.site_of_node.get(f["node"], f"node-{f['node']}"),
-                                **{k: v for k, v in f.items() if k != "node"}}
+            rnd["failures"] = [{"site": f.get("site") or
+                                self.site_of_node.get(f["node"], f"node-{f['node']}"),
+                                **{k: v for k, v in f.items() if k not in ("node", "site")}}
                                for f in rnd["failures"]]
         return {"format": REPORT_FORMAT, "version": REPORT_VERSION, "run": self.run_name,
                 "seconds": time.time() - self.started, "config": self.run_config,
@@ -156,6 +202,9 @@ def site_table(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for failure in rnd["failures"]:
             row = table.setdefault(failure["site"], {})
             row["failures"] = row.get("failures", 0) + 1
+        for rejection in rnd.get("rejected", []):
+            row = table.setdefault(rejection["site"], {})
+            row["rejected-updates"] = row.get("rejected-updates", 0) + 1
     return dict(sorted(table.items()))
 
 

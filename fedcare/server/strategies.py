@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.server import Grid
 from flwr.serverapp.strategy import (
@@ -27,6 +28,7 @@ from flwr.serverapp.strategy import (
 from fedcare.common.config import RunConfig
 from fedcare.server.report import RunRecorder, summarize_evaluation
 from fedcare.server.site_dp import UNIT_WEIGHT_KEY, SiteLevelDP
+from fedcare.server.validation import UpdateValidator
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +88,32 @@ def make_strategy(config: RunConfig) -> Strategy:
 
 
 class RecordingStrategy(Strategy):
-    """Delegate to ``inner``; record every reply; checkpoint every new global model."""
+    """Delegate to ``inner``; screen and record every reply; checkpoint every new global model.
+
+    ``validator`` screens replies before ``inner`` sees them (see
+    :mod:`fedcare.server.validation`); a round is aggregated only when at least
+    ``min_sites`` updates were accepted. ``round_offset`` shifts Flower's round numbers
+    (which restart at 1 in every ``start``) to the run's, so a resumed run goes on from
+    the round after its last checkpoint; ``on_round_end`` gets each completed round's
+    global model (the one just evaluated).
+    """
 
     def __init__(self, inner: Strategy, recorder: RunRecorder,
-                 on_new_global: Callable[[int, ArrayRecord], None]) -> None:
+                 on_new_global: Callable[[int, ArrayRecord], None], *,
+                 validator: UpdateValidator | None = None, min_sites: int = 1,
+                 round_offset: int = 0,
+                 on_round_end: Callable[[int, ArrayRecord], None] | None = None) -> None:
         self.inner = inner
         self.recorder = recorder
         self.on_new_global = on_new_global
+        self.validator = validator
+        self.min_sites = min_sites
+        self.round_offset = round_offset
+        self.on_round_end = on_round_end
+        self._evaluated: ArrayRecord | None = None
+        self._global: list[np.ndarray] = []
+        self._names: list[str] = []
+        self._sent: dict[tuple[int, str], set[int]] = {}
 
     def summary(self) -> None:
         logger.info("fedcare recording wrapper around %s", type(self.inner).__name__)
@@ -100,13 +121,24 @@ class RecordingStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
         self.recorder.start_round(server_round)
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        self._names = list(arrays.keys())
+        self._global = arrays.to_numpy_ndarrays()
+        return self._remember(server_round, "train",
+                              self.inner.configure_train(server_round, arrays, config, grid))
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        server_round += self.round_offset
+        replies = self._screen(server_round, "train", list(replies))
         self.recorder.record_replies(server_round, "train", replies)
+        accepted = sum(1 for m in replies if not m.has_error())
+        if accepted < self.min_sites:
+            logger.warning("round %d: %d accepted update(s), fewer than min-sites=%d: not "
+                           "aggregated; the global model is unchanged", server_round, accepted,
+                           self.min_sites)
+            return None, None
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if arrays is None:
             logger.warning("round %d: no update was aggregated; the global model is unchanged",
@@ -117,12 +149,39 @@ class RecordingStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+        server_round += self.round_offset
+        self._evaluated = arrays
+        return self._remember(server_round, "evaluate",
+                              self.inner.configure_evaluate(server_round, arrays, config, grid))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        replies = list(replies)
+        server_round += self.round_offset
+        replies = self._screen(server_round, "evaluate", list(replies))
         self.recorder.record_replies(server_round, "evaluate", replies)
-        metrics = self.inner.aggregate_evaluate(server_round, replies)
+        metrics = (self.inner.aggregate_evaluate(server_round, replies)
+                   if any(not m.has_error() for m in replies) else None)
         self.recorder.end_round(server_round)
+        if self.on_round_end is not None and self._evaluated is not None:
+            self.on_round_end(server_round, self._evaluated)  # the round is complete
         return metrics
+
+    def _remember(self, server_round: int, phase: str, messages: Iterable[Message]
+                  ) -> list[Message]:
+        messages = list(messages)
+        self._sent[(server_round, phase)] = {m.metadata.dst_node_id for m in messages}
+        return messages
+
+    def _screen(self, server_round: int, phase: str, replies: list[Message]) -> list[Message]:
+        """Name the sites that did not reply in time; drop replies that fail validation."""
+        answered = {m.metadata.src_node_id for m in replies}
+        for node in sorted(self._sent.pop((server_round, phase), set()) - answered):
+            self.recorder.record_dropped(server_round, phase, node)
+        if self.validator is None:
+            return replies
+        screened = (self.validator.screen_train(server_round, replies, self._global, self._names)
+                    if phase == "train" else
+                    self.validator.screen_evaluate(server_round, replies))
+        self.recorder.record_rejections(server_round, screened.rejections, screened.capped,
+                                        screened.norms)
+        return screened.replies

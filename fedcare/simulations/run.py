@@ -14,6 +14,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from fedcare.client.faults import SIMULATION_ENV
 from fedcare.common.config import RunConfig
 from fedcare.common.errors import ConfigError
 from fedcare.server.federation import default_run_name
@@ -62,12 +63,17 @@ def run_simulation(config: RunConfig, *, num_sites: int, workers: int | None = N
     if not config.run_name:
         config = config.replace(run_name=default_run_name())
     run_dir = Path(config.output_dir) / config.run_name
-    if run_dir.exists():
+    if run_dir.exists() and not config.resume:
         # Its report, model and (virtual) sites' ledgers belong to an earlier run.
         raise ConfigError([f"simulation: run folder {run_dir} exists already; choose another "
-                           "run-name or output-dir (nothing is overwritten)"])
+                           "run-name or output-dir, or resume it (nothing is overwritten)"])
+    if config.resume and not run_dir.is_dir():
+        raise ConfigError([f"simulation: resume needs the run folder {run_dir}; got no such "
+                           "folder"])
     for key, value in _WORKER_ENV.items():
         os.environ.setdefault(key, value)
+    # Lets virtual sites accept malicious-sites / fail-sites (refused anywhere else).
+    os.environ[SIMULATION_ENV] = "1"
     overrides = config.to_run_config()
     run = Run.create_empty(run_id=int.from_bytes(secrets.token_bytes(RUN_ID_NUM_BYTES), "little")
                            >> 1)
