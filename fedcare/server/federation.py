@@ -142,7 +142,8 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
                                 train_config=round_config(), evaluate_config=round_config())
         final_weights = result.arrays.to_numpy_ndarrays() if len(result.arrays) else weights
     finetune = run_finetune(grid, config, run_name=run_name, arrays=ArrayRecord(final_weights),
-                            recorder=recorder, timeout=config.round_timeout)
+                            recorder=recorder, timeout=config.round_timeout,
+                            ledger_run_id=attempt_run_id(run_name, attempt))
     last_eval = next((r.evaluate for r in sorted(recorder.rounds.values(),
                                                  key=lambda r: -r.server_round) if r.evaluate), {})
     final = summarize_evaluation(last_eval) if last_eval else {}

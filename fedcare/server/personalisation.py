@@ -36,13 +36,19 @@ def finetune_round(config: RunConfig) -> int:
 
 
 def run_finetune(grid: Grid, config: RunConfig, *, run_name: str, arrays: ArrayRecord,
-                 recorder: RunRecorder, timeout: float) -> dict[str, dict[str, Any]]:
-    """Ask every connected site to fine-tune the final global model; per-site replies."""
+                 recorder: RunRecorder, timeout: float,
+                 ledger_run_id: str | None = None) -> dict[str, dict[str, Any]]:
+    """Ask every connected site to fine-tune the final global model; per-site replies.
+
+    ``ledger_run_id``: the id this attempt's spends are recorded under at the sites
+    (``run/attempt-N`` after a resume), so a fine-tuning redone after a crash is a new spend.
+    """
     if config.personalisation == "none" or config.finetune_epochs < 1:
         return {}
     server_round = finetune_round(config)
     content = RecordDict({"arrays": arrays, "config": ConfigRecord(
-        {"run-name": run_name, "server-round": server_round, "phase": "finetune"})})
+        {"run-name": run_name, "server-round": server_round, "phase": "finetune",
+         "ledger-run-id": ledger_run_id or run_name})})
     messages = [Message(content=content, message_type=FINETUNE_MESSAGE_TYPE, dst_node_id=node)
                 for node in grid.get_node_ids()]
     logger.info("fine-tuning at %d sites (%d epochs under DP, kept at the sites)",
