@@ -13,9 +13,14 @@ from pathlib import Path
 import pytest
 
 from fedcare.common.config import RunConfig
-from fedcare.common.privacy import PrivacyLedger
-from fedcare.common.runid import run_of
 from fedcare.simulations.run import PROJECT_ROOT, run_simulation
+from tests.e2e.resume_checks import (
+    assert_resumed_intact,
+    checkpointed_round,
+    epsilons,
+    ledger_entries,
+    spent_on,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -67,28 +72,6 @@ def test_one_sign_flipping_site_of_five_is_contained_by_the_median(tmp_path: Pat
           f"attacked+fedavg {plain['final']['mean-site-accuracy']:.3f}")
 
 
-def _ledger_entries(run_dir: Path) -> dict[str, list[tuple[str, int]]]:
-    return {site.name: [(e.run_id, e.server_round) for e in
-                        PrivacyLedger(site, site=site.name).entries]
-            for site in sorted((run_dir / "sites").iterdir())}
-
-
-def _spent_on(run_dir: Path, server_round: int) -> bool:
-    for ledger in run_dir.glob("sites/*/privacy-ledger.json"):
-        try:
-            entries = json.loads(ledger.read_text())["entries"]
-        except (OSError, ValueError, KeyError):
-            continue
-        if any(e["server_round"] == server_round for e in entries):
-            return True
-    return False
-
-
-def _epsilons(run_dir: Path) -> dict[str, float]:
-    return {site.name: PrivacyLedger(site, site=site.name).epsilon(delta=DELTA)
-            for site in sorted((run_dir / "sites").iterdir())}
-
-
 def test_kill_9_between_rounds_then_resume_finishes_with_ledgers_intact(tmp_path: Path) -> None:
     rounds, sites = 3, 3
     out = tmp_path / "runs"
@@ -107,8 +90,7 @@ def test_kill_9_between_rounds_then_resume_finishes_with_ledgers_intact(tmp_path
         # Kill once round 1 is checkpointed and a site has already spent privacy on round 2:
         # the worst moment, as round 2 must then be redone and charged again.
         while time.monotonic() < deadline and first.poll() is None:
-            if state.is_file() and json.loads(state.read_text())["round"] >= 1 and \
-                    _spent_on(run_dir, 2):
+            if checkpointed_round(run_dir) >= 1 and spent_on(run_dir / "sites", 2):
                 break
             time.sleep(0.05)
         assert first.poll() is None, "the run ended before it could be killed"
@@ -118,8 +100,8 @@ def test_kill_9_between_rounds_then_resume_finishes_with_ledgers_intact(tmp_path
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
     checkpoint = json.loads(state.read_text())["round"]
-    before = _ledger_entries(run_dir)
-    eps_before = _epsilons(run_dir)
+    before = ledger_entries(run_dir / "sites")
+    eps_before = epsilons(run_dir / "sites", DELTA)
     assert not (run_dir / "report.json").exists()
 
     resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, env=env, capture_output=True,
@@ -127,24 +109,7 @@ def test_kill_9_between_rounds_then_resume_finishes_with_ledgers_intact(tmp_path
 
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     report = json.loads((run_dir / "report.json").read_text())
-    assert [r["round"] for r in report["rounds"]] == list(range(1, rounds + 1))
-    assert report["attempts"] == 2 and report["resumed-after-round"] == checkpoint
-    assert all(sorted(r["train"]) == [f"site-{i}" for i in range(sites)]
-               for r in report["rounds"])
-    after = _ledger_entries(run_dir)
-    eps_after = _epsilons(run_dir)
-    redone = set()
-    for site, entries in before.items():
-        assert after[site][: len(entries)] == entries  # nothing removed or rewritten
-        assert eps_after[site] >= eps_before[site]
-        assert {run_of(r) for r, _ in after[site]} == {"crash"}
-        trained = [rnd for _, rnd in after[site]]
-        assert sorted(set(trained)) == list(range(1, rounds + 1))
-        redone |= {rnd for rnd in set(trained) if trained.count(rnd) > 1}
-        # The whole-run epsilon in the report composes both attempts' spends.
-        assert report["sites"][site]["epsilon"] == pytest.approx(eps_after[site], rel=1e-9)
-    # Exactly the round in flight at the kill was redone (if any site had started it).
-    in_flight = {rnd for entries in before.values() for _, rnd in entries if rnd > checkpoint}
-    assert len(in_flight) <= 1
-    assert redone == in_flight
+    redone = assert_resumed_intact(report, run_dir / "sites", run_name="crash", rounds=rounds,
+                                   checkpoint=checkpoint, delta=DELTA, before=before,
+                                   eps_before=eps_before)
     print(f"\nkilled after round {checkpoint}'s checkpoint; rounds redone: {sorted(redone)}")

@@ -1,0 +1,141 @@
+"""A fedcare deployment on 127.0.0.1 for end-to-end tests: process handling and launchers.
+
+Every process runs in its own session (process group) so a test can kill it, with the
+children Flower starts (SuperExec, ServerApp, ClientApp worker), as one unit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedcare.deploy import certs as certs_mod
+from fedcare.simulations.run import PROJECT_ROOT
+
+BIN = Path(sys.executable).parent
+START_TIMEOUT = 90.0
+RUN_TIMEOUT = 300.0
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float,
+             interval: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+@dataclass
+class Deployment:
+    root: Path
+    certs: Path
+    env: dict[str, str]
+    fleet: str
+    control: str
+    serverappio: str
+    spare_ports: list[int]  # free when created, for ClientAppIo addresses
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, root: Path, sites: list[str], spare_ports: int) -> Deployment:
+        """Certificates for ``sites`` and free loopback ports; nothing started yet."""
+        certs = root / "certs"
+        certs_mod.init(certs, hosts=["localhost", "127.0.0.1"], sites=sites)
+        fleet, control, serverappio, *spare = free_ports(3 + spare_ports)
+        env = {**os.environ, "FLWR_HOME": str(root / "flwr-home"),
+               "FLWR_TELEMETRY_ENABLED": "0", "TF_CPP_MIN_LOG_LEVEL": "2",
+               "PYTHONPATH": str(PROJECT_ROOT),
+               "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        return cls(root=root, certs=certs, env=env, fleet=f"127.0.0.1:{fleet}",
+                   control=f"127.0.0.1:{control}", serverappio=f"127.0.0.1:{serverappio}",
+                   spare_ports=spare)
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        out = (self.root / f"{name}.log").open("wb")
+        proc = subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start_superlink(self, name: str = "superlink") -> subprocess.Popen[bytes]:
+        """``fedcare superlink`` (TLS, node auth, SQLite state); returns once the listed
+        sites are registered. The same database on every start: a restart keeps its state."""
+        proc = self.start(name, [str(BIN / "fedcare"), "superlink", "--certs", str(self.certs),
+                                 "--database", str(self.root / "state" / "superlink.db"),
+                                 "--fleet-address", self.fleet,
+                                 "--control-address", self.control,
+                                 "--serverappio-address", self.serverappio])
+        wait_for("the SuperLink to register the listed sites",
+                 lambda: "SuperNode registrations: registered" in self.log(name)
+                 or proc.poll() is not None, START_TIMEOUT)
+        assert proc.poll() is None, f"{name} exited:\n{self.log(name)[-3000:]}"
+        return proc
+
+    def start_site(self, site: str, clientappio_port: int, *,
+                   epsilon_budget: float | None = 4.0,
+                   name: str | None = None) -> subprocess.Popen[bytes]:
+        """``fedcare supernode`` for ``site`` with its CSV in ``root/data``."""
+        cmd = [str(BIN / "fedcare"), "supernode", "--site", site,
+               "--csv", str(self.root / "data" / f"{site}.csv"),
+               "--state-dir", str(self.root / "sites" / site),
+               "--superlink", self.fleet, "--certs", str(self.certs),
+               "--clientappio-address", f"127.0.0.1:{clientappio_port}"]
+        if epsilon_budget is not None:
+            cmd += ["--epsilon-budget", str(epsilon_budget)]
+        return self.start(name or site, cmd)
+
+    def flwr_run(self, run_config: str, *, stream: bool = True,
+                 timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        """``flwr run <project> deployment`` against this SuperLink."""
+        federation = (f'address="{self.control}" '
+                      f'root-certificates="{self.certs / certs_mod.CA_CERT}"')
+        return subprocess.run(
+            [str(BIN / "flwr"), "run", str(PROJECT_ROOT), "deployment",
+             *(["--stream"] if stream else []),
+             "--federation-config", federation, "--run-config", run_config],
+            env=self.env, capture_output=True, text=True, timeout=timeout,
+            start_new_session=True, check=False)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process and everything in its group (a crash: no clean-up runs)."""
+        proc = self.procs[name]
+        _kill_group(proc, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            _kill_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            _kill_group(proc, signal.SIGKILL)
+            proc.wait()
