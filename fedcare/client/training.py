@@ -26,7 +26,8 @@ clipped ``g_i`` join the sum, and the sum gets Gaussian noise of the same std. T
 per-example vector (shared weights, offset) is clipped to ``C`` as a whole, so the
 step is one Gaussian mechanism of sensitivity ``C`` and the ledger's spend covers the
 offset unchanged. The offset's noise is drawn after the shared weights' noise, so the
-shared weights see the same noise stream with and without it. With ``train_shared=False``
+shared weights see the same noise stream with and without it. The offset takes plain SGD
+steps of its own size (``offset_learning_rate``) on its noised gradient. With ``train_shared=False``
 (fine-tuning the private part alone) only the offset's gradient is clipped, noised and
 applied; the shared weights stay as they are.
 
