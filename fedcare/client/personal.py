@@ -31,10 +31,11 @@ logger = logging.getLogger(__name__)
 
 PRIVATE_PART_FILENAME = "private-part.json"
 PRIVATE_PART_FORMAT = "fedcare-private-part"
-PRIVATE_PART_VERSION = 1
+PRIVATE_PART_VERSION = 2
 PHASES = ("round", "finetune")
-_KEYS = ("format", "format-version", "kind", "version", "run", "global-round", "phase",
-         "offset", "weights")
+_KEYS_V1 = ("format", "format-version", "kind", "version", "run", "global-round", "phase",
+            "offset", "weights")
+_KEYS = (*_KEYS_V1, "iterate", "averaged")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,11 +47,21 @@ class PrivatePart:
     phase: str = "round"
     weights: tuple[np.ndarray, ...] | None = None  # the fine-tuned shared weights, if any
     kind: str = "offset"
+    # The last trained offset, where the next training step starts; ``offset`` (what the
+    # personalised model uses) is the mean of the last ``averaged`` iterates, or this one
+    # when ``averaged`` is 0. Averaging released (noised) iterates is post-processing.
+    iterate: float | None = None
+    averaged: int = 0
 
     def __post_init__(self) -> None:
         problems = []
-        if not math.isfinite(self.offset):
-            problems.append(f"offset must be a finite number; got {self.offset!r}")
+        if self.iterate is None:
+            object.__setattr__(self, "iterate", self.offset)
+        if not (math.isfinite(self.offset) and math.isfinite(self.last_iterate)):
+            problems.append(f"offset and iterate must be finite numbers; got {self.offset!r}, "
+                            f"{self.iterate!r}")
+        if self.averaged < 0:
+            problems.append(f"averaged must be >= 0; got {self.averaged!r}")
         if self.version < 0 or self.global_round < 0:
             problems.append(f"version and global-round must be >= 0; got {self.version!r}, "
                             f"{self.global_round!r}")
@@ -63,11 +74,21 @@ class PrivatePart:
         if problems:
             raise ValueError("private part: " + "; ".join(problems))
 
+    @property
+    def last_iterate(self) -> float:
+        """Where the next round's training starts."""
+        return self.offset if self.iterate is None else self.iterate
+
     def trained(self, *, offset: float, run: str, global_round: int, phase: str = "round",
-                weights: Sequence[np.ndarray] | None = None) -> PrivatePart:
-        """The next version of this part."""
-        return PrivatePart(offset=offset, version=self.version + 1, run=run,
-                           global_round=global_round, phase=phase,
+                weights: Sequence[np.ndarray] | None = None, average: bool = False
+                ) -> PrivatePart:
+        """The next version of this part; ``offset`` is the new iterate. With ``average``
+        the personalised offset is the running mean of the iterates averaged so far and
+        this one (tail averaging); else it is the new iterate."""
+        count = self.averaged + 1 if average else 0
+        used = (self.offset + (offset - self.offset) / count) if count > 1 else offset
+        return PrivatePart(offset=used, iterate=offset, averaged=count, version=self.version + 1,
+                           run=run, global_round=global_round, phase=phase,
                            weights=None if weights is None else tuple(
                                np.asarray(w, np.float32) for w in weights))
 
@@ -93,13 +114,13 @@ class PrivatePart:
     def provenance(self) -> dict[str, Any]:
         return {"kind": self.kind, "private-part-version": self.version, "run": self.run,
                 "global-round": self.global_round, "phase": self.phase,
-                "fine-tuned": self.weights is not None}
+                "fine-tuned": self.weights is not None, "averaged-iterates": self.averaged}
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": PRIVATE_PART_FORMAT, "format-version": PRIVATE_PART_VERSION,
                 "kind": self.kind, "version": self.version, "run": self.run,
                 "global-round": self.global_round, "phase": self.phase,
-                "offset": self.offset,
+                "offset": self.offset, "iterate": self.iterate, "averaged": self.averaged,
                 "weights": None if self.weights is None else [
                     {"shape": list(w.shape), "values": w.ravel().tolist()}
                     for w in self.weights]}
@@ -107,12 +128,13 @@ class PrivatePart:
     @classmethod
     def from_dict(cls, data: Any, path: Path) -> PrivatePart:
         if not isinstance(data, dict) or data.get("format") != PRIVATE_PART_FORMAT or \
-                data.get("format-version") != PRIVATE_PART_VERSION:
+                data.get("format-version") not in (1, PRIVATE_PART_VERSION):
             raise ModelMismatch(f"{path}: private part must be a {PRIVATE_PART_FORMAT} object "
-                                f"of format-version {PRIVATE_PART_VERSION}; got "
+                                f"of format-version 1 or {PRIVATE_PART_VERSION}; got "
                                 f"{str(data)[:120]!r}")
-        if sorted(data) != sorted(_KEYS):
-            raise ModelMismatch(f"{path}: private part keys must be {', '.join(_KEYS)}; "
+        keys = _KEYS if data["format-version"] == PRIVATE_PART_VERSION else _KEYS_V1
+        if sorted(data) != sorted(keys):
+            raise ModelMismatch(f"{path}: private part keys must be {', '.join(keys)}; "
                                 f"got {', '.join(sorted(data))}")
         try:
             weights = None if data["weights"] is None else tuple(
@@ -120,7 +142,9 @@ class PrivatePart:
                 for w in data["weights"])
             return cls(offset=float(data["offset"]), version=int(data["version"]),
                        run=str(data["run"]), global_round=int(data["global-round"]),
-                       phase=str(data["phase"]), weights=weights, kind=str(data["kind"]))
+                       phase=str(data["phase"]), weights=weights, kind=str(data["kind"]),
+                       iterate=float(data["iterate"] if "iterate" in data else data["offset"]),
+                       averaged=int(data.get("averaged", 0)))
         except (KeyError, TypeError, ValueError) as err:
             raise ModelMismatch(f"{path}: private part is malformed: {err}") from err
 

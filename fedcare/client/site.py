@@ -33,6 +33,7 @@ from fedcare.common.privacy import (
     PrivacyStatement,
     calibrate_noise_multiplier,
     compose_epsilon,
+    finetune_noise_multiplier,
     plan_round,
     statement_from_entries,
 )
@@ -180,11 +181,33 @@ def noise_multiplier_for(config: RunConfig, num_examples: int) -> float:
         target_epsilon=privacy.target_epsilon, delta=privacy.delta, num_examples=num_examples,
         batch_size=privacy.batch_size, local_epochs=privacy.local_epochs,
         rounds=config.num_rounds, accountant=privacy.accountant, sampling=config.sampling,
-        extra_epochs=config.finetune_epochs)  # the final fine-tuning is planned in
+        extra_epochs=config.finetune_epochs,  # the final fine-tuning is planned in
+        extra_share=config.finetune_budget_share)
     logger.info("calibrated noise multiplier %.4f for %d rows, %d rounds + %d fine-tuning "
-                "epochs, target eps %.3g (whole run)", sigma, num_examples, config.num_rounds,
-                config.finetune_epochs, privacy.target_epsilon)
+                "epochs (%s), target eps %.3g (whole run)", sigma, num_examples,
+                config.num_rounds, config.finetune_epochs,
+                f"{config.finetune_budget_share:g} of the budget" if config.finetune_budget_share
+                else "same noise", privacy.target_epsilon)
     return sigma
+
+
+def finetune_noise_multiplier_for(config: RunConfig, num_examples: int) -> float:
+    """The fine-tuning noise: the rounds' one, or (``finetune-budget-share`` > 0) the one
+    giving fine-tuning that share of the run's budget (planned jointly with the rounds)."""
+    sigma = noise_multiplier_for(config, num_examples)
+    if not config.finetune_budget_share:
+        return sigma
+    privacy = config.privacy()
+    assert privacy is not None
+
+    def steps(epochs: int) -> int:
+        return plan_round(num_examples=num_examples, batch_size=privacy.batch_size,
+                          local_epochs=epochs, noise_multiplier=sigma,
+                          sampling=config.sampling).steps
+
+    return finetune_noise_multiplier(sigma, share=config.finetune_budget_share,
+                                     round_steps=config.num_rounds * steps(config.local_epochs),
+                                     finetune_steps=steps(config.finetune_epochs))
 
 
 def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *,
@@ -232,7 +255,9 @@ def _train(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *, 
     # The private part belongs to the run, whichever attempt (resume) trains it.
     part = _private_part(site, run_of(run_id)) if personal else None
     if part is not None:
-        trainer.set_offset(part.offset)
+        # A round continues from the last iterate; fine-tuning starts from the offset the
+        # personalised model uses (the tail average, if any).
+        trainer.set_offset(part.offset if phase == "finetune" else part.last_iterate)
     audit = SiteAuditLog(site.state_dir, site=site.name)
     audit.require_intact()  # a tampered audit log stops the site before it spends anything
     dp: DPSettings | None = None
@@ -242,7 +267,8 @@ def _train(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *, 
         logger.warning("site %s: DP is OFF (dp-mode=off): this update carries no privacy "
                        "guarantee", site.name)
     else:
-        sigma = noise_multiplier_for(config, n)
+        sigma = (finetune_noise_multiplier_for(config, n) if phase == "finetune"
+                 else noise_multiplier_for(config, n))
         spend = plan_round(num_examples=n, batch_size=privacy.batch_size,
                            local_epochs=epochs, noise_multiplier=sigma,
                            sampling=config.sampling)
@@ -252,9 +278,14 @@ def _train(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *, 
         ledger.record(entry, delta=privacy.delta, budget=site.epsilon_budget,
                       accountant=privacy.accountant)
         dp = DPSettings(noise_multiplier=sigma, clip_norm=privacy.clip_norm)
+    learning_rate = config.learning_rate
+    offset_lr = config.offset_learning_rate or learning_rate
+    if phase == "finetune" and config.finetune_learning_rate:
+        learning_rate = offset_lr = config.finetune_learning_rate
     result = trainer.train(
         data.x_train, data.y_train, epochs=epochs, batch_size=config.batch_size,
-        learning_rate=config.learning_rate, dp=dp, proximal_mu=proximal_mu,
+        learning_rate=learning_rate, offset_learning_rate=offset_lr, dp=dp,
+        proximal_mu=proximal_mu,
         sampling=config.sampling, sampling_seed=derive_seed(config.seed, site.name, server_round),
         noise_seed=secure_seed() if config.secure_noise else derive_seed(
             config.seed, site.name, server_round, "noise"), personal=personal,
@@ -264,8 +295,10 @@ def _train(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *, 
     sent = trainer.get_weights()
     if part is not None:
         save_private_part(site.state_dir, part.trained(
-            offset=trainer.get_offset(), run=run_of(run_id), global_round=server_round, phase=phase,
-            weights=sent if phase == "finetune" and config.finetune_scope == "all" else None))
+            offset=trainer.get_offset(), run=run_of(run_id), global_round=server_round,
+            phase=phase,
+            weights=sent if phase == "finetune" and config.finetune_scope == "all" else None,
+            average=phase == "round" and averages_round(config, server_round)))
     epsilon_run = math.nan
     epsilon_round: float | None = None
     if privacy is not None and ledger is not None:
@@ -289,6 +322,12 @@ def _train(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *, 
     return TrainOutcome(weights=sent, num_examples=n, steps=result.steps,
                         seconds=result.seconds, statement=statement, epsilon_run=epsilon_run,
                         audit=record)
+
+
+def averages_round(config: RunConfig, server_round: int) -> bool:
+    """Tail averaging: the personalised offset is the mean of the iterates of the last
+    half of the rounds (``offset-averaging = "tail"``)."""
+    return config.offset_averaging == "tail" and server_round > config.num_rounds // 2
 
 
 def _private_part(site: SiteSpec, run_id: str) -> PrivatePart:

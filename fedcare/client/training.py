@@ -26,7 +26,8 @@ clipped ``g_i`` join the sum, and the sum gets Gaussian noise of the same std. T
 per-example vector (shared weights, offset) is clipped to ``C`` as a whole, so the
 step is one Gaussian mechanism of sensitivity ``C`` and the ledger's spend covers the
 offset unchanged. The offset's noise is drawn after the shared weights' noise, so the
-shared weights see the same noise stream with and without it. With ``train_shared=False``
+shared weights see the same noise stream with and without it. The offset takes plain SGD
+steps of its own size (``offset_learning_rate``) on its noised gradient. With ``train_shared=False``
 (fine-tuning the private part alone) only the offset's gradient is clipped, noised and
 applied; the shared weights stay as they are.
 
@@ -141,7 +142,7 @@ class LocalTrainer:
                 f"training: local_optimizer must be sgd or adam; got {local_optimizer!r}")
         # The site-private logit offset (see the module docstring); never in get_weights().
         self.offset = tf.Variable(0.0, dtype=tf.float32, name="private_offset")
-        self._optimizer.build([*self._vars, self.offset])
+        self._optimizer.build(self._vars)
         self._anchor = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self._vars]
         self._sampling = tf.random.Generator.from_seed(0)
         self._noise = tf.random.Generator.from_seed(0)
@@ -158,7 +159,7 @@ class LocalTrainer:
         data_spec = [tf.TensorSpec([None, input_dim], tf.float32),
                      tf.TensorSpec([None], tf.float32)]
         self._signature = (data_spec + [tf.TensorSpec([], tf.int32)] * 3
-                           + [tf.TensorSpec([], tf.float32)] * 5)
+                           + [tf.TensorSpec([], tf.float32)] * 6)
         # One compiled loop per (DP on/off, sampling scheme, what is trained: "shared",
         # "shared+offset" or "offset"), traced on first use only.
         self.functions: dict[tuple[bool, str, str], Any] = {}
@@ -202,15 +203,22 @@ class LocalTrainer:
     def train(self, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
               learning_rate: float, dp: DPSettings | None, proximal_mu: float,
               sampling_seed: int, noise_seed: int, sampling: str = "poisson",
-              personal: bool = False, train_shared: bool = True) -> TrainResult:
+              personal: bool = False, train_shared: bool = True,
+              offset_learning_rate: float | None = None) -> TrainResult:
         """Run ``epochs`` local epochs from the current weights (the global model).
 
         ``personal``: also train the private offset (from its current value) in the same
         clipped, noised steps; without it the offset is neither used nor changed.
         ``train_shared=False`` (with ``personal``): train the offset alone.
+        The offset takes plain SGD steps of ``offset_learning_rate`` (default: the
+        ``learning_rate``) on its noised gradient, whatever the shared weights' optimizer:
+        a step size applied to an already-noised gradient is post-processing.
         """
         if not (train_shared or personal):
             raise ValueError("training: train_shared=False needs personal=True (nothing to train)")
+        offset_lr = learning_rate if offset_learning_rate is None else offset_learning_rate
+        if not (math.isfinite(offset_lr) and offset_lr > 0):
+            raise ValueError(f"training: offset_learning_rate must be > 0; got {offset_lr}")
         trained = ("shared+offset" if train_shared else "offset") if personal else "shared"
         started = time.perf_counter()
         fn = self._function(dp is not None, sampling, trained)
@@ -230,17 +238,18 @@ class LocalTrainer:
         mean_loss = fn(tf.constant(x, tf.float32), tf.constant(y, tf.float32),
                        tf.constant(epochs), tf.constant(steps // epochs),
                        tf.constant(batch_size), tf.constant(rate), tf.constant(rate * len(x)),
-                       tf.constant(noise_std), tf.constant(clip), tf.constant(proximal_mu))
+                       tf.constant(noise_std), tf.constant(clip), tf.constant(proximal_mu),
+                       tf.constant(offset_lr, tf.float32))
         return TrainResult(steps=steps, num_examples=len(x), sampling_rate=rate,
                            mean_loss=float(mean_loss), seconds=time.perf_counter() - started)
 
     def _run(self, x: tf.Tensor, y: tf.Tensor, epochs: tf.Tensor, steps_per_epoch: tf.Tensor,
              batch_size: tf.Tensor, rate: tf.Tensor, expected_batch: tf.Tensor,
-             noise_std: tf.Tensor, clip: tf.Tensor, proximal_mu: tf.Tensor, *, dp: bool,
-             shuffle: bool, personal: bool, shared: bool) -> tf.Tensor:
+             noise_std: tf.Tensor, clip: tf.Tensor, proximal_mu: tf.Tensor,
+             offset_lr: tf.Tensor, *, dp: bool, shuffle: bool, personal: bool,
+             shared: bool) -> tf.Tensor:
         n = tf.shape(x)[0]
         offset = self.offset if personal else None
-        variables = ([*self._vars] if shared else []) + ([self.offset] if personal else [])
         num_shared = len(self._vars) if shared else 0
         loss_total = tf.constant(0.0)
         for _ in tf.range(epochs):
@@ -258,11 +267,12 @@ class LocalTrainer:
                                  for g in grad_sums]
                 else:
                     grad_sums, loss_sum = self._plain_sum(xb, yb, offset, shared=shared)
-                grads = [g / expected_batch + proximal_mu * (v - a) for g, v, a in
-                         zip(grad_sums[:num_shared], self._vars[:num_shared],
-                             self._anchor[:num_shared], strict=True)]
-                grads += [g / expected_batch for g in grad_sums[num_shared:]]  # private: no prox
-                self._optimizer.apply_gradients(zip(grads, variables, strict=True))
+                if shared:
+                    grads = [g / expected_batch + proximal_mu * (v - a) for g, v, a in
+                             zip(grad_sums[:num_shared], self._vars, self._anchor, strict=True)]
+                    self._optimizer.apply_gradients(zip(grads, self._vars, strict=True))
+                if personal:  # private: plain SGD at its own rate, no proximal term
+                    self.offset.assign_sub(offset_lr * grad_sums[num_shared] / expected_batch)
                 loss_total += loss_sum / tf.maximum(tf.cast(tf.size(picked), tf.float32), 1.0)
         return loss_total / tf.cast(epochs * steps_per_epoch, tf.float32)
 

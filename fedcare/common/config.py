@@ -31,6 +31,7 @@ SECAGG_STRATEGIES = ("fedavg", "fedprox")  # the server sees only the sum: no ro
 SECAGG_MIN_SITES = 3  # with 2, each site learns the other's update from the average
 PERSONALISATIONS = ("none", "offset")
 FINETUNE_SCOPES = ("private", "all")
+OFFSET_AVERAGINGS = ("none", "tail")
 MAX_HIDDEN_UNITS = 4096
 
 
@@ -64,9 +65,13 @@ class RunConfig:
     hidden_units: str = "64,32"
     seed: int = 0
     # personalisation (site-private offset, trained inside the DP step; docs/personalisation.md)
-    personalisation: str = "offset"
+    personalisation: str = "none"
     finetune_epochs: int = 0
     finetune_scope: str = "private"
+    finetune_budget_share: float = 0.0  # 0: fine-tuning at the rounds' noise multiplier
+    finetune_learning_rate: float = 0.0  # 0: learning-rate
+    offset_learning_rate: float = 0.0  # 0: learning-rate
+    offset_averaging: str = "none"
     # differential privacy
     dp_mode: str = "target-epsilon"
     target_epsilon: float = 1.0
@@ -271,6 +276,15 @@ def _value_problems(c: RunConfig) -> list[str]:
     _choice(p, "personalisation", c.personalisation, PERSONALISATIONS)
     _check(p, c.finetune_epochs >= 0, "finetune-epochs", ">= 0", c.finetune_epochs)
     _choice(p, "finetune-scope", c.finetune_scope, FINETUNE_SCOPES)
+    _check(p, _finite(c.finetune_budget_share) and 0 <= c.finetune_budget_share < 1,
+           "finetune-budget-share", "in [0, 1)", c.finetune_budget_share)
+    if c.finetune_budget_share and not c.finetune_epochs:
+        p.append(f"config: finetune-budget-share must be 0 when finetune-epochs is 0 (no "
+                 f"fine-tuning to spend it on); got {c.finetune_budget_share!r}")
+    for key, value in (("finetune-learning-rate", c.finetune_learning_rate),
+                       ("offset-learning-rate", c.offset_learning_rate)):
+        _check(p, _finite(value) and value >= 0, key, ">= 0 (0: learning-rate)", value)
+    _choice(p, "offset-averaging", c.offset_averaging, OFFSET_AVERAGINGS)
     if c.finetune_epochs and c.personalisation == "none":
         p.append(f"config: finetune-epochs must be 0 when personalisation is none (fine-tuning "
                  f"makes the site's personalised model); got {c.finetune_epochs!r}")

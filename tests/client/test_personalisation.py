@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from fedcare.client.personal import (
 )
 from fedcare.client.site import (
     SiteSpec,
+    finetune_noise_multiplier_for,
     finetune_site,
     load_site,
     noise_multiplier_for,
@@ -132,6 +134,12 @@ def test_offset_learns_a_site_base_rate_without_dp() -> None:
     ({"personalisation": "none", "finetune_epochs": 2}, "finetune-epochs"),
     ({"personalisation": "last-layer"}, "personalisation"),
     ({"personalisation": "offset", "finetune_epochs": -1}, "finetune-epochs"),
+    ({"finetune_epochs": 1, "finetune_budget_share": 1.0}, "finetune-budget-share"),
+    ({"finetune_epochs": 1, "finetune_budget_share": -0.1}, "finetune-budget-share"),
+    ({"finetune_epochs": 0, "finetune_budget_share": 0.1}, "finetune-budget-share"),
+    ({"finetune_learning_rate": -1.0}, "finetune-learning-rate"),
+    ({"offset_learning_rate": math.inf}, "offset-learning-rate"),
+    ({"offset_averaging": "polyak"}, "offset-averaging"),
 ])
 def test_unsupported_personalisation_settings_are_refused(changes: dict[str, object],
                                                           field: str) -> None:
@@ -139,11 +147,28 @@ def test_unsupported_personalisation_settings_are_refused(changes: dict[str, obj
         RunConfig(**changes)  # type: ignore[arg-type]
 
 
+def test_offset_learning_rate_scales_the_offset_step_only() -> None:
+    x, y = make_data(64)
+    results = []
+    for offset_lr in (0.5, 2.0):
+        trainer = make_trainer()
+        trainer.train(x, y, epochs=1, batch_size=64, learning_rate=0.5, dp=None,
+                      proximal_mu=0.0, sampling_seed=0, noise_seed=0, personal=True,
+                      offset_learning_rate=offset_lr)
+        results.append((trainer.get_offset(), trainer.get_weights()))
+    (slow, shared_a), (fast, shared_b) = results
+    assert slow != 0.0
+    assert fast == pytest.approx(4.0 * slow, rel=1e-5)  # one full-batch step from 0
+    for a, b in zip(shared_a, shared_b, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 # -- at the site: never sent, covered by the ledger, survives restarts -----------------
 
 def _site(tmp_path: Path, **changes: object) -> tuple[RunConfig, SiteSpec, list[np.ndarray]]:
-    config = RunConfig(output_dir=str(tmp_path), hidden_units="8", num_rounds=2,
-                       secure_noise=False, personalisation="offset", **changes)  # type: ignore
+    config = RunConfig(**{"output_dir": str(tmp_path), "hidden_units": "8", "num_rounds": 2,
+                          "secure_noise": False, "personalisation": "offset",
+                          **changes})  # type: ignore[arg-type]
     site = resolve_site(config, {"partition-id": 0, "num-partitions": 2}, run_name="r")
     return config, site, weights_of(build_model(input_dim=30, hidden_units=(8,), seed=0))
 
@@ -279,6 +304,84 @@ def test_finetune_is_recorded_in_the_ledger_and_planned_into_the_whole_run_epsil
     assert 0.0 <= personal.accuracy <= 1.0
 
 
+def test_finetune_at_its_own_noise_is_recorded_with_it_and_the_run_stays_at_the_target(
+        tmp_path: Path) -> None:
+    config, site, weights = _site(tmp_path, finetune_epochs=1, finetune_budget_share=0.2,
+                                  batch_size=1024, finetune_learning_rate=4.0)
+    for server_round in (1, 2):
+        weights = train_round(config, site, weights, run_id="r", server_round=server_round,
+                              proximal_mu=0.0).weights
+
+    outcome, _ = finetune_site(config, site, weights, run_id="r", server_round=3)
+
+    n = len(load_site(config, site).y_train)
+    sigma_r, sigma_f = noise_multiplier_for(config, n), finetune_noise_multiplier_for(config, n)
+    entries = PrivacyLedger(site.state_dir, site=site.name).entries
+    assert [e.spend.noise_multiplier for e in entries] == [sigma_r, sigma_r, sigma_f]
+    assert sigma_f != sigma_r
+    # fine-tuning holds its share of the zCDP budget (q = 1: full batch) ...
+    rho = [e.spend.steps / (2 * e.spend.noise_multiplier**2) for e in entries]
+    assert rho[2] / sum(rho) == pytest.approx(0.2, rel=1e-9)
+    # ... and the ledger's whole-run composition is at the target, not above it
+    assert outcome.statement is not None
+    assert outcome.statement.epsilon <= config.target_epsilon
+    assert outcome.statement.epsilon == pytest.approx(config.target_epsilon, rel=1e-4)
+    # the rounds pay less noise than with fine-tuning at the rounds' noise multiplier
+    assert sigma_r < noise_multiplier_for(config.replace(finetune_budget_share=0.0), n)
+
+
+def test_tail_averaging_is_post_processing_of_the_released_iterates(tmp_path: Path) -> None:
+    runs = {}
+    for mode in ("none", "tail"):
+        config, site, weights = _site(tmp_path / mode, num_rounds=4, offset_averaging=mode)
+        parts = []
+        for server_round in range(1, 5):
+            weights = train_round(config, site, weights, run_id="r", server_round=server_round,
+                                  proximal_mu=0.0).weights
+            part = load_private_part(site.state_dir)
+            assert part is not None
+            parts.append(part)
+        spends = [e.spend for e in PrivacyLedger(site.state_dir, site=site.name).entries]
+        runs[mode] = (parts, weights, spends)
+    (plain, w_plain, spends_plain), (tail, w_tail, spends_tail) = runs["none"], runs["tail"]
+    # Training never sees the average: same iterates, same shared weights, same spend.
+    assert [p.iterate for p in tail] == [p.iterate for p in plain]
+    for a, b in zip(w_plain, w_tail, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert spends_tail == spends_plain
+    # The personalised offset is the mean of the last half of the rounds' iterates.
+    assert [p.offset for p in plain] == [p.iterate for p in plain]
+    assert tail[-1].averaged == 2
+    assert tail[-1].offset == pytest.approx((tail[2].iterate + tail[3].iterate) / 2, rel=1e-6)
+    assert tail[1].offset == tail[1].iterate and tail[1].averaged == 0
+
+
+def test_finetuning_starts_from_the_averaged_offset(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    config, site, weights = _site(tmp_path, finetune_epochs=1, offset_averaging="tail")
+    save_private_part(site.state_dir, PrivatePart(offset=0.25, iterate=1.5, averaged=3,
+                                                  version=5, run="r", global_round=2))
+    started_from: list[float] = []
+    original = LocalTrainer.set_offset
+    monkeypatch.setattr(LocalTrainer, "set_offset",
+                        lambda self, v: (started_from.append(v), original(self, v))[1])
+
+    finetune_site(config, site, weights, run_id="r", server_round=3)
+
+    assert started_from == [0.25]
+    part = load_private_part(site.state_dir)
+    assert part is not None and part.averaged == 0 and part.offset == part.iterate
+
+
+def test_a_private_part_of_format_version_1_still_loads(tmp_path: Path) -> None:
+    data = PrivatePart(offset=0.5, version=2, run="r", global_round=3).to_dict()
+    del data["iterate"], data["averaged"]
+    data["format-version"] = 1
+    (tmp_path / PRIVATE_PART_FILENAME).write_text(json.dumps(data))
+    part = load_private_part(tmp_path)
+    assert part is not None and (part.offset, part.iterate, part.averaged) == (0.5, 0.5, 0)
+
+
 def test_finetune_refused_past_the_budget_trains_and_saves_nothing(tmp_path: Path) -> None:
     config, site, weights = _site(tmp_path, finetune_epochs=1, dp_mode="noise-multiplier",
                                   noise_multiplier=0.3, epsilon_budget=1.0)
@@ -311,7 +414,8 @@ def test_bundle_uses_the_site_private_part_and_says_so(tmp_path: Path) -> None:
     assert plain.describe()["personalisation"]["model"] == "global"
     assert personal.describe()["personalisation"] == {
         "model": "personalised", "kind": "offset", "private-part-version": 3, "run": "test-run",
-        "global-round": 40, "phase": "round", "fine-tuned": False}
+        "global-round": 40, "phase": "round", "fine-tuned": False,
+        "averaged-iterates": 0}
 
 
 def test_bundle_falls_back_to_global_for_a_private_part_of_another_run(tmp_path: Path) -> None:

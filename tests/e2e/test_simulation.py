@@ -183,8 +183,9 @@ def test_personalised_run_finetunes_at_every_site_within_the_whole_run_budget(
         tmp_path: Path) -> None:
     from fedcare.client.personal import load_private_part
 
-    report = run_simulation(small_run(tmp_path, personalisation="offset", finetune_epochs=1),
-                            num_sites=2)
+    report = run_simulation(small_run(tmp_path, personalisation="offset", finetune_epochs=1,
+                                      finetune_budget_share=0.2, finetune_learning_rate=4.0,
+                                      offset_averaging="tail"), num_sites=2)
 
     run_dir = tmp_path / "runs" / "e2e"
     section = report["personalisation"]
@@ -195,6 +196,9 @@ def test_personalised_run_finetunes_at_every_site_within_the_whole_run_budget(
     for site, row in report["sites"].items():
         ledger = PrivacyLedger(run_dir / "sites" / site, site=site)
         assert [e.server_round for e in ledger.entries] == [1, 2, 3]  # 3 = fine-tuning
+        # fine-tuning at its own noise multiplier, holding its share of the run's budget
+        sigmas = [e.spend.noise_multiplier for e in ledger.entries]
+        assert sigmas[0] == sigmas[1] != sigmas[2]
         # The reported epsilon is the whole run's, fine-tuning included, at the target.
         assert row["epsilon"] == pytest.approx(ledger.epsilon(delta=DELTA), rel=1e-9)
         assert row["epsilon"] <= TARGET_EPSILON

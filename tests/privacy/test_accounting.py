@@ -27,6 +27,7 @@ from fedcare.common.privacy import (
     accounting,
     calibrate_noise_multiplier,
     compose_epsilon,
+    finetune_noise_multiplier,
     plan_round,
 )
 
@@ -399,3 +400,61 @@ def test_rdp_epsilon_is_bit_for_bit_the_accountants(spends: list[tuple[float, fl
 
     assert compose_epsilon(rounds, delta=1e-5) == accountant.get_epsilon(1e-5)
     assert compose_epsilon(rounds, delta=1e-3) == accountant.get_epsilon(1e-3)
+
+
+# -- fine-tuning at its own noise multiplier, calibrated jointly with the rounds --------
+
+@pytest.mark.parametrize("share, finetune_epochs, n", [(0.1, 1, 200), (0.25, 3, 81),
+                                                       (0.05, 2, 500)])
+def test_joint_calibration_meets_the_target_and_gives_finetuning_its_share(
+        share: float, finetune_epochs: int, n: int) -> None:
+    kwargs = {"num_examples": n, "batch_size": 1024, "local_epochs": 1}  # full batch: q = 1
+    sigma_r = calibrate_noise_multiplier(target_epsilon=1.0, delta=1e-3, rounds=40,
+                                         extra_epochs=finetune_epochs, extra_share=share,
+                                         **kwargs)
+    sigma_f = finetune_noise_multiplier(sigma_r, share=share, round_steps=40,
+                                        finetune_steps=finetune_epochs)
+    spends = [plan_round(noise_multiplier=sigma_r, **kwargs)] * 40 + [plan_round(
+        num_examples=n, batch_size=1024, local_epochs=finetune_epochs, noise_multiplier=sigma_f)]
+
+    epsilon = compose_epsilon(spends, delta=1e-3)
+    assert epsilon <= 1.0
+    assert epsilon == pytest.approx(1.0, rel=1e-4)
+    rho_rounds, rho_finetune = 40 / (2 * sigma_r**2), finetune_epochs / (2 * sigma_f**2)
+    assert rho_finetune / (rho_rounds + rho_finetune) == pytest.approx(share, rel=1e-9)
+    # Independent check, q = 1: the run is one Gaussian mechanism of zCDP rho_rounds +
+    # rho_finetune, so the rounds alone would be calibrated at the same total rho.
+    sigma_alone = calibrate_noise_multiplier(target_epsilon=1.0, delta=1e-3, rounds=40,
+                                             **kwargs)
+    assert 40 / (2 * sigma_alone**2) == pytest.approx(rho_rounds + rho_finetune, rel=1e-4)
+
+
+def test_a_small_finetuning_share_costs_the_rounds_less_noise_than_equal_noise() -> None:
+    kwargs = {"target_epsilon": 1.0, "delta": 1e-3, "num_examples": 200, "batch_size": 256,
+              "local_epochs": 1, "rounds": 40}
+    alone = calibrate_noise_multiplier(**kwargs)
+    shared = calibrate_noise_multiplier(**kwargs, extra_epochs=30)  # 30 of 70 steps
+    small = calibrate_noise_multiplier(**kwargs, extra_epochs=1, extra_share=0.1)
+    assert alone < small < shared
+    assert small == pytest.approx(alone / math.sqrt(0.9), rel=1e-3)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"share": 0.0}, "share must be > 0"),
+    ({"share": 1.0}, r"share must be a number in \[0, 1\)"),
+    ({"share": math.nan}, r"share must be a number in \[0, 1\)"),
+    ({"round_steps": 0}, "round_steps must be an integer >= 1"),
+    ({"finetune_steps": 1.5}, "finetune_steps must be an integer >= 1"),
+])
+def test_finetune_noise_multiplier_refuses_bad_arguments(changes: dict[str, Any],
+                                                         message: str) -> None:
+    kwargs: dict[str, Any] = {"share": 0.1, "round_steps": 40, "finetune_steps": 1, **changes}
+    with pytest.raises(ValueError, match=f"finetune_noise_multiplier: {message}"):
+        finetune_noise_multiplier(10.0, **kwargs)
+
+
+def test_calibration_refuses_a_share_outside_zero_one() -> None:
+    with pytest.raises(ValueError, match=r"calibrate_noise_multiplier: share must be"):
+        calibrate_noise_multiplier(target_epsilon=1.0, delta=1e-3, num_examples=100,
+                                   batch_size=100, local_epochs=1, rounds=5, extra_epochs=1,
+                                   extra_share=1.0)

@@ -12,6 +12,7 @@ from fedcare.common.privacy.accounting import (
     calibrate_noise_multiplier,
     compose_epsilon,
     composed_event,
+    finetune_noise_multiplier,
     make_accountant,
     plan_round,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "calibrate_noise_multiplier",
     "compose_epsilon",
     "composed_event",
+    "finetune_noise_multiplier",
     "make_accountant",
     "plan_round",
     "statement_from_entries",

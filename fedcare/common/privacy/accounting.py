@@ -52,6 +52,7 @@ __all__ = [
     "calibrate_noise_multiplier",
     "compose_epsilon",
     "composed_event",
+    "finetune_noise_multiplier",
     "make_accountant",
     "plan_round",
 ]
@@ -333,11 +334,16 @@ def calibrate_noise_multiplier(
     prior: Sequence[RoundSpend] = (),
     sampling: str = "poisson",
     extra_epochs: int = 0,
+    extra_share: float = 0.0,
 ) -> float:
     """Smallest noise multiplier keeping the site at or below ``target_epsilon``.
 
     ``extra_epochs`` > 0 plans one more spend of that many epochs after the rounds
-    (a site's final fine-tuning), at the same noise multiplier.
+    (a site's final fine-tuning): at the same noise multiplier when ``extra_share``
+    is 0, else at :func:`finetune_noise_multiplier` of the returned one, so that the
+    extra spend takes the fraction ``extra_share`` of the run's zCDP budget. The
+    rounds' and the extra spend's noise are calibrated jointly: the whole run
+    composes to the target either way.
 
     The site's ``prior`` spends (its ledger) plus ``rounds`` rounds of
     :func:`plan_round` at the returned noise multiplier compose to an epsilon at
@@ -361,6 +367,7 @@ def calibrate_noise_multiplier(
     if not _is_int(extra_epochs) or extra_epochs < 0:
         raise ValueError(f"{where}: extra_epochs must be an integer >= 0; "
                          f"got {describe_value(extra_epochs)}")
+    _check_share(where, extra_share)
     target = float(target_epsilon)
     prior = tuple(prior)
     # Validates num_examples / batch_size / local_epochs up front.
@@ -371,8 +378,11 @@ def calibrate_noise_multiplier(
         spend = plan_round(num_examples=num_examples, batch_size=batch_size,
                            local_epochs=local_epochs, noise_multiplier=sigma,
                            sampling=sampling)
+        extra_sigma = sigma if not extra_share else finetune_noise_multiplier(
+            sigma, share=extra_share, round_steps=rounds * spend.steps,
+            finetune_steps=_steps(num_examples, batch_size, extra_epochs, sampling))
         extra = [plan_round(num_examples=num_examples, batch_size=batch_size,
-                            local_epochs=extra_epochs, noise_multiplier=sigma,
+                            local_epochs=extra_epochs, noise_multiplier=extra_sigma,
                             sampling=sampling)] if extra_epochs else []
         return [*prior, *([spend] * rounds), *extra]
 
@@ -436,3 +446,48 @@ def calibrate_noise_multiplier(
     logger.debug("calibrated noise_multiplier=%.6g: epsilon %.6g <= target %.6g (%s, delta=%g)",
                  sigma, epsilon, target, accountant, delta)
     return sigma
+
+
+def _check_share(where: str, share: object) -> float:
+    value = float(share) if _is_real(share) else math.nan  # type: ignore[arg-type]
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise ValueError(f"{where}: share must be a number in [0, 1); got {describe_value(share)}")
+    return value
+
+
+def _steps(num_examples: int, batch_size: int, epochs: int, sampling: str) -> int:
+    return plan_round(num_examples=num_examples, batch_size=batch_size, local_epochs=epochs,
+                      noise_multiplier=1.0, sampling=sampling).steps
+
+
+def finetune_noise_multiplier(
+    rounds_noise_multiplier: float, *, share: float, round_steps: int, finetune_steps: int,
+) -> float:
+    """The fine-tuning noise multiplier ``sigma_f`` giving the fine-tuning ``share`` of the run.
+
+    A Gaussian step of noise multiplier ``sigma`` (no subsampling) is ``1/(2 sigma^2)``-zCDP
+    and its RDP curve is ``alpha/(2 sigma^2)``, so ``R`` round steps at ``sigma_r`` and ``F``
+    fine-tuning steps at ``sigma_f`` spend ``R/(2 sigma_r^2) + F/(2 sigma_f^2)``; the
+    fine-tuning share is its second term over the sum. Solving for ``sigma_f``::
+
+        sigma_f = sigma_r * sqrt(F * (1 - share) / (share * R))
+
+    With full-batch or shuffled training (``q = 1``) this is exactly the fraction of the
+    whole run's RDP curve at every order; with Poisson subsampling (``q < 1``) it is the
+    fraction of the un-amplified budget, the amplified shares being close to it. The
+    epsilon itself is always the composition of the actual events, never this split.
+    """
+    where = "finetune_noise_multiplier"
+    share = _check_share(where, share)
+    if share == 0:
+        raise ValueError(f"{where}: share must be > 0 (0 means: the rounds' noise multiplier); "
+                         f"got {share!r}")
+    for name, value in (("round_steps", round_steps), ("finetune_steps", finetune_steps)):
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{where}: {name} must be an integer >= 1; "
+                             f"got {describe_value(value)}")
+    sigma = rounds_noise_multiplier
+    if not _is_real(sigma) or not math.isfinite(sigma) or sigma <= 0:
+        raise ValueError(f"{where}: rounds_noise_multiplier must be a finite number > 0; "
+                         f"got {describe_value(sigma)}")
+    return float(sigma) * math.sqrt(finetune_steps * (1.0 - share) / (share * round_steps))
