@@ -130,6 +130,10 @@ def cmd_superlink(args: argparse.Namespace) -> int:
     return _wait([proc])
 
 
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(EXIT_FAILED)
+
+
 def cmd_supernode(args: argparse.Namespace) -> int:
     from fedcare.common.errors import DataValidationError
 
@@ -150,6 +154,11 @@ def cmd_supernode(args: argparse.Namespace) -> int:
     sys.stdout.write(f"CSV OK: {summary}\n")
     if args.insecure:
         sys.stderr.write(f"WARNING: {launch.INSECURE_WARNING}\n")
+    # Until Flower's worker loop installs its own handlers (after the TensorFlow import),
+    # a stop signal must still unwind through the `finally` below, not kill us outright:
+    # otherwise a SuperNode refused within seconds left this command dead by SIGTERM.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, _exit_on_signal)
     proc = launch.start_supernode(plan)
     node_gave_up = threading.Event()
 

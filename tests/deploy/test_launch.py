@@ -68,3 +68,32 @@ def test_site_checks_its_key_files_and_budget_before_connecting(tmp_path: Path) 
         check_site(plan)
     assert "root certificate must be a readable file" in str(err.value)
     assert "private key must be a readable file" in str(err.value)
+
+
+_REFUSED_EARLY = """
+import subprocess, sys, time
+from fedcare.cli import main
+from fedcare.deploy import launch
+refused = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(1)"])
+launch.check_site = lambda plan: "ok"
+launch.start_supernode = lambda plan: refused
+def slow_worker(address):  # like importing TensorFlow: Flower's handlers not installed yet
+    time.sleep(60)
+launch.run_clientapp_worker = slow_worker
+sys.exit(main(["supernode", "--site", "alpha", "--csv", sys.argv[1] + "/a.csv",
+               "--state-dir", sys.argv[1] + "/s", "--superlink", "127.0.0.1:1",
+               "--certs", sys.argv[1]]))
+"""
+
+
+def test_supernode_refused_while_its_worker_starts_exits_1_not_by_signal(
+        tmp_path: Path) -> None:
+    """The refusal can come before Flower installs its signal handlers (TF import)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _REFUSED_EARLY, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+
+    assert done.returncode == 1, done.stderr[-2000:]
