@@ -87,7 +87,7 @@ class RunConfig:
     site_clip_norm: float = 0.5
     site_delta: float = 1e-2
     # robustness: update validation, dropouts, resume; attacks and failures (simulation only)
-    max_update_norm: float = 50.0
+    max_update_norm: float = 0.0
     max_examples_per_site: int = 100_000
     round_timeout: float = 600.0
     resume: bool = False
