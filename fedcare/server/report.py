@@ -18,6 +18,7 @@ from typing import Any
 from flwr.app import Message
 
 from fedcare.common.files import write_json_atomic
+from fedcare.server.validation import site_of
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class RunRecorder:
                                site, msg.error.reason)
                 continue
             content = msg.content
-            site = str(content["site"]["name"]) if "site" in content else f"node-{node}"
+            site = site_of(msg)
             self.site_of_node[node] = site
             metrics = {k: _jsonable(v) for k, v in
                        next(iter(content.metric_records.values())).items()}

@@ -64,10 +64,6 @@ class Screened:
     capped: dict[str, tuple[float, int]]  # site -> (claimed, used) example counts
     norms: dict[str, float]  # site -> ||w_site - w_global|| of each accepted update
 
-    @property
-    def accepted(self) -> int:
-        return sum(1 for m in self.replies if not m.has_error())
-
 
 def site_of(msg: Message) -> str:
     """The name a reply gives for its site (a claim: identity is the node id)."""
