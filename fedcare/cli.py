@@ -89,8 +89,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         overrides.setdefault("min-sites", sites)  # site-level DP's fixed denominator
     config = RunConfig.from_mapping(overrides)
     report = run_simulation(config, num_sites=sites)
+    if report.get("status") == "refused":
+        _print_refusal(report)
+        return EXIT_FAILED
     _print_summary(report)
     return EXIT_OK
+
+
+def _print_refusal(report: dict[str, Any]) -> None:
+    from fedcare.common.preflight import PreflightAnswer
+
+    config = report["config"]
+    out = sys.stdout
+    out.write(f"\nfedcare run {report['run']}: REFUSED in pre-flight: fewer than min-sites="
+              f"{config['min-sites']} site(s) accepted; nothing was trained, no model written.\n")
+    for site, record in sorted(report.get("preflight", {}).get("sites", {}).items()):
+        out.write("  " + PreflightAnswer.from_record(record, fallback_site=site).line() + "\n")
+    run_dir = Path(config["output-dir"]) / report["run"]
+    out.write(f"report: {run_dir / 'report.json'}\n")
 
 
 def _print_summary(report: dict[str, Any]) -> None:
@@ -107,9 +123,10 @@ def _print_summary(report: dict[str, Any]) -> None:
     else:
         assumption = ("assuming Poisson sampling as implemented" if config["sampling"] == "poisson"
                       else "shuffled batches, no amplification by sampling claimed")
-        out.write(f"privacy: epsilon is each site's whole-run figure at delta={config['delta']} "
-                  f"({config['accountant'].upper()} accountant, add/remove-one adjacency, "
-                  f"{assumption}); never averaged across sites.\n")
+        out.write(f"privacy: per site, 'eps run' is this run's figure and 'eps life' the "
+                  f"lifetime figure at that site (every run in its ledger), at "
+                  f"delta={config['delta']} ({config['accountant'].upper()} accountant, "
+                  f"add/remove-one adjacency, {assumption}); never averaged across sites.\n")
         for site, text in report["privacy"].items():
             out.write(f"  {site}: {text}\n")
     if "site-level-privacy" in report:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedcare.client.faults import maybe_attack, maybe_fail
@@ -18,24 +18,36 @@ from fedcare.client.replies import (
     train_content,
 )
 from fedcare.client.secure_aggregation import legacy_format_mod, secure_aggregation_mod
+from fedcare.client.preflight import answer_preflight
 from fedcare.client.site import (
     SiteSpec,
+    admit,
     evaluate_personalised,
     evaluate_round,
     finetune_site,
     resolve_site,
     train_round,
+    withhold_metrics,
 )
 from fedcare.common.config import RunConfig
+from fedcare.common.preflight import ANSWER_RECORD, KNOWN_RECORD, REQUEST_RECORD
 from fedcare.common.wire import decode_arrays
 
 app = ClientApp()
 
 
-def _read(msg: Message, context: Context) -> tuple[RunConfig, SiteSpec, Any, list[Any]]:
+def _site(msg: Message, context: Context) -> tuple[RunConfig, SiteSpec, Any]:
     config = RunConfig.from_mapping(context.run_config)
-    round_config = msg.content.config_records["config"]
+    round_config = msg.content.config_records[REQUEST_RECORD]
     site = resolve_site(config, context.node_config, run_name=run_name_of(round_config))
+    return config, site, round_config
+
+
+def _read(msg: Message, context: Context) -> tuple[RunConfig, SiteSpec, Any, list[Any]]:
+    """The run, the site and the global model, once the site's policy admits the run
+    (before any data file is opened; raises ``PolicyRefused`` otherwise)."""
+    config, site, round_config = _site(msg, context)
+    admit(config, site)
     # Numbers only: an object array or pickle from the server is refused, never loaded.
     weights = decode_arrays(msg.content.array_records["arrays"], where="global model")
     return config, site, round_config, weights
@@ -43,7 +55,10 @@ def _read(msg: Message, context: Context) -> tuple[RunConfig, SiteSpec, Any, lis
 
 @app.train(mods=[secure_aggregation_mod])  # SecAgg+ rounds; plain ones pass
 def train(msg: Message, context: Context) -> Message:
-    config, site, round_config, weights = _read(msg, context)
+    try:
+        config, site, round_config, weights = _read(msg, context)
+    except REFUSABLE as err:
+        return refusal(err, msg)
     server_round = int(round_config["server-round"])
     maybe_fail(config, site, server_round)  # simulation only (fail-sites)
     try:
@@ -59,8 +74,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.train("finetune")
 def finetune(msg: Message, context: Context) -> Message:
     """After the last round: personalise at the site under DP; reply with scores only."""
-    config, site, round_config, weights = _read(msg, context)
     try:
+        config, site, round_config, weights = _read(msg, context)
         outcome, personal = finetune_site(config, site, weights,
                                           run_id=ledger_run_id(round_config),
                                           server_round=int(round_config["server-round"]))
@@ -71,7 +86,23 @@ def finetune(msg: Message, context: Context) -> Message:
 
 @app.evaluate(mods=[legacy_format_mod])
 def evaluate(msg: Message, context: Context) -> Message:
-    config, site, round_config, weights = _read(msg, context)
+    try:
+        config, site, round_config, weights = _read(msg, context)
+        withhold_metrics(site)
+    except REFUSABLE as err:
+        return refusal(err, msg)
     result = evaluate_round(config, site, weights)
     personal = evaluate_personalised(config, site, weights, run_id=run_name_of(round_config))
     return Message(evaluate_content(site, result, personal), reply_to=msg)
+
+
+@app.query("preflight")
+def preflight(msg: Message, context: Context) -> Message:
+    """Before round 1: accept or refuse the whole run, with reasons and planned figures."""
+    config, site, round_config = _site(msg, context)
+    known = msg.content.config_records.get(KNOWN_RECORD, {})
+    answer = answer_preflight(config, site, rounds=int(round_config.get("rounds-planned",
+                                                                         config.num_rounds)),
+                              run_id=ledger_run_id(round_config),
+                              known={str(k): str(v) for k, v in known.items()})
+    return Message(RecordDict({ANSWER_RECORD: ConfigRecord(answer.to_record())}), reply_to=msg)

@@ -14,16 +14,23 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, Re
 
 from fedcare.client.site import SiteSpec, TrainOutcome
 from fedcare.client.training import EvalResult
-from fedcare.common.errors import LedgerCorrupted, PrivacyBudgetExceeded, RoundAlreadyRecorded
+from fedcare.common.errors import (
+    LedgerCorrupted,
+    PolicyRefused,
+    PrivacyBudgetExceeded,
+    RoundAlreadyRecorded,
+)
 
 # Error codes a site replies with (Flower's own codes are below 100).
 PRIVACY_BUDGET_EXHAUSTED = 100
 LEDGER_UNUSABLE = 101
 ROUND_ALREADY_SPENT = 102
+POLICY_REFUSED = 103
 UNNAMED_RUN = "unnamed-run"
 REFUSALS: dict[type[Exception], int] = {PrivacyBudgetExceeded: PRIVACY_BUDGET_EXHAUSTED,
                                         LedgerCorrupted: LEDGER_UNUSABLE,
-                                        RoundAlreadyRecorded: ROUND_ALREADY_SPENT}
+                                        RoundAlreadyRecorded: ROUND_ALREADY_SPENT,
+                                        PolicyRefused: POLICY_REFUSED}
 REFUSABLE = tuple(REFUSALS)
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,24 @@ import numpy as np
 
 from fedcare.client.audit import AuditRecord, SiteAuditLog
 from fedcare.client.drift import training_profile
+from fedcare.client.policy import (
+    SitePolicy,
+    check_run,
+    check_spend,
+    effective_budget,
+    load_policy,
+    permissive_policy,
+)
+from fedcare.client.policy import describe as describe_policy
 from fedcare.client.personal import PrivatePart, load_private_part, save_private_part
 from fedcare.client.training import DPSettings, EvalResult, derive_seed, get_trainer, secure_seed
 from fedcare.common.config import RunConfig
 from fedcare.common.datasets import SiteData, load_federated_site, load_site_from_csv
-from fedcare.common.errors import ConfigError
+from fedcare.common.errors import ConfigError, PolicyRefused
 from fedcare.common.files import write_json_atomic
 from fedcare.common.privacy import (
     LedgerEntry,
+    RoundSpend,
     PrivacyLedger,
     PrivacyStatement,
     calibrate_noise_multiplier,
@@ -38,9 +49,12 @@ from fedcare.common.privacy import (
     statement_from_entries,
 )
 from fedcare.common.runid import run_of
+from fedcare.flower_compat import BUNDLE_HASH_KEY, BUNDLE_PROBLEMS_KEY, PROBLEM_SEPARATOR
 
 logger = logging.getLogger(__name__)
 
+#: Node-config key `fedcare supernode` sets: the policy file in force ("" = built-in default).
+POLICY_PATH_KEY = "policy-path"
 PREPROCESSOR_FILENAME = "preprocessor.json"
 PROFILE_FILENAME = "training-profile.json"
 PROFILE_BINS = 10  # decile bins of the drift profile
@@ -48,15 +62,24 @@ PROFILE_BINS = 10  # decile bins of the drift profile
 
 @dataclass(frozen=True, kw_only=True)
 class SiteSpec:
-    """Where a site's data and state live; derived from node config once per message."""
+    """Where a site's data and state live, and the rules it runs under; derived from node
+    config once per message. Policy and bundle verdict do not take part in equality, so
+    the per-process data cache (:func:`load_site`) is keyed by data and state alone."""
 
     name: str
     state_dir: Path
-    epsilon_budget: float
+    epsilon_budget: float  # lifetime at this site: min(policy, consortium's epsilon-budget)
     server: str = "simulation"  # who this site answers to, as written in its audit log
     partition_id: int | None = None
     num_partitions: int | None = None
     data_path: str | None = None
+    policy: SitePolicy | None = field(default=None, compare=False)
+    bundle_hash: str = field(default="", compare=False)
+    bundle_problems: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def deployed(self) -> bool:
+        return self.data_path is not None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +98,7 @@ class TrainOutcome:
                                        "train-seconds": round(self.seconds, 4)}
         if self.statement is not None:
             out.update({"epsilon": self.statement.epsilon, "epsilon-run": self.epsilon_run,
+                        "runs-at-site": self.statement.runs,
                         "delta": self.statement.delta,
                         "noise-multiplier": self.statement.noise_multiplier,
                         "sampling-rate": self.statement.sampling_rate})
@@ -83,17 +107,36 @@ class TrainOutcome:
 
 def resolve_site(config: RunConfig, node_config: Mapping[str, object], *,
                  run_name: str) -> SiteSpec:
-    """Read a node's config: a deployment site names its CSV, a virtual one its partition."""
+    """Read a node's config: a deployment site names its CSV, a virtual one its partition.
+
+    A deployed site runs under its own policy (``policy-path``; "" = the built-in default)
+    and the bundle verdict its worker attached (:mod:`fedcare.flower_compat`); a message
+    without that verdict did not come through fedcare's site worker and is refused.
+    Virtual sites of a simulation run under a permissive policy: whatever the run asks.
+    """
     if "data-path" in node_config:
         problems = [f"node config: {key} must be set for a deployed site"
                     for key in ("site-name", "state-dir") if not node_config.get(key)]
-        budget = _node_budget(node_config, config.epsilon_budget, problems)
+        if "epsilon-budget" in node_config:
+            problems.append("node config: epsilon-budget is replaced by the site policy's "
+                            "lifetime-epsilon-budget (fedcare supernode --policy FILE); got "
+                            f"epsilon-budget={node_config['epsilon-budget']!r}")
         if problems:
             raise ConfigError(problems)
+        policy = site_policy(str(node_config.get(POLICY_PATH_KEY, "")))
+        bundle = node_config.get(BUNDLE_PROBLEMS_KEY)
+        bundle_problems = (tuple(p for p in str(bundle).split(PROBLEM_SEPARATOR) if p)
+                           if bundle is not None else
+                           ("bundle: messages must come through fedcare's site worker "
+                            "(`fedcare supernode`), which checks the run's bundle; got a "
+                            "message without its verdict",))
         return SiteSpec(name=str(node_config["site-name"]),
                         state_dir=Path(str(node_config["state-dir"])),
-                        data_path=str(node_config["data-path"]), epsilon_budget=budget,
-                        server=str(node_config.get("superlink", "deployment")))
+                        data_path=str(node_config["data-path"]),
+                        epsilon_budget=effective_budget(policy, config.epsilon_budget),
+                        server=str(node_config.get("superlink", "deployment")), policy=policy,
+                        bundle_hash=str(node_config.get(BUNDLE_HASH_KEY, "")),
+                        bundle_problems=bundle_problems)
     try:
         partition_id = int(node_config["partition-id"])  # type: ignore[call-overload]
         num_partitions = int(node_config["num-partitions"])  # type: ignore[call-overload]
@@ -104,7 +147,40 @@ def resolve_site(config: RunConfig, node_config: Mapping[str, object], *,
     root = (Path(config.state_dir) if config.state_dir
             else Path(config.output_dir) / run_name / "sites")
     return SiteSpec(name=name, state_dir=root / name, partition_id=partition_id,
-                    num_partitions=num_partitions, epsilon_budget=config.epsilon_budget)
+                    num_partitions=num_partitions, epsilon_budget=config.epsilon_budget,
+                    policy=permissive_policy(config))
+
+
+def site_policy(path: str) -> SitePolicy:
+    """The policy in force at a deployed site (re-read when its file changes)."""
+    if not path:
+        return _cached_policy("", 0)
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError as err:
+        raise ConfigError([f"site policy: {path} must be a readable file; got "
+                           f"{type(err).__name__}"]) from err
+    return _cached_policy(path, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_policy(path: str, stamp: int) -> SitePolicy:
+    policy = load_policy(Path(path) if path else None)
+    logger.info("site policy in force (%s):\n%s", policy.source, describe_policy(policy))
+    return policy
+
+
+def admit(config: RunConfig, site: SiteSpec) -> None:
+    """Refuse, before any data file is opened, a run the site's policy does not allow or
+    whose bundle does not match the installed fedcare. Virtual sites admit every run."""
+    if not site.deployed:
+        return
+    assert site.policy is not None
+    reasons = [*site.bundle_problems,
+               *check_run(site.policy, config, bundle_hash=site.bundle_hash)]
+    if reasons:
+        logger.warning("site %s refuses the run: %s", site.name, "; ".join(reasons))
+        raise PolicyRefused(reasons)
 
 
 def site_display_name(config: RunConfig, partition_id: int) -> str:
@@ -115,16 +191,11 @@ def site_display_name(config: RunConfig, partition_id: int) -> str:
     return f"site-{partition_id}"
 
 
-def _node_budget(node_config: Mapping[str, object], run_budget: float,
-                 problems: list[str]) -> float:
-    """A hospital may lower, never raise, the consortium's budget for its site."""
-    raw = node_config.get("epsilon-budget")
-    if raw is None:
-        return run_budget
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not raw > 0:
-        problems.append(f"node config: epsilon-budget must be a number > 0; got {raw!r}")
-        return run_budget
-    return min(float(raw), run_budget)
+def withhold_metrics(site: SiteSpec) -> None:
+    """Refuse to send evaluation metrics when the site's policy keeps them in."""
+    if site.deployed and site.policy is not None and not site.policy.allow_evaluation_metrics:
+        raise PolicyRefused(["policy: evaluation metrics must stay at this site "
+                             "(allow-evaluation-metrics = false); got an evaluate request"])
 
 
 # A simulation worker serves many virtual sites (100 sites on 2 workers: 50 each); with
@@ -210,6 +281,55 @@ def finetune_noise_multiplier_for(config: RunConfig, num_examples: int) -> float
                                      finetune_steps=steps(config.finetune_epochs))
 
 
+def planned_spends(config: RunConfig, num_examples: int, *, rounds: int) -> list[RoundSpend]:
+    """Every spend this site would record for ``rounds`` rounds of the run plus its final
+    fine-tuning (when the run asks for one), at the noise it would use."""
+    privacy = config.privacy()
+    assert privacy is not None
+
+    def spend(epochs: int, sigma: float) -> RoundSpend:
+        return plan_round(num_examples=num_examples, batch_size=privacy.batch_size,
+                          local_epochs=epochs, noise_multiplier=sigma,
+                          sampling=config.sampling)
+
+    spends = [spend(config.local_epochs, noise_multiplier_for(config, num_examples))] * rounds
+    if config.personalisation != "none" and config.finetune_epochs > 0:
+        spends.append(spend(config.finetune_epochs,
+                            finetune_noise_multiplier_for(config, num_examples)))
+    return spends
+
+
+def spend_figures(ledger_spends: Sequence[RoundSpend], run_spends: Sequence[RoundSpend],
+                  planned: Sequence[RoundSpend], *, delta: float,
+                  accountant: str) -> tuple[float, float, float]:
+    """(this run's eps, lifetime eps before, lifetime eps after) once ``planned`` is spent;
+    ``run_spends`` are the spends of this run already in the ledger. Composed, never summed."""
+    def eps(spends: Sequence[RoundSpend]) -> float:
+        return compose_epsilon(list(spends), delta=delta, accountant=accountant) if spends \
+            else 0.0
+
+    return (eps([*run_spends, *planned]), eps(ledger_spends),
+            eps([*ledger_spends, *planned]))
+
+
+def _check_round_spend(site: SiteSpec, ledger: PrivacyLedger, spend: RoundSpend, *,
+                       run_id: str, delta: float, accountant: str) -> None:
+    """The policy's limits for this one spend (noise floor, this run's eps, lifetime)."""
+    assert site.policy is not None
+    entries = ledger.entries
+    run_eps, before, after = spend_figures(
+        [e.spend for e in entries],
+        [e.spend for e in entries if run_of(e.run_id) == run_of(run_id)], [spend],
+        delta=delta, accountant=accountant)
+    reasons = check_spend(site.policy, noise_multiplier=spend.noise_multiplier,
+                          run_epsilon=run_eps, lifetime_before=before, lifetime_after=after,
+                          lifetime_budget=site.epsilon_budget, delta=delta,
+                          accountant=accountant)
+    if reasons:
+        logger.warning("site %s refuses this round: %s", site.name, "; ".join(reasons))
+        raise PolicyRefused(reasons)
+
+
 def train_round(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *,
                 run_id: str, server_round: int, proximal_mu: float) -> TrainOutcome:
     """Train one round from the global ``weights``; spend is recorded *before* training.
@@ -273,6 +393,9 @@ def _train(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *, 
                            local_epochs=epochs, noise_multiplier=sigma,
                            sampling=config.sampling)
         ledger = PrivacyLedger(site.state_dir, site=site.name)
+        if site.deployed:
+            _check_round_spend(site, ledger, spend, run_id=run_id, delta=privacy.delta,
+                               accountant=privacy.accountant)
         entry = LedgerEntry.now(run_id=run_id, server_round=server_round, spend=spend,
                                 clip_norm=privacy.clip_norm, num_examples=n)
         ledger.record(entry, delta=privacy.delta, budget=site.epsilon_budget,

@@ -90,6 +90,7 @@ class RunConfig:
     max_update_norm: float = 0.0
     max_examples_per_site: int = 100_000
     round_timeout: float = 600.0
+    server_poll_interval: float = 0.05  # deployment: seconds between the server's reply pulls
     resume: bool = False
     malicious_sites: str = ""
     attack: str = "sign-flip"
@@ -323,6 +324,8 @@ def _value_problems(c: RunConfig) -> list[str]:
            c.max_examples_per_site)
     _check(p, _finite(c.round_timeout) and c.round_timeout > 0, "round-timeout", "> 0 seconds",
            c.round_timeout)
+    _check(p, _finite(c.server_poll_interval) and 0 < c.server_poll_interval <= 3,
+           "server-poll-interval", "in (0, 3] seconds", c.server_poll_interval)
     _check(p, _finite(c.attack_scale) and c.attack_scale > 0, "attack-scale", "> 0",
            c.attack_scale)
     _check(p, c.fail_round >= 1, "fail-round", ">= 1", c.fail_round)

@@ -48,6 +48,14 @@ class PrivacyBudgetExceeded(FedcareError):
     """Training the planned round would take a site past its epsilon budget."""
 
 
+class PolicyRefused(FedcareError):
+    """The site's own policy (or the code check of the run's bundle) refuses the run."""
+
+    def __init__(self, reasons: Sequence[str]) -> None:
+        self.reasons = tuple(reasons)
+        super().__init__("site refuses: " + "; ".join(self.reasons))
+
+
 class RoundAlreadyRecorded(FedcareError, ValueError):
     """A site was asked to spend privacy for a (run, round) its ledger already holds."""
 

@@ -137,10 +137,15 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
 def cmd_supernode(args: argparse.Namespace) -> int:
     from fedcare.common.errors import DataValidationError
 
+    from fedcare.client.policy import describe, load_policy, policy_path_for
+    from fedcare.common.errors import ConfigError
+
     certs = Path(args.certs)
+    policy_path = policy_path_for(Path(args.state_dir),
+                                  Path(args.policy) if args.policy else None)
     plan = launch.SuperNodePlan(
         site=args.site, csv=Path(args.csv), state_dir=Path(args.state_dir),
-        superlink=args.superlink, dataset=args.dataset, epsilon_budget=args.epsilon_budget,
+        superlink=args.superlink, dataset=args.dataset, policy=policy_path,
         root_cert=Path(args.root_cert) if args.root_cert else certs / certs_mod.CA_CERT,
         private_key=(Path(args.private_key) if args.private_key
                      else certs_mod.site_key_path(certs, args.site)),
@@ -151,7 +156,13 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         sys.stdout.write(f"{err}\nnot starting: fix the CSV first "
                          "(`fedcare check-csv` shows the same list)\n")
         return EXIT_FAILED
+    except ConfigError as err:
+        sys.stdout.write(f"{err}\nnot starting: fix the site policy or the key files first "
+                         "(`fedcare policy check FILE`)\n")
+        return EXIT_FAILED
     sys.stdout.write(f"CSV OK: {summary}\n")
+    sys.stdout.write(f"site policy in force:\n{describe(load_policy(policy_path))}\n")
+    sys.stdout.flush()
     if args.insecure:
         sys.stderr.write(f"WARNING: {launch.INSECURE_WARNING}\n")
     # Until Flower's worker loop installs its own handlers (after the TensorFlow import),
@@ -249,8 +260,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     node.add_argument("--superlink", required=True, help="SuperLink fleet address host:9092")
     node.add_argument("--dataset", default="heart-disease",
                       choices=("breast-cancer", "heart-disease"), help="schema of the CSV")
-    node.add_argument("--epsilon-budget", type=float,
-                      help="this site's cap (may lower, never raise, the consortium's)")
+    node.add_argument("--policy",
+                      help="this site's policy (site-policy.toml; default STATE_DIR/"
+                           "site-policy.toml, else the built-in default: docs/site-policy.md)")
     node.add_argument("--certs", default=DEFAULT_CERTS,
                       help="folder with ca/ca.pem and sites/SITE/auth.key")
     node.add_argument("--root-cert", help="CA certificate (default CERTS/ca/ca.pem)")

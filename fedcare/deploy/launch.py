@@ -82,7 +82,9 @@ class SuperLinkPlan:
     insecure: bool = False
 
     def command(self) -> list[str]:
-        cmd = [_executable("flower-superlink"), "--database", str(self.database),
+        # Flower's SuperLink, run through fedcare's seam (one ordering fix: flower_compat)
+        cmd = [sys.executable, "-m", "fedcare.flower_compat", "superlink",
+               "--database", str(self.database),
                "--storage-dir", str(self.storage_dir),
                "--fleet-api-address", self.fleet_address,
                "--control-api-address", self.control_address,
@@ -192,7 +194,7 @@ class SuperNodePlan:
     state_dir: Path
     superlink: str
     dataset: str = "heart-disease"
-    epsilon_budget: float | None = None
+    policy: Path | None = None  # the site policy file; None = the built-in default
     root_cert: Path | None = None
     private_key: Path | None = None
     clientappio_address: str = CLIENTAPPIO_ADDRESS
@@ -200,11 +202,9 @@ class SuperNodePlan:
 
     def node_config(self) -> str:
         items = {"site-name": self.site, "data-path": str(self.csv.resolve()),
-                 "state-dir": str(self.state_dir.resolve()), "superlink": self.superlink}
-        parts = [f'{key}="{value}"' for key, value in items.items()]
-        if self.epsilon_budget is not None:
-            parts.append(f"epsilon-budget={float(self.epsilon_budget)!r}")
-        return " ".join(parts)
+                 "state-dir": str(self.state_dir.resolve()), "superlink": self.superlink,
+                 "policy-path": str(self.policy.resolve()) if self.policy else ""}
+        return " ".join(f'{key}="{value}"' for key, value in items.items())
 
     def command(self) -> list[str]:
         cmd = [_executable("flower-supernode"), "--superlink", self.superlink,
@@ -217,16 +217,18 @@ class SuperNodePlan:
 
 
 def check_site(plan: SuperNodePlan) -> str:
-    """Everything a site can check before it connects: CSV (every problem listed), budget,
-    and its certificate and key files."""
+    """Everything a site can check before it connects: its policy, its CSV (every problem
+    listed), and its certificate and key files."""
+    from fedcare.client.policy import load_policy
     from fedcare.common.data import load_site_csv
     from fedcare.common.datasets import schema_for
     from fedcare.common.errors import ConfigError
 
     problems = []
-    if plan.epsilon_budget is not None and not plan.epsilon_budget > 0:
-        problems.append(f"supernode: epsilon-budget must be a number > 0; "
-                        f"got {plan.epsilon_budget!r}")
+    try:
+        load_policy(plan.policy)
+    except ConfigError as err:
+        problems.extend(err.problems)
     if not plan.insecure:
         for what, path in (("root certificate", plan.root_cert),
                            ("private key", plan.private_key)):
@@ -251,25 +253,18 @@ def start_supernode(plan: SuperNodePlan, *, env: Mapping[str, str] | None = None
 def run_clientapp_worker(clientappio_address: str) -> None:
     """Serve this site's ClientApp messages in this process, one at a time, until stopped.
 
-    It is Flower's own SuperExec loop (poll the SuperNode's ClientAppIo API, take a token)
-    with a plugin that runs the ClientApp here instead of spawning ``flwr-clientapp``: the
-    TensorFlow import and the compiled training step are paid once per site, not per
-    message. The ClientApp that runs is the fedcare installed at the site.
+    The ClientApp that runs is the fedcare installed at the site, whatever the run's
+    bundle names or carries (:func:`fedcare.flower_compat.run_site_worker`): the bundle is
+    hashed and inspected, never installed or imported.
     """
-    from flwr.proto.clientappio_pb2_grpc import ClientAppIoStub
-    from flwr.supercore.superexec.plugin import ClientAppExecPlugin
-    from flwr.supercore.superexec.run_superexec import run_superexec
-    from flwr.supernode.runtime.run_clientapp import run_clientapp
+    from fedcare.flower_compat import run_site_worker
 
-    import fedcare.client.app  # noqa: F401  (warm: TensorFlow and the app, once)
+    def installed_app() -> object:
+        from fedcare.client.app import app
 
-    class InProcessClientApp(ClientAppExecPlugin):  # type: ignore[misc]
-        def launch_app(self, token: str, run_id: int) -> None:
-            run_clientapp(clientappio_api_address=clientappio_address, token=token,
-                          flwr_dir=self.flwr_dir)
+        return app
 
-    run_superexec(plugin_class=InProcessClientApp, stub_class=ClientAppIoStub,
-                  appio_api_address=clientappio_address)
+    run_site_worker(clientappio_address, installed_app)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:

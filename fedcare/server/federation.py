@@ -23,6 +23,8 @@ from fedcare.server.personalisation import (
     personalisation_section,
     run_finetune,
 )
+from fedcare.flower_compat import deployment_poller
+from fedcare.server.preflight import Preflight, RunRefused, SiteGrid, run_preflight
 from fedcare.server.report import (
     RunRecorder,
     format_global,
@@ -64,6 +66,18 @@ def site_level_statement(config: RunConfig, rounds: int) -> dict[str, Any]:
                      "added/removed, every site every round: no sampling amplification)"}
 
 
+def refuse_run(run_dir: Path, recorder: RunRecorder, preflight: Preflight,
+               min_sites: int) -> None:
+    """Too few sites accepted: write a report that says so (no model) and stop."""
+    report = recorder.to_dict(final={})
+    report["status"] = "refused"
+    path = write_report(run_dir, report, plots=False)  # nothing trained: nothing to plot
+    accepted = preflight.sites()
+    raise RunRefused(f"run: at least min-sites={min_sites} site(s) must accept in pre-flight; "
+                     f"got {len(accepted)} ({', '.join(accepted) or 'none'}); refusals:\n  "
+                     + "\n  ".join(preflight.lines()) + f"\nreport: {path}")
+
+
 def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
     """Train ``config.num_rounds`` rounds; write checkpoints, model, manifest and report."""
     run_name = config.run_name or default_run_name()
@@ -85,7 +99,6 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
         raise ConfigError([f"resume: run folder {run_dir} must exist to resume run "
                            f"{run_name!r}; got no such folder"])
     attempt = next_attempt(run_dir)
-    checkpoints = CheckpointWriter(run_dir, model)
     recorder = RunRecorder(run_name=run_name, run_config=run_config)
     validator = UpdateValidator(max_update_norm=config.max_update_norm,
                                 max_examples_per_site=config.max_examples_per_site)
@@ -110,6 +123,17 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
     elif attempt:
         logger.warning("run %s: attempt %d starts from round 1 (no completed round to "
                        "resume from)", run_name, attempt)
+
+    poller = deployment_poller(grid, config.server_poll_interval)
+    preflight = run_preflight(grid, config, run_name=run_name,
+                              ledger_run_id=attempt_run_id(run_name, attempt),
+                              rounds=config.num_rounds - done, poller=poller)
+    recorder.preflight = preflight.to_report()
+    recorder.site_of_node.update({n: a.site for n, a in preflight.answers.items()})
+    if len(preflight.accepted_nodes) < config.min_sites:
+        refuse_run(run_dir, recorder, preflight, config.min_sites)
+    grid = SiteGrid(grid, preflight.accepted_nodes, poller)
+    checkpoints = CheckpointWriter(run_dir, model)
 
     def on_new_global(server_round: int, arrays: ArrayRecord) -> None:
         checkpoints.save_round(server_round, arrays.to_numpy_ndarrays())
@@ -170,7 +194,8 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
         "site-level-privacy": report.get("site-level-privacy")})
     path = write_report(run_dir, report)
     logger.info("final global model: %s", format_global(final))
-    logger.info("per-site results (epsilon = whole run at that site, at delta):\n%s",
+    logger.info("per-site results (eps run = this run; eps life = lifetime at that site; at "
+                "delta):\n%s",
                 format_site_table(report))
     logger.info("report written to %s", path)
     return report

@@ -100,6 +100,7 @@ class RunRecorder:
         self.rounds: dict[int, RoundRecord] = {}
         self.site_of_node: dict[int, str] = {}
         self.site_privacy: dict[str, str] = {}
+        self.preflight: dict[str, Any] | None = None
         self.started = time.time()
 
     def start_round(self, server_round: int) -> None:
@@ -176,10 +177,14 @@ class RunRecorder:
                                 self.site_of_node.get(f["node"], f"node-{f['node']}"),
                                 **{k: v for k, v in f.items() if k not in ("node", "site")}}
                                for f in rnd["failures"]]
-        return {"format": REPORT_FORMAT, "version": REPORT_VERSION, "run": self.run_name,
-                "seconds": time.time() - self.started, "config": self.run_config,
-                "sites": site_table(rounds), "privacy": dict(sorted(self.site_privacy.items())),
-                "final": dict(final), "rounds": rounds}
+        out = {"format": REPORT_FORMAT, "version": REPORT_VERSION, "run": self.run_name,
+               "status": "completed", "seconds": time.time() - self.started,
+               "config": self.run_config, "sites": site_table(rounds),
+               "privacy": dict(sorted(self.site_privacy.items())), "final": dict(final),
+               "rounds": rounds}
+        if self.preflight is not None:
+            out["preflight"] = self.preflight
+        return out
 
 
 def _jsonable(value: Any) -> Any:
@@ -196,6 +201,10 @@ def site_table(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             row = table.setdefault(site, {})
             row.update({"train-rows": m.get("num-examples"), "rounds-trained":
                         row.get("rounds-trained", 0) + 1, "epsilon": m.get("epsilon"),
+                        # scopes: this run (all its attempts) and the site's whole ledger
+                        "epsilon-run": m.get("epsilon-run"),
+                        "epsilon-lifetime": m.get("epsilon"),
+                        "runs-at-site": m.get("runs-at-site"),
                         "delta": m.get("delta"), "noise-multiplier": m.get("noise-multiplier")})
         for site, m in rnd["evaluate"].items():
             table.setdefault(site, {}).update({"test-rows": m.get("num-examples"),
@@ -226,22 +235,25 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def format_site_table(report: Mapping[str, Any]) -> str:
     """A fixed-width table for terminals and logs."""
-    header = f"{'site':<16}{'train':>6}{'test':>6}{'epsilon':>9}{'delta':>9}{'acc':>7}{'auc':>7}"
+    header = (f"{'site':<16}{'train':>6}{'test':>6}{'eps run':>9}{'eps life':>9}"
+              f"{'delta':>9}{'acc':>7}{'auc':>7}")
     lines = [header, "-" * len(header)]
     for site, row in report["sites"].items():
         delta = row.get("delta")
         lines.append(f"{site:<16}{row.get('train-rows') or '-':>6}{row.get('test-rows') or '-':>6}"
-                     f"{_fmt(row.get('epsilon'), 3):>9}"
+                     f"{_fmt(row.get('epsilon-run'), 3):>9}"
+                     f"{_fmt(row.get('epsilon-lifetime', row.get('epsilon')), 3):>9}"
                      f"{(f'{delta:.0e}' if delta else 'no DP'):>9}"
                      f"{_fmt(row.get('accuracy')):>7}{_fmt(row.get('auc')):>7}")
     return "\n".join(lines)
 
 
-def write_report(run_dir: Path, report: Mapping[str, Any]) -> Path:
+def write_report(run_dir: Path, report: Mapping[str, Any], *, plots: bool = True) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / REPORT_FILENAME
     write_json_atomic(path, report)
-    plot_report(run_dir, report)
+    if plots:
+        plot_report(run_dir, report)
     return path
 
 

@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +85,8 @@ def run_simulation(config: RunConfig, *, num_sites: int, workers: int | None = N
     backend_config = ray_backend_config(workers)
     logger.info("simulating %d sites (%s), %d rounds, run %s", num_sites, config.dataset,
                 config.num_rounds, config.run_name)
-    with fast_polling(poll_seconds):  # Flower's fixed 0.1 s polls are most of a round
+    # Flower's fixed 0.1 s polls are most of a round
+    with fast_polling(poll_seconds), _refusal_is_a_result(run_dir / REPORT_FILENAME):
         _run_simulation(num_supernodes=num_sites, exit_event=_exit_event(),
                         client_app=client_app, server_app=server_app,
                         backend_config=backend_config,  # type: ignore[arg-type]
@@ -95,12 +98,25 @@ def run_simulation(config: RunConfig, *, num_sites: int, workers: int | None = N
     if not report_path.is_file():
         raise RuntimeError(f"simulation finished without a report at {report_path}; "
                            "see the log above for the server's error")
-    if not audit:
-        return dict(json.loads(report_path.read_text()))
+    report = dict(json.loads(report_path.read_text()))
+    if not audit or report.get("status") == "refused":  # a refused run trained nothing
+        return report
     from fedcare.simulations.audit import audit_run
 
     # Virtual sites' data is at hand here, so each site's membership audit joins the report.
     return audit_run(run_dir, num_sites=num_sites)
+
+
+@contextmanager
+def _refusal_is_a_result(report_path: Path) -> Iterator[None]:
+    """A run every site refused in pre-flight ends the ServerApp with ``RunRefused``, which
+    Flower's simulation re-raises as a bare RuntimeError; its report says "refused"."""
+    try:
+        yield
+    except RuntimeError:
+        if not (report_path.is_file() and
+                json.loads(report_path.read_text()).get("status") == "refused"):
+            raise
 
 
 def _exit_event() -> Any:

@@ -29,12 +29,13 @@ def test_superlink_refuses_to_start_without_certificates(tmp_path: Path) -> None
 
 def test_supernode_node_config_carries_the_keys_the_clientapp_reads(tmp_path: Path) -> None:
     plan = SuperNodePlan(site="alpha", csv=tmp_path / "a.csv", state_dir=tmp_path / "s",
-                         superlink="h:9092", epsilon_budget=3.0, root_cert=tmp_path / "ca.pem",
-                         private_key=tmp_path / "k")
+                         superlink="h:9092", policy=tmp_path / "p.toml",
+                         root_cert=tmp_path / "ca.pem", private_key=tmp_path / "k")
     from flwr.common.config import parse_config_args
 
     parsed = parse_config_args([plan.node_config()])
-    assert parsed["site-name"] == "alpha" and parsed["epsilon-budget"] == 3.0
+    assert parsed["site-name"] == "alpha" and "epsilon-budget" not in parsed
+    assert parsed["policy-path"] == str((tmp_path / "p.toml").resolve())
     assert parsed["data-path"] == str((tmp_path / "a.csv").resolve())
     assert parsed["state-dir"] == str((tmp_path / "s").resolve())
     cmd = plan.command()
@@ -59,12 +60,13 @@ def test_supernode_refuses_a_bad_csv_listing_every_problem(
     assert not (tmp_path / "state").exists()  # nothing started, nothing written
 
 
-def test_site_checks_its_key_files_and_budget_before_connecting(tmp_path: Path) -> None:
+def test_site_checks_its_policy_and_key_files_before_connecting(tmp_path: Path) -> None:
     csv = write_text(tmp_path, "site.csv", csv_text(heart_rows(20, seed=1), HEART_HEADER))
+    policy = write_text(tmp_path, "site-policy.toml", "lifetime-epsilon-budget = 0\n")
     plan = SuperNodePlan(site="alpha", csv=csv, state_dir=tmp_path / "s", superlink="h:1",
-                         epsilon_budget=0.0, root_cert=tmp_path / "missing.pem",
+                         policy=policy, root_cert=tmp_path / "missing.pem",
                          private_key=None)
-    with pytest.raises(Exception, match="epsilon-budget must be a number > 0") as err:
+    with pytest.raises(Exception, match="lifetime-epsilon-budget must be") as err:
         check_site(plan)
     assert "root certificate must be a readable file" in str(err.value)
     assert "private key must be a readable file" in str(err.value)

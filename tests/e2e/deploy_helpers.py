@@ -100,25 +100,31 @@ class Deployment:
         return proc
 
     def start_site(self, site: str, clientappio_port: int, *,
-                   epsilon_budget: float | None = 4.0,
+                   epsilon_budget: float | None = 4.0, policy: str = "",
                    name: str | None = None) -> subprocess.Popen[bytes]:
-        """``fedcare supernode`` for ``site`` with its CSV in ``root/data``."""
+        """``fedcare supernode`` for ``site`` with its CSV in ``root/data``, under a policy
+        file holding ``policy`` (TOML) and, if given, ``lifetime-epsilon-budget``."""
         cmd = [str(BIN / "fedcare"), "supernode", "--site", site,
                "--csv", str(self.root / "data" / f"{site}.csv"),
                "--state-dir", str(self.root / "sites" / site),
                "--superlink", self.fleet, "--certs", str(self.certs),
                "--clientappio-address", f"127.0.0.1:{clientappio_port}"]
         if epsilon_budget is not None:
-            cmd += ["--epsilon-budget", str(epsilon_budget)]
+            policy = f"lifetime-epsilon-budget = {epsilon_budget!r}\n{policy}"
+        if policy:
+            path = self.root / "policies" / f"{name or site}.toml"
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(policy)
+            cmd += ["--policy", str(path)]
         return self.start(name or site, cmd)
 
-    def flwr_run(self, run_config: str, *, stream: bool = True,
+    def flwr_run(self, run_config: str, *, stream: bool = True, project: Path = PROJECT_ROOT,
                  timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
         """``flwr run <project> deployment`` against this SuperLink."""
         federation = (f'address="{self.control}" '
                       f'root-certificates="{self.certs / certs_mod.CA_CERT}"')
         return subprocess.run(
-            [str(BIN / "flwr"), "run", str(PROJECT_ROOT), "deployment",
+            [str(BIN / "flwr"), "run", str(project), "deployment",
              *(["--stream"] if stream else []),
              "--federation-config", federation, "--run-config", run_config],
             env=self.env, capture_output=True, text=True, timeout=timeout,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedcare.common.privacy.accounting import compose_epsilon
 from fedcare.common.privacy.config import ACCOUNTANTS
+from fedcare.common.runid import run_of
 
 if TYPE_CHECKING:
     from fedcare.common.privacy.ledger import LedgerEntry
@@ -64,6 +65,7 @@ class PrivacyStatement:
     num_examples: int
     mixed_parameters: bool = False
     sampling: str = "poisson"  # "shuffle" or "poisson+shuffle" when rounds differed
+    runs: int = 1  # distinct runs composed into epsilon (all of the site's ledger)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -92,11 +94,17 @@ class PrivacyStatement:
             return f"Poisson sampling {self._q_label()}"
         return f"Poisson sampling {self._q_label()} and shuffled rounds without amplification"
 
+    @property
+    def scope_label(self) -> str:
+        """Whose spend the figure covers: everything in the site's ledger."""
+        return f"lifetime at this site ({self.runs} run{'s' if self.runs != 1 else ''})"
+
     def short(self) -> str:
-        """One line, e.g. ``eps=0.98 at delta=1e-03 (whole run, RDP, add/remove-one,
-        Poisson sampling q=0.25)``."""
+        """One line, e.g. ``eps=0.98 at delta=1e-03 (lifetime at this site (1 run), RDP,
+        add/remove-one, Poisson sampling q=0.25)``."""
         return (f"eps={format_epsilon(self.epsilon)} at delta={format_delta(self.delta)} "
-                f"(whole run, {self.accountant_label}, {ADJACENCY}, {self.sampling_label()})")
+                f"({self.scope_label}, {self.accountant_label}, {ADJACENCY}, "
+                f"{self.sampling_label()})")
 
     def text(self) -> str:
         """A plain-words statement a hospital's governance board can read."""
@@ -134,8 +142,9 @@ class PrivacyStatement:
             f"with standard deviation {self.noise_multiplier:.4g} x the clip norm to the sum "
             "(DP-SGD)." + weakest,
             "",
-            f"Scope: this covers everything this site has trained so far: {self.rounds} "
-            f"federated round(s), {self.steps} noisy steps in total, including earlier runs "
+            f"Scope: lifetime at this site: everything this site has trained so far, in "
+            f"{self.runs} run(s): {self.rounds} federated round(s), {self.steps} noisy steps "
+            "in total, including earlier runs "
             "recorded in the site's privacy ledger. It covers every model update sent and "
             "every model derived from them, not just the final one. It is not a per-round "
             "figure, and it is this site's own figure, not an average over sites.",
@@ -190,4 +199,5 @@ def statement_from_entries(
         num_examples=entries[-1].num_examples,
         mixed_parameters=len(params) > 1 or len(clips) > 1,
         sampling="+".join(sorted({s.sampling for s in spends})),
+        runs=len({run_of(entry.run_id) for entry in entries}),
     )

@@ -1,0 +1,159 @@
+"""Pre-flight: before round 1, ask every connected site whether it takes part in the run.
+
+Each site answers from its own policy and ledger (fedcare.client.preflight); the run then
+goes on with the sites that accepted only, and only if at least ``min-sites`` did.
+Refusals, with their reasons, go into the log, ``report.json`` and the sites' own logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.server import Grid
+
+from fedcare.common.config import RunConfig
+from fedcare.common.errors import FedcareError
+from fedcare.common.preflight import (
+    ANSWER_RECORD,
+    KNOWN_RECORD,
+    PREFLIGHT_MESSAGE,
+    REQUEST_RECORD,
+    PreflightAnswer,
+)
+from fedcare.flower_compat import ReplyPoller
+
+logger = logging.getLogger(__name__)
+
+PREFLIGHT_GROUP = "preflight"
+CONNECT_POLL_SECONDS = 0.5
+
+
+class RunRefused(FedcareError):
+    """Too few sites accepted the run in pre-flight: it does not start."""
+
+
+@dataclass
+class Preflight:
+    """Every answer by node id; nodes that did not answer in time; registry flags."""
+
+    answers: dict[int, PreflightAnswer] = field(default_factory=dict)
+    silent: list[int] = field(default_factory=list)
+    excluded: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def accepted_nodes(self) -> list[int]:
+        return sorted(n for n, a in self.answers.items()
+                      if a.accepted and a.site not in self.excluded)
+
+    def sites(self) -> list[str]:
+        return sorted(self.answers[n].site for n in self.accepted_nodes)
+
+    def lines(self) -> list[str]:
+        out = [a.line() for _, a in sorted(self.answers.items(), key=lambda i: i[1].site)]
+        out += [f"{site}: EXCLUDED by the server: {'; '.join(why)}"
+                for site, why in sorted(self.excluded.items())]
+        out += [f"node {n}: no pre-flight answer before the timeout" for n in self.silent]
+        return out
+
+    def to_report(self) -> dict[str, Any]:
+        return {"sites": {a.site: {**a.to_record(), "excluded": self.excluded.get(a.site, [])}
+                          for a in self.answers.values()},
+                "accepted": self.sites(), "silent-nodes": list(self.silent)}
+
+
+def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= minimum or time.monotonic() > deadline:
+            return nodes
+        time.sleep(CONNECT_POLL_SECONDS)
+
+
+def _answer_of(reply: Message) -> PreflightAnswer:
+    fallback = f"node {reply.metadata.src_node_id} (unnamed)"
+    if reply.has_error():
+        return PreflightAnswer(site=fallback, accepted=False,
+                               reasons=(f"error reply {reply.error.code}: {reply.error.reason}",))
+    record = reply.content.config_records.get(ANSWER_RECORD)
+    if record is None:
+        return PreflightAnswer(site=fallback, accepted=False,
+                               reasons=("pre-flight answer: must carry a 'preflight' record",))
+    return PreflightAnswer.from_record(dict(record), fallback_site=fallback)
+
+
+def run_preflight(grid: Grid, config: RunConfig, *, run_name: str, ledger_run_id: str,
+                  rounds: int, poller: ReplyPoller | None = None,
+                  known_heads: Mapping[str, str] | None = None) -> Preflight:
+    """Send the pre-flight question to every connected site and read the answers."""
+    nodes = _wait_for_nodes(grid, config.min_sites, config.round_timeout)
+    request = ConfigRecord({"run-name": run_name, "ledger-run-id": ledger_run_id,
+                            "rounds-planned": int(rounds)})
+    messages = [grid.create_message(
+        content=RecordDict({REQUEST_RECORD: request,
+                            KNOWN_RECORD: ConfigRecord(dict(known_heads or {}))}),
+        message_type=PREFLIGHT_MESSAGE, dst_node_id=node, group_id=PREFLIGHT_GROUP)
+        for node in nodes]
+    send = poller.send_and_receive if poller is not None else grid.send_and_receive
+    replies = list(send(messages, timeout=config.round_timeout))
+    result = Preflight()
+    for reply in replies:
+        result.answers[reply.metadata.src_node_id] = _answer_of(reply)
+    result.silent = sorted(set(nodes) - set(result.answers))
+    names = [a.site for a in result.answers.values()]
+    for node, answer in list(result.answers.items()):
+        if names.count(answer.site) > 1:  # two nodes claim one site: neither trains
+            result.answers[node] = PreflightAnswer(
+                site=f"{answer.site} (node {node})", accepted=False,
+                reasons=(f"pre-flight: site name must be unique; got {answer.site!r} "
+                         "from several nodes",))
+    for line in result.lines():
+        logger.info("pre-flight: %s", line)
+    return result
+
+
+class SiteGrid(Grid):  # type: ignore[misc]
+    """The run's grid restricted to the sites that accepted, with a short reply poll
+    (``poller``) in deployment; Flower's strategies sample from it as from any grid."""
+
+    def __init__(self, grid: Grid, nodes: Iterable[int], poller: ReplyPoller | None) -> None:
+        self._grid = grid
+        self._nodes = frozenset(nodes)
+        self._poller = poller
+
+    def set_run(self, run_id: int) -> None:
+        self._grid.set_run(run_id)
+
+    @property
+    def run(self) -> Any:
+        return self._grid.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> list[int]:
+        return [n for n in self._grid.get_node_ids() if n in self._nodes]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        strays = [m.metadata.dst_node_id for m in messages
+                  if m.metadata.dst_node_id not in self._nodes]
+        if strays:
+            raise RunRefused(f"grid: messages must go to sites that accepted the run; got "
+                             f"node(s) {sorted(strays)}")
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        if self._poller is None:
+            return self._grid.send_and_receive(messages, timeout=timeout)
+        return self._poller.send_and_receive(messages, timeout=timeout)

@@ -1,0 +1,93 @@
+"""The server's side of pre-flight: who answered, who accepted, and a grid restricted to them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flwr.app import ConfigRecord, Error, Message, RecordDict
+
+from fedcare.common.config import RunConfig
+from fedcare.common.preflight import ANSWER_RECORD, PREFLIGHT_MESSAGE, PreflightAnswer
+from fedcare.server.preflight import RunRefused, SiteGrid, run_preflight
+
+
+def _reply(to: Message, record: dict[str, Any] | None = None,
+           error: str | None = None) -> Message:
+    if error is not None:
+        reply = Message(Error(code=103, reason=error), reply_to=to)
+    else:
+        reply = Message(RecordDict({ANSWER_RECORD: ConfigRecord(record or {})}), reply_to=to)
+    return reply  # from the node the request went to
+
+
+class FakeGrid:
+    """Nodes 1..n; ``answers`` maps node -> reply builder (missing: silent)."""
+
+    def __init__(self, nodes: list[int], answers: dict[int, Any]) -> None:
+        self.nodes = nodes
+        self.answers = answers
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type,
+                       group_id=group_id)
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
+        self.sent = list(messages)
+        return [self.answers[m.metadata.dst_node_id](m) for m in self.sent
+                if m.metadata.dst_node_id in self.answers]
+
+    def push_messages(self, messages: Any) -> list[str]:
+        return ["id" for _ in messages]
+
+
+def _accept(site: str) -> Any:
+    return lambda m: _reply(m, PreflightAnswer(site=site, accepted=True).to_record())
+
+
+CONFIG = RunConfig.from_mapping({"min-sites": 1, "round-timeout": 5.0})
+
+
+def test_accepting_refusing_erring_and_silent_sites_are_told_apart() -> None:
+    grid = FakeGrid([1, 2, 3, 4], {
+        1: _accept("alpha"),
+        2: lambda m: _reply(m, PreflightAnswer(site="beta", accepted=False,
+                                               reasons=("budget: no",)).to_record()),
+        3: lambda m: _reply(m, error="site refuses: policy: x"),
+    })
+    result = run_preflight(grid, CONFIG, run_name="r", ledger_run_id="r/attempt-1", rounds=3)
+    assert result.accepted_nodes == [1] and result.sites() == ["alpha"]
+    assert result.silent == [4]
+    assert not result.answers[3].accepted
+    assert result.answers[3].reasons == ("error reply 103: site refuses: policy: x",)
+    assert {m.metadata.message_type for m in grid.sent} == {PREFLIGHT_MESSAGE}
+    request = grid.sent[0].content.config_records["config"]
+    assert dict(request) == {"run-name": "r", "ledger-run-id": "r/attempt-1",
+                             "rounds-planned": 3}
+    assert result.lines()[-1] == "node 4: no pre-flight answer before the timeout"
+    report = result.to_report()
+    assert report["accepted"] == ["alpha"] and report["silent-nodes"] == [4]
+    assert report["sites"]["beta"]["reasons"] == ["budget: no"]
+
+
+def test_two_nodes_claiming_one_site_are_both_refused() -> None:
+    grid = FakeGrid([1, 2], {1: _accept("alpha"), 2: _accept("alpha")})
+    result = run_preflight(grid, CONFIG, run_name="r", ledger_run_id="r", rounds=1)
+    assert result.accepted_nodes == []
+    assert all("site name must be unique" in a.reasons[0] for a in result.answers.values())
+
+
+def test_site_grid_shows_and_reaches_only_the_sites_that_accepted() -> None:
+    inner = FakeGrid([1, 2, 3], {})
+    grid = SiteGrid(inner, [1, 3], poller=None)
+    assert grid.get_node_ids() == [1, 3]
+    to_refused = Message(RecordDict(), dst_node_id=2, message_type="train")
+    with pytest.raises(RunRefused, match=r"got node\(s\) \[2\]"):
+        grid.push_messages([to_refused])
+    to_accepted = Message(RecordDict(), dst_node_id=3, message_type="train")
+    assert list(grid.push_messages([to_accepted])) == ["id"]
