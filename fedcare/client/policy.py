@@ -46,6 +46,7 @@ __all__ = [
     "default_policy",
     "describe",
     "effective_budget",
+    "format_left",
     "load_policy",
     "parse_policy",
     "permissive_policy",
@@ -313,7 +314,7 @@ def check_spend(
                        f"(max-epsilon-per-run = {policy.max_epsilon_per_run:g}); got "
                        f"{format_epsilon(run_epsilon)} (this run, {at})")
     if not lifetime_after <= lifetime_budget:
-        left = _floor2(max(lifetime_budget - lifetime_before, 0.0))
+        left = format_left(max(lifetime_budget - lifetime_before, 0.0))
         reasons.append(f"budget: this run needs eps {format_epsilon(run_epsilon)} (this run, "
                        f"{at}); lifetime at this site would go from "
                        f"{format_epsilon(lifetime_before)} to {format_epsilon(lifetime_after)}, "
@@ -455,6 +456,6 @@ def _show(value: object) -> str:
     return repr(value)
 
 
-def _floor2(x: float) -> str:
-    """Two decimals rounded down (what is *left* must never be overstated)."""
+def format_left(x: float) -> str:
+    """What is left of a budget, two decimals rounded *down* (never overstated)."""
     return str(Decimal(repr(float(x))).quantize(Decimal("0.01"), rounding=ROUND_FLOOR))

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import tomllib
 from dataclasses import FrozenInstanceError
+from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
 
+import dp_accounting
 import pytest
 
+from fedcare.cli import main
 from fedcare.client.policy import (
     BUILT_IN_SOURCE,
     MEANINGS,
@@ -24,9 +29,15 @@ from fedcare.client.policy import (
     parse_policy,
     permissive_policy,
     policy_path_for,
+    project_hash,
 )
+from fedcare.client.policy_commands import POLICY_FILE_HELP
 from fedcare.common.config import STRATEGIES, RunConfig
 from fedcare.common.errors import ConfigError
+from fedcare.common.privacy import PrivacyLedger
+from fedcare.common.privacy.accounting import RoundSpend
+from fedcare.common.privacy.ledger import LedgerEntry
+from fedcare.common.privacy.statement import format_epsilon
 
 HASH_A = "a" * 64
 HASH_B = "0123456789abcdef" * 4
@@ -191,13 +202,14 @@ def test_load_policy_none_is_the_built_in_default() -> None:
 
 def test_missing_policy_file_is_an_error_naming_the_path(tmp_path: Path) -> None:
     path = tmp_path / "nope.toml"
+    expected = f"{path} must be an existing file; got no such file"
 
-    with pytest.raises(ConfigError, match=f"{path} must be an existing file; got no such file"):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
         load_policy(path)
 
 
 def test_unreadable_policy_is_an_error_naming_the_path(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=f"{tmp_path} must be a readable file"):
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path} must be a readable file")):
         load_policy(tmp_path)  # a folder
 
 
@@ -205,7 +217,7 @@ def test_invalid_toml_is_an_error_naming_the_path(tmp_path: Path) -> None:
     path = tmp_path / "p.toml"
     path.write_text("max-rounds = = 3\n")
 
-    with pytest.raises(ConfigError, match=f"{path}: must be valid TOML"):
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: must be valid TOML")):
         load_policy(path)
 
 
@@ -433,3 +445,239 @@ def test_effective_budget_is_the_lower_of_site_and_consortium() -> None:
 def test_effective_budget_refuses_a_non_positive_consortium_budget() -> None:
     with pytest.raises(ValueError, match="consortium_budget must be a number > 0; got 0"):
         effective_budget(default_policy(), 0)
+
+
+# ------------------------------------------------------------------ project hash
+
+
+def make_project(root: Path) -> Path:
+    """A minimal Flower project folder, as `flwr run` / `flwr build` accept it."""
+    folder = root / "demo-app"
+    (folder / "demo").mkdir(parents=True)
+    (folder / "pyproject.toml").write_text(
+        '[project]\nname = "demo-app"\nversion = "1.0.0"\n\n'
+        '[tool.flwr.app]\npublisher = "fedcare-tests"\n\n'
+        '[tool.flwr.app.components]\nserverapp = "demo.apps:server"\n'
+        'clientapp = "demo.apps:client"\n\n'
+        '[tool.flwr.app.config]\nnum-rounds = 3\n\n'
+        '[tool.flwr.federations]\ndefault = "local"\n\n'
+        '[tool.flwr.federations.local]\noptions.num-supernodes = 2\n')
+    (folder / "demo" / "__init__.py").write_text("")
+    (folder / "demo" / "apps.py").write_text("server = object()\nclient = object()\n")
+    (folder / "notes.txt").write_text("not shipped: Flower packs .py, .toml and .md only\n")
+    return folder
+
+
+def test_project_hash_equals_the_hash_of_flowers_own_build(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.cli.build import build  # the `flwr build` command itself
+
+    folder = make_project(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    build(app=folder)
+    (fab,) = out.glob("*.fab")
+
+    digest = project_hash(folder)
+
+    assert digest == hashlib.sha256(fab.read_bytes()).hexdigest()
+    assert fab.name.endswith(f".{digest[:8]}.fab")  # Flower names the file by the same hash
+
+
+def test_project_hash_changes_when_a_shipped_file_changes(tmp_path: Path) -> None:
+    folder = make_project(tmp_path)
+    before = project_hash(folder)
+
+    (folder / "demo" / "apps.py").write_text("server = object()\nclient = 'evil'\n")
+
+    assert project_hash(folder) != before
+
+
+def test_project_hash_ignores_what_flower_does_not_ship(tmp_path: Path) -> None:
+    folder = make_project(tmp_path)
+    before = project_hash(folder)
+
+    (folder / "notes.txt").write_text("edited\n")
+    (folder / "demo" / "__pycache__").mkdir()
+    (folder / "demo" / "__pycache__" / "apps.py").write_text("cached = 1\n")
+    toml = folder / "pyproject.toml"
+    toml.write_text(toml.read_text().replace("num-supernodes = 2", "num-supernodes = 9"))
+
+    assert project_hash(folder) == before
+
+
+def test_project_hash_needs_a_project_folder(tmp_path: Path) -> None:
+    expected = "must be a project folder with a pyproject.toml"
+
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        project_hash(tmp_path)
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def run_check(path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Write ``text`` to ``path``, run `fedcare policy check PATH`: exit code and stdout."""
+    path.write_text(text)
+    code = main(["policy", "check", str(path)])
+    return code, capsys.readouterr().out
+
+
+def test_cli_policy_check_prints_a_valid_policy(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "site-policy.toml"
+
+    code, out = run_check(path, "max-rounds = 20\nrequire-secure-aggregation = true\n", capsys)
+
+    assert code == 0
+    assert f"# site policy in force: {path}" in out
+    assert "max-rounds                 = 20 " in out
+    assert "require-secure-aggregation = true " in out
+    assert out.endswith(f"{path}: valid site policy\n")
+
+
+def test_cli_policy_check_lists_every_problem(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "site-policy.toml"
+
+    code, out = run_check(path, 'max-rounds = 0\nrequire-dp = "yes"\ncolour = "blue"\n', capsys)
+
+    assert code == 1
+    assert f"{path}: NOT a valid site policy; 3 problem(s):" in out
+    assert f"{path}: max-rounds must be a whole number >= 1; got 0" in out
+    assert f'{path}: require-dp must be true or false; got "yes"' in out
+    assert f"{path}: unknown key 'colour'" in out
+    assert "Traceback" not in out
+
+
+def test_cli_policy_check_missing_file(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["policy", "check", str(tmp_path / "none.toml")])
+
+    assert code == 1
+    assert "must be an existing file; got no such file" in capsys.readouterr().out
+
+
+def test_cli_policy_show_refuses_a_missing_state_dir(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "state"
+
+    code = main(["policy", "show", "--state-dir", str(missing)])
+
+    assert code == 1
+    assert "--state-dir must be an existing folder" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+def test_cli_policy_show_default_policy_and_no_spend(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["policy", "show", "--state-dir", str(tmp_path)])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith("# site policy in force: built-in default\n")
+    assert "lifetime at this site (0 runs): eps 0.00; budget 5.00, all of it left" in out
+    assert not (tmp_path / "privacy-ledger.json").exists()  # nothing written
+
+
+def test_cli_policy_show_uses_the_state_dir_policy_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / POLICY_FILENAME).write_text("lifetime-epsilon-budget = 2\n")
+
+    code = main(["policy", "show", "--state-dir", str(tmp_path)])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"# site policy in force: {tmp_path / POLICY_FILENAME}\n" in out
+    assert "budget 2.00, all of it left" in out
+
+
+def test_cli_policy_show_reports_a_bad_policy_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "p.toml"
+    bad.write_text("max-delta = 2\n")
+
+    code = main(["policy", "show", "--state-dir", str(tmp_path), "--policy", str(bad)])
+
+    assert code == 1
+    assert f"{bad}: max-delta must be a number in (0, 1); got 2" in capsys.readouterr().err
+
+
+def _record(ledger: PrivacyLedger, run_id: str, server_round: int) -> None:
+    entry = LedgerEntry.now(run_id=run_id, server_round=server_round, spend=SPEND,
+                            clip_norm=1.0, num_examples=200)
+    ledger.record(entry, delta=1e-3, budget=100.0)
+
+
+SPEND = RoundSpend(sampling_rate=0.1, noise_multiplier=1.5, steps=20)
+
+
+def _expected_epsilon(rounds: int, delta: float, accountant: str) -> float:
+    """dp-accounting directly (not fedcare's composition): the same events, composed."""
+    event = dp_accounting.SelfComposedDpEvent(
+        event=dp_accounting.PoissonSampledDpEvent(
+            sampling_probability=0.1,
+            event=dp_accounting.GaussianDpEvent(noise_multiplier=1.5)),
+        count=20 * rounds)
+    acc: dp_accounting.PrivacyAccountant = (
+        dp_accounting.rdp.RdpAccountant() if accountant == "rdp"
+        else dp_accounting.pld.PLDAccountant())
+    return float(acc.compose(event).get_epsilon(delta))
+
+
+def test_cli_policy_show_lifetime_spend_and_what_is_left(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ledger = PrivacyLedger(tmp_path, site="hospital-a")
+    _record(ledger, "run-1", 1)
+    _record(ledger, "run-1", 2)
+    _record(ledger, "run-2", 1)
+    (tmp_path / POLICY_FILENAME).write_text("lifetime-epsilon-budget = 4\nmax-delta = 1e-4\n")
+
+    code = main(["policy", "show", "--state-dir", str(tmp_path)])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "privacy spent at site 'hospital-a': 3 round(s) in 2 run(s)" in out
+    for accountant in ("rdp", "pld"):
+        eps = _expected_epsilon(3, 1e-4, accountant)
+        left = Decimal(repr(4.0 - eps)).quantize(Decimal("0.01"), rounding=ROUND_FLOOR)
+        assert (f"lifetime at this site (2 runs): eps {format_epsilon(eps)} at delta=1e-04 "
+                f"({accountant.upper()}, add/remove-one, Poisson sampling q=0.1); "
+                f"budget 4.00, {left} left") in out
+
+
+def test_cli_policy_show_refuses_a_damaged_ledger(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "privacy-ledger.json").write_text('{"site": "hospital-a", "entries": [')
+
+    code = main(["policy", "show", "--state-dir", str(tmp_path)])
+
+    assert code == 1
+    assert "privacy ledger" in capsys.readouterr().err
+
+
+def test_cli_policy_hash_prints_the_bundle_hash(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    folder = make_project(tmp_path)
+
+    code = main(["policy", "hash", str(folder)])
+
+    assert code == 0
+    assert capsys.readouterr().out == f"{project_hash(folder)}\n"
+
+
+def test_cli_policy_hash_without_a_project(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["policy", "hash", str(tmp_path)])
+
+    assert code == 1
+    assert "must be a project folder with a pyproject.toml" in capsys.readouterr().err
+
+
+def test_cli_help_names_the_policy_file() -> None:
+    assert POLICY_FILE_HELP == POLICY_FILENAME
+
+
+def test_every_key_has_a_meaning() -> None:
+    assert set(MEANINGS) == set(default_policy().to_mapping())
