@@ -75,8 +75,8 @@ MEANINGS: dict[str, str] = {
     "min-noise-multiplier": "smallest noise multiplier this site trains with",
     "max-epsilon-per-run": "largest epsilon one whole run may cost (this run)",
     "max-delta": "largest delta a run may ask for",
-    "lifetime-epsilon-budget": "epsilon this site may spend over all runs (lifetime); "
-                               "the consortium may only lower it",
+    "lifetime-epsilon-budget": "epsilon this site may spend over all runs; a run may only "
+                               "lower it",
     "allowed-bundles": "sha256 hashes of the project folders (FABs) allowed, or \"any\"",
     "max-rounds": "largest num-rounds a run may ask for",
     "allowed-strategies": "aggregation strategies a run may use",

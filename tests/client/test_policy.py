@@ -681,3 +681,29 @@ def test_cli_help_names_the_policy_file() -> None:
 
 def test_every_key_has_a_meaning() -> None:
     assert set(MEANINGS) == set(default_policy().to_mapping())
+
+
+# ------------------------------------------------------------------ docs
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "site-policy.md"
+
+
+def test_docs_table_states_every_key_with_its_real_default() -> None:
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[2]
+            for line in DOC.read_text().splitlines() if line.startswith("| `")}
+    defaults = default_policy().to_mapping()
+
+    assert set(rows) == set(defaults)
+    for key, cell in rows.items():
+        written = re.search(r"`([^`]+)`", cell)
+        assert written, key
+        assert tomllib.loads(f"x = {written.group(1)}")["x"] == defaults[key], key
+
+
+def test_docs_example_policy_is_valid() -> None:
+    example = re.search(r"```toml\n(.*?)```", DOC.read_text(), re.S)
+    assert example
+
+    policy = parse_policy(tomllib.loads(example.group(1)), where="docs example")
+
+    assert policy.allowed_bundles != "any" and policy.require_secure_aggregation
