@@ -18,6 +18,7 @@ before. docs/site-policy.md explains every key and the threat model.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ from fedcare.common.privacy.statement import format_delta, format_epsilon
 __all__ = [
     "ANY_BUNDLE",
     "BUILT_IN_SOURCE",
+    "MEANINGS",
     "POLICY_FILENAME",
     "POLICY_FORMAT",
     "POLICY_VERSION",
@@ -253,6 +255,7 @@ def check_run(policy: SitePolicy, config: RunConfig, *, bundle_hash: str) -> lis
         reasons.append(f"policy: {key} must {rule} ({policy_key} = {allowed}); "
                        f"got {_show(asked)}")
 
+    bundle_hash = bundle_hash if isinstance(bundle_hash, str) else ""  # not a hash: unknown
     if policy.bundles_pinned and bundle_hash.lower() not in policy.allowed_bundles:
         pinned = len(policy.allowed_bundles)
         reasons.append(f"policy: bundle hash must be one of allowed-bundles ({pinned} pinned "
@@ -325,7 +328,7 @@ def check_spend(
 def effective_budget(policy: SitePolicy, consortium_budget: float) -> float:
     """The lifetime budget in force: the consortium's ``epsilon-budget`` may lower the
     site's ``lifetime-epsilon-budget``, never raise it."""
-    if not (isinstance(consortium_budget, (int, float)) and consortium_budget > 0):
+    if not (_is_real(consortium_budget) and consortium_budget > 0):
         raise ValueError(f"effective_budget: consortium_budget must be a number > 0; "
                          f"got {consortium_budget!r}")
     return min(policy.lifetime_epsilon_budget, float(consortium_budget))
@@ -339,6 +342,8 @@ def describe(policy: SitePolicy) -> str:
     lines = [f"# site policy in force: {policy.source}"]
     if policy.simulation:
         lines.append("# (virtual sites of a simulation: everything the run config asks)")
+    lines += [f"{'format':<{width}} = {_show(POLICY_FORMAT)}",
+              f"{'version':<{width}} = {POLICY_VERSION}"]
     for key, value in values.items():
         lines.append(f"{key:<{width}} = {value:<{column}}  # {MEANINGS[key]}")
     return "\n".join(lines)
@@ -362,6 +367,11 @@ def project_hash(folder: Path) -> str:
     """
     from flwr.cli.build import build_fab_from_disk  # Flower CLI internals: pinned above
 
+    installed = importlib.metadata.version("flwr")
+    if not installed.startswith(f"{FAB_BUILD_FLOWER_VERSION}."):
+        logger.warning("policy hash: written for Flower %s's bundle build; Flower %s is "
+                       "installed: check the hash against `flwr build`", FAB_BUILD_FLOWER_VERSION,
+                       installed)
     folder = Path(folder)
     if not (folder / "pyproject.toml").is_file():
         raise ConfigError([f"policy hash: {folder} must be a project folder with a "

@@ -264,7 +264,8 @@ def test_describe_lists_every_key_value_and_the_source() -> None:
     assert "require-dp                 = true " in text
     assert "max-delta                  = 0.001 " in text
     assert 'allowed-bundles            = "any" ' in text
-    assert sum(1 for line in text.splitlines() if not line.startswith("#")) == len(MEANINGS)
+    assert sum(1 for line in text.splitlines() if not line.startswith("#")) == len(MEANINGS) + 2
+    assert 'format                     = "fedcare-site-policy"' in text
 
 
 def test_describe_is_a_valid_policy_file_for_the_same_policy() -> None:
@@ -442,9 +443,10 @@ def test_effective_budget_is_the_lower_of_site_and_consortium() -> None:
     assert effective_budget(policy, 10.0) == 4.0
 
 
-def test_effective_budget_refuses_a_non_positive_consortium_budget() -> None:
-    with pytest.raises(ValueError, match="consortium_budget must be a number > 0; got 0"):
-        effective_budget(default_policy(), 0)
+@pytest.mark.parametrize("budget", [0, -1.0, float("nan"), True])
+def test_effective_budget_refuses_a_bad_consortium_budget(budget: float) -> None:
+    with pytest.raises(ValueError, match="consortium_budget must be a number > 0; got "):
+        effective_budget(default_policy(), budget)
 
 
 # ------------------------------------------------------------------ project hash
