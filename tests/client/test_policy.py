@@ -344,9 +344,10 @@ def test_pinned_bundles_accept_a_listed_hash_in_any_case() -> None:
 def test_pinned_bundles_refuse_an_unknown_hash() -> None:
     policy = SitePolicy(allowed_bundles=(HASH_A, HASH_B))
 
-    assert check_run(policy, RunConfig(), bundle_hash="") == [
-        'policy: bundle hash must be one of allowed-bundles (2 pinned hashes); got "" '
-        "(no bundle hash: unknown)"]
+    for unknown in ("", None):
+        assert check_run(policy, RunConfig(), bundle_hash=unknown) == [  # type: ignore[arg-type]
+            'policy: bundle hash must be one of allowed-bundles (2 pinned hashes); got "" '
+            "(no bundle hash: unknown)"]
 
 
 def test_any_bundle_accepts_an_unknown_hash() -> None:
