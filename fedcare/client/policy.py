@@ -53,6 +53,7 @@ __all__ = [
     "parse_policy",
     "permissive_policy",
     "policy_path_for",
+    "policy_warnings",
     "project_hash",
 ]
 
@@ -347,6 +348,25 @@ def describe(policy: SitePolicy) -> str:
     for key, value in values.items():
         lines.append(f"{key:<{width}} = {value:<{column}}  # {MEANINGS[key]}")
     return "\n".join(lines)
+
+
+def policy_warnings(policy: SitePolicy) -> list[str]:
+    """Settings that weaken what the site enforces, for ``fedcare supernode`` and the
+    ``policy`` commands to print beside the policy (valid, but worth a second look)."""
+    if policy.simulation:
+        return []
+    warnings: list[str] = []
+    if not policy.require_dp:
+        warnings.append('require-dp = false: this site trains WITHOUT differential privacy '
+                        'when a run asks for it (dp-mode = "off")')
+    if policy.min_noise_multiplier == 0:
+        warnings.append("min-noise-multiplier = 0: any noise multiplier, however small, is "
+                        "accepted (only the epsilon limits then bound the spend)")
+    if policy.max_epsilon_per_run > policy.lifetime_epsilon_budget:
+        warnings.append(f"max-epsilon-per-run = {_show(policy.max_epsilon_per_run)} is above "
+                        f"lifetime-epsilon-budget = {_show(policy.lifetime_epsilon_budget)}: "
+                        "the lifetime budget binds first")
+    return warnings
 
 
 # ---------------------------------------------------------------- bundle hash

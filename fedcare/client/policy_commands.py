@@ -29,8 +29,15 @@ def _problems(err: ConfigError) -> str:
     return f"{len(err.problems)} problem(s):\n" + "".join(f"  {p}\n" for p in err.problems)
 
 
+def _with_warnings(policy: SitePolicy) -> str:
+    from fedcare.client.policy import describe, policy_warnings
+
+    return describe(policy) + "\n" + "".join(f"# WARNING: {w}\n"
+                                              for w in policy_warnings(policy))
+
+
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    from fedcare.client.policy import describe, load_policy
+    from fedcare.client.policy import load_policy
 
     path = Path(args.file)
     try:
@@ -38,7 +45,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     except ConfigError as err:
         sys.stdout.write(f"{path}: NOT a valid site policy; {_problems(err)}")
         return EXIT_FAILED
-    sys.stdout.write(f"{describe(policy)}\n{path}: valid site policy\n")
+    sys.stdout.write(f"{_with_warnings(policy)}{path}: valid site policy\n")
     return EXIT_OK
 
 
@@ -46,7 +53,6 @@ def cmd_policy_show(args: argparse.Namespace) -> int:
     from fedcare.client.policy import (
         BUILT_IN_SOURCE,
         POLICY_FILENAME,
-        describe,
         load_policy,
         policy_path_for,
     )
@@ -66,7 +72,7 @@ def cmd_policy_show(args: argparse.Namespace) -> int:
     except LedgerCorrupted as err:
         sys.stderr.write(f"fedcare policy show: {err}\n")
         return EXIT_FAILED
-    sys.stdout.write(describe(policy) + "\n")
+    sys.stdout.write(_with_warnings(policy))
     if policy.source == BUILT_IN_SOURCE:
         sys.stdout.write(f"# (no policy file: write {state_dir / POLICY_FILENAME} or start the "
                          "site with --policy FILE to change it)\n")

@@ -29,6 +29,7 @@ from fedcare.client.policy import (
     parse_policy,
     permissive_policy,
     policy_path_for,
+    policy_warnings,
     project_hash,
 )
 from fedcare.client.policy_commands import POLICY_FILE_HELP
@@ -272,6 +273,24 @@ def test_describe_is_a_valid_policy_file_for_the_same_policy() -> None:
     policy = SitePolicy(allowed_bundles=(HASH_A,), max_rounds=12, require_dp=False)
 
     assert parse_policy(tomllib.loads(describe(policy)), where=BUILT_IN_SOURCE) == policy
+
+
+def test_the_default_policy_has_no_warnings() -> None:
+    assert policy_warnings(default_policy()) == []
+
+
+def test_weakening_settings_are_warned_about() -> None:
+    policy = SitePolicy(require_dp=False, min_noise_multiplier=0, max_epsilon_per_run=6.0)
+
+    assert [w.split(" ")[0] for w in policy_warnings(policy)] == [
+        "require-dp", "min-noise-multiplier", "max-epsilon-per-run"]
+    assert policy_warnings(policy)[2] == ("max-epsilon-per-run = 6.0 is above "
+                                         "lifetime-epsilon-budget = 5.0: the lifetime budget "
+                                         "binds first")
+
+
+def test_the_simulation_policy_is_not_warned_about() -> None:
+    assert policy_warnings(permissive_policy(RunConfig(dp_mode="off"))) == []
 
 
 # ------------------------------------------------------------------ check_run
@@ -538,6 +557,15 @@ def test_cli_policy_check_prints_a_valid_policy(tmp_path: Path,
     assert "max-rounds                 = 20 " in out
     assert "require-secure-aggregation = true " in out
     assert out.endswith(f"{path}: valid site policy\n")
+    assert "WARNING" not in out
+
+
+def test_cli_policy_check_warns_about_a_weakening_setting(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_check(tmp_path / "p.toml", "require-dp = false\n", capsys)
+
+    assert code == 0
+    assert "# WARNING: require-dp = false: this site trains WITHOUT differential privacy" in out
 
 
 def test_cli_policy_check_lists_every_problem(tmp_path: Path,
