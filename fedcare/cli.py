@@ -22,6 +22,7 @@
     fedcare certs ...           consortium CA, SuperLink certificate, site keys, status
     fedcare superlink           consortium: SuperLink with TLS + SuperNode authentication
     fedcare supernode           hospital: check the CSV, then join over TLS with the site key
+    fedcare policy ...          hospital: check, show and pin the site policy (site-policy.toml)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedcare.client import policy_commands
 from fedcare.common.errors import FedcareError
 
 logger = logging.getLogger("fedcare")
@@ -519,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fedcare.deploy.commands import add_parsers as add_deploy_parsers
 
     add_deploy_parsers(sub)  # certs ..., superlink, supernode
+    policy_commands.add_parsers(sub)  # policy check|show|hash
 
     led = sub.add_parser("ledger", help="show a site's privacy ledger")
     led.add_argument("state_dir")
