@@ -137,7 +137,7 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
 def cmd_supernode(args: argparse.Namespace) -> int:
     from fedcare.common.errors import DataValidationError
 
-    from fedcare.client.policy import describe, load_policy, policy_path_for
+    from fedcare.client.policy import describe, load_policy, policy_path_for, policy_warnings
     from fedcare.common.errors import ConfigError
 
     certs = Path(args.certs)
@@ -161,7 +161,10 @@ def cmd_supernode(args: argparse.Namespace) -> int:
                          "(`fedcare policy check FILE`)\n")
         return EXIT_FAILED
     sys.stdout.write(f"CSV OK: {summary}\n")
-    sys.stdout.write(f"site policy in force:\n{describe(load_policy(policy_path))}\n")
+    policy = load_policy(policy_path)
+    sys.stdout.write(f"site policy in force:\n{describe(policy)}\n")
+    for warning in policy_warnings(policy):
+        sys.stderr.write(f"WARNING: {warning}\n")
     sys.stdout.flush()
     if args.insecure:
         sys.stderr.write(f"WARNING: {launch.INSECURE_WARNING}\n")

@@ -43,14 +43,24 @@ def test_virtual_site_state_lives_under_the_run(tmp_path: Path) -> None:
     assert (site.name, site.state_dir) == ("site-1", tmp_path / "r7" / "sites" / "site-1")
 
 
-def test_deployed_site_may_lower_but_not_raise_its_budget(tmp_path: Path) -> None:
-    config = RunConfig(epsilon_budget=5.0)
-    base = {"data-path": "h.csv", "site-name": "h", "state-dir": str(tmp_path)}
+def test_the_consortium_may_lower_but_not_raise_a_sites_policy_budget(tmp_path: Path) -> None:
+    policy = tmp_path / "site-policy.toml"
+    policy.write_text("lifetime-epsilon-budget = 3.0\n")
+    base = {"data-path": "h.csv", "site-name": "h", "state-dir": str(tmp_path),
+            "policy-path": str(policy)}
 
-    lower = resolve_site(config, {**base, "epsilon-budget": 2.0}, run_name="r")
-    higher = resolve_site(config, {**base, "epsilon-budget": 50.0}, run_name="r")
+    lower = resolve_site(RunConfig(epsilon_budget=2.0, target_epsilon=1.0), base, run_name="r")
+    higher = resolve_site(RunConfig(epsilon_budget=50.0), base, run_name="r")
 
-    assert (lower.epsilon_budget, higher.epsilon_budget) == (2.0, 5.0)
+    assert (lower.epsilon_budget, higher.epsilon_budget) == (2.0, 3.0)
+
+
+def test_the_old_node_config_budget_is_refused_naming_its_replacement(tmp_path: Path) -> None:
+    base = {"data-path": "h.csv", "site-name": "h", "state-dir": str(tmp_path),
+            "epsilon-budget": 2.0}
+    with pytest.raises(ConfigError, match="replaced by the site policy's "
+                                          "lifetime-epsilon-budget"):
+        resolve_site(RunConfig(), base, run_name="r")
 
 
 def test_node_config_without_data_or_partition_is_a_clear_error() -> None:

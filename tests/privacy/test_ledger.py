@@ -396,7 +396,10 @@ def test_short_statement_names_scope_accountant_adjacency_and_sampling() -> None
     statement = make_statement()
 
     assert statement.short() == (
-        "eps=0.98 at delta=1e-03 (whole run, RDP, add/remove-one, Poisson sampling q=0.25)")
+        "eps=0.98 at delta=1e-03 (lifetime at this site (1 run), RDP, add/remove-one, "
+        "Poisson sampling q=0.25)")
+    assert make_statement(runs=3).short().startswith(
+        "eps=0.98 at delta=1e-03 (lifetime at this site (3 runs), RDP")
 
 
 @pytest.mark.parametrize(("epsilon", "shown"), [
