@@ -85,7 +85,7 @@ def test_two_sites_two_rounds_with_dp_report_model_and_ledgers_agree(tmp_path: P
     assert on_disk["membership-audit"] == audits
 
 
-def test_site_over_budget_refuses_and_the_run_goes_on(tmp_path: Path) -> None:
+def test_site_over_budget_refuses_in_preflight_and_the_run_goes_on(tmp_path: Path) -> None:
     # Arrange: site-0's ledger already holds more than its budget allows.
     state = tmp_path / "state"
     exhausted = PrivacyLedger(state / "site-0", site="site-0")
@@ -100,14 +100,20 @@ def test_site_over_budget_refuses_and_the_run_goes_on(tmp_path: Path) -> None:
     # Act
     report = run_simulation(config, num_sites=2)
 
-    # Assert
+    # Assert: site-0 refused the whole run up front, with its figures; it was never asked
+    # to train, and site-1 trained every round.
+    refusal = report["preflight"]["sites"]["site-0"]
+    assert refusal["accepted"] is False
+    assert len(refusal["reasons"]) == 1
+    assert refusal["reasons"][0].startswith("budget: this run needs eps 1.00 (this run, "
+                                            "delta=1e-03, RDP); lifetime at this site would go")
+    assert refusal["reasons"][0].endswith("above its budget 2.00 (0.00 left)")
+    assert report["preflight"]["accepted"] == ["site-1"]
     for rnd in report["rounds"]:
-        assert sorted(rnd["train"]) == ["site-1"]
-        assert [(f["site"], f["phase"]) for f in rnd["failures"]] == [("site-0", "train")]
-        assert "budget" in rnd["failures"][0]["reason"]
+        assert sorted(rnd["train"]) == ["site-1"] and rnd["failures"] == []
     assert (state / "site-0" / "privacy-ledger.json").read_bytes() == before
-    assert report["sites"]["site-1"]["epsilon"] <= TARGET_EPSILON
-    assert report["sites"]["site-0"]["failures"] == 2
+    assert report["sites"]["site-1"]["epsilon-run"] <= TARGET_EPSILON
+    assert "site-0" not in report["sites"]
 
 
 def test_flwr_run_dot_runs_the_same_app(tmp_path: Path) -> None:
