@@ -196,7 +196,7 @@ def serve_one_message(clientappio_address: str, token: str, app: Any,
         context.node_config.update(verdict.node_config())
         try:
             reply = app(message=message, context=context)
-        except Exception as err:  # noqa: BLE001 - the reply must name the failure
+        except Exception as err:
             logger.exception("the site's ClientApp raised")
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                   reason=f"{type(err).__name__}: {err}"), reply_to=message)

@@ -8,6 +8,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedcare.client.faults import maybe_attack, maybe_fail
+from fedcare.client.preflight import answer_preflight
 from fedcare.client.replies import (
     REFUSABLE,
     evaluate_content,
@@ -18,7 +19,6 @@ from fedcare.client.replies import (
     train_content,
 )
 from fedcare.client.secure_aggregation import legacy_format_mod, secure_aggregation_mod
-from fedcare.client.preflight import answer_preflight
 from fedcare.client.site import (
     SiteSpec,
     admit,
@@ -100,7 +100,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 def preflight(msg: Message, context: Context) -> Message:
     """Before round 1: accept or refuse the whole run, with reasons and planned figures."""
     config, site, round_config = _site(msg, context)
-    known = msg.content.config_records.get(KNOWN_RECORD, {})
+    known: Any = msg.content.config_records.get(KNOWN_RECORD, {})
     answer = answer_preflight(config, site, rounds=int(round_config.get("rounds-planned",
                                                                          config.num_rounds)),
                               run_id=ledger_run_id(round_config),

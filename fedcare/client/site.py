@@ -22,6 +22,7 @@ import numpy as np
 
 from fedcare.client.audit import AuditRecord, SiteAuditLog
 from fedcare.client.drift import training_profile
+from fedcare.client.personal import PrivatePart, load_private_part, save_private_part
 from fedcare.client.policy import (
     SitePolicy,
     check_run,
@@ -31,7 +32,6 @@ from fedcare.client.policy import (
     permissive_policy,
 )
 from fedcare.client.policy import describe as describe_policy
-from fedcare.client.personal import PrivatePart, load_private_part, save_private_part
 from fedcare.client.training import DPSettings, EvalResult, derive_seed, get_trainer, secure_seed
 from fedcare.common.config import RunConfig
 from fedcare.common.datasets import SiteData, load_federated_site, load_site_from_csv
@@ -39,9 +39,9 @@ from fedcare.common.errors import ConfigError, PolicyRefused
 from fedcare.common.files import write_json_atomic
 from fedcare.common.privacy import (
     LedgerEntry,
-    RoundSpend,
     PrivacyLedger,
     PrivacyStatement,
+    RoundSpend,
     calibrate_noise_multiplier,
     compose_epsilon,
     finetune_noise_multiplier,

@@ -135,10 +135,8 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def cmd_supernode(args: argparse.Namespace) -> int:
-    from fedcare.common.errors import DataValidationError
-
     from fedcare.client.policy import describe, load_policy, policy_path_for, policy_warnings
-    from fedcare.common.errors import ConfigError
+    from fedcare.common.errors import ConfigError, DataValidationError
 
     certs = Path(args.certs)
     policy_path = policy_path_for(Path(args.state_dir),

@@ -224,7 +224,7 @@ def check_site(plan: SuperNodePlan) -> str:
     from fedcare.common.datasets import schema_for
     from fedcare.common.errors import ConfigError
 
-    problems = []
+    problems: list[str] = []
     try:
         load_policy(plan.policy)
     except ConfigError as err:

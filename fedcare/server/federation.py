@@ -16,6 +16,7 @@ from fedcare.common.config import RunConfig
 from fedcare.common.datasets import schema_for
 from fedcare.common.errors import ConfigError
 from fedcare.common.model import build_model, weights_of
+from fedcare.flower_compat import deployment_poller
 from fedcare.server.checkpoint import CheckpointWriter
 from fedcare.server.personalisation import (
     apply_finetune_privacy,
@@ -23,7 +24,6 @@ from fedcare.server.personalisation import (
     personalisation_section,
     run_finetune,
 )
-from fedcare.flower_compat import deployment_poller
 from fedcare.server.preflight import Preflight, RunRefused, SiteGrid, run_preflight
 from fedcare.server.report import (
     RunRecorder,
