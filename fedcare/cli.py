@@ -7,7 +7,8 @@
     fedcare perf                speed and scale ratios (round overhead, vs Flower, 100 sites)
     fedcare sweep               resumable epsilon x strategy x partitioning x seeds grid
     fedcare benchmark-heart-table  the heart-disease protocol laid out like FLamby's table
-    fedcare check-csv FILE      validate a hospital's CSV, listing every problem
+    fedcare check-csv FILE      a hospital's CSV: every problem, data quality, DP readiness
+    fedcare perf-csv            the CSV check's time and memory vs pandas.read_csv
     fedcare ledger STATE_DIR    a site's privacy spend, recomputed from its ledger
     fedcare audit-log STATE_DIR verify a site's hash-chained audit log
     fedcare audit RUN_DIR       membership-inference audit of a finished simulation
@@ -86,7 +87,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     if overrides.get("dataset") == "heart-disease" and "partitioning" not in overrides:
         overrides["partitioning"] = "natural"
-    sites = args.sites or DEFAULT_SITES
+    sites = DEFAULT_SITES if args.sites is None else args.sites  # 0 is an error, not 4
     if str(overrides.get("site-dp", "")).lower() == "true":
         overrides.setdefault("min-sites", sites)  # site-level DP's fixed denominator
     config = RunConfig.from_mapping(overrides)
@@ -95,7 +96,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         _print_refusal(report)
         return EXIT_FAILED
     _print_summary(report)
-    return EXIT_OK
+    return EXIT_FAILED if report.get("outcome") == "refused" else EXIT_OK
 
 
 def _print_refusal(report: dict[str, Any]) -> None:
@@ -119,6 +120,12 @@ def _print_summary(report: dict[str, Any]) -> None:
     out.write(f"\nfedcare run {report['run']}: {config['dataset']}, {len(report['sites'])} sites, "
               f"{config['num-rounds']} rounds, {config['strategy']}\n\n")
     out.write(format_site_table(report) + "\n\n")
+    if report.get("outcome") == "refused":
+        out.write(f"RUN REFUSED: {report['outcome-reason']}\n")
+        for site, reasons in report.get("refusals", {}).items():
+            out.write(f"  {site}: {'; '.join(reasons)}\n")
+        out.write(f"report: {Path(config['output-dir']) / report['run'] / 'report.json'}\n")
+        return
     out.write("global model: " + format_global(report["final"]) + "\n")
     if config["dp-mode"] == "off":
         out.write("privacy: DP was OFF for this run; no guarantee.\n")
@@ -158,24 +165,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_FAILED if violated else EXIT_OK
 
 
-def cmd_check_csv(args: argparse.Namespace) -> int:
-    from fedcare.common.data import load_site_csv
-    from fedcare.common.datasets import schema_for
-    from fedcare.common.errors import DataValidationError
-
-    schema = schema_for(args.dataset)
-    try:
-        table = load_site_csv(args.path, schema, missing=args.missing)
-    except DataValidationError as err:
-        sys.stdout.write(f"{err}\n")
-        return EXIT_FAILED
-    sys.stdout.write(f"{args.path}: OK ({table.report.summary()})\n")
-    return EXIT_OK
-
-
 def cmd_ledger(args: argparse.Namespace) -> int:
     from fedcare.common.privacy import PrivacyLedger, statement_from_entries
+    from fedcare.common.privacy.ledger import LEDGER_FILENAME
 
+    if not (Path(args.state_dir) / LEDGER_FILENAME).is_file():  # never create a folder here
+        sys.stderr.write(f"fedcare: ledger: state_dir must be a site state folder holding "
+                         f"{LEDGER_FILENAME}; got "
+                         f"{'no such folder' if not Path(args.state_dir).is_dir() else 'none'} "
+                         f"at {args.state_dir}\n")
+        return EXIT_FAILED
     ledger = PrivacyLedger(args.state_dir, site=args.site)
     eps = ledger.epsilon(delta=args.delta, accountant=args.accountant)
     rows = [{"run": e.run_id, "round": e.server_round, "at": e.recorded_at,
@@ -281,10 +280,11 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from fedcare.client.api import serve
+    from fedcare.common.safe_read import read_secret_file
 
     token = os.environ.get(TOKEN_ENV) or None
     if args.token_file:
-        token = Path(args.token_file).read_text().strip()
+        token = read_secret_file(args.token_file)  # UnreadableFile: a message, rc 2
     serve(_bundle(args), host=args.host, port=args.port, token=token)
     return EXIT_OK
 
@@ -297,6 +297,8 @@ def cmd_benchmark_heart(args: argparse.Namespace) -> int:
     result = run_benchmark(overrides, split_seed=args.split_seed, seeds=seeds,
                            with_dp=not args.no_dp, output=Path(args.out) if args.out else None)
     sys.stdout.write(result["table"] + "\n")
+    runs = [row["run-dir"] for row in result["rows"] if "run-dir" in row]
+    sys.stdout.write("run folders:\n" + "".join(f"  {run}\n" for run in runs))
     return EXIT_OK
 
 
@@ -467,12 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--out", help="write the results JSON here")
     speed.set_defaults(func=cmd_perf)
 
-    check = sub.add_parser("check-csv", help="validate a site's CSV against a schema")
-    check.add_argument("path")
-    check.add_argument("--dataset", default="heart-disease",
-                       choices=("breast-cancer", "heart-disease"))
-    check.add_argument("--missing", default="drop", choices=("drop", "keep"))
-    check.set_defaults(func=cmd_check_csv)
+    from fedcare.data_commands import add_parsers as add_data_parsers
+
+    add_data_parsers(sub)  # check-csv, perf-csv
 
     def bundle_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, help="the global model.keras (model.json "
@@ -510,8 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="membership-inference audit of a finished simulation")
     audit.add_argument("run_dir")
-    audit.add_argument("--sites", type=int, default=DEFAULT_SITES,
-                       help="number of virtual sites the run had")
+    audit.add_argument("--sites", type=int,
+                       help="number of virtual sites the run had (default: as recorded in "
+                            "its report.json; a different number is refused)")
     audit.set_defaults(func=cmd_audit)
 
     audit_log = sub.add_parser("audit-log", help="verify a site's hash-chained audit log")

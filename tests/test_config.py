@@ -49,7 +49,7 @@ def test_unknown_key_is_rejected_with_its_name() -> None:
     ("test-fraction", 1.5, "test-fraction must be in (0, 1); got 1.5"),
     ("hidden-units", "64,x", "hidden-units must be comma-separated"),
     ("hidden-units", "0", "hidden-units must be comma-separated"),
-    ("learning-rate", float("nan"), "learning-rate must be > 0"),
+    ("learning-rate", float("nan"), "learning-rate must be in (0, 100]"),
     ("dp-mode", "maybe", "dp-mode must be one of"),
     ("accountant", "gdp", "accountant must be one of"),
     ("secure-noise", 1, "secure-noise must be true or false; got 1"),

@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from fedcare.client.pairing import check_model_run
 from fedcare.client.personal import PrivatePart, load_private_part
 from fedcare.common.data import (
     MAX_LISTED_PROBLEMS,
@@ -371,6 +372,8 @@ class ModelBundle:
             raise ModelMismatch(
                 f"model bundle does not fit together (model {model_p}, manifest {manifest_p}, "
                 f"preprocessor {pre_p}): {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+        if site_dir is not None:
+            check_model_run(manifest, manifest_p, site_dir)
         personalisation = _personalise(model, manifest, site_dir)
         bundle = cls(model=model, manifest=manifest, preprocessor=preprocessor,
                      model_sha256=digest, threshold=threshold, personalisation=personalisation)

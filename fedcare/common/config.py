@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -33,6 +34,10 @@ PERSONALISATIONS = ("none", "offset")
 FINETUNE_SCOPES = ("private", "all")
 OFFSET_AVERAGINGS = ("none", "tail")
 MAX_HIDDEN_UNITS = 4096
+MAX_STEP_SIZE = 100.0
+"""Learning rates above this only blow a model up (a clipped step of lr * clip-norm)."""
+RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""A run name is one folder inside output-dir: no separators, no '..', no leading dot."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,7 +289,8 @@ def _value_problems(c: RunConfig) -> list[str]:
                  f"fine-tuning to spend it on); got {c.finetune_budget_share!r}")
     for key, value in (("finetune-learning-rate", c.finetune_learning_rate),
                        ("offset-learning-rate", c.offset_learning_rate)):
-        _check(p, _finite(value) and value >= 0, key, ">= 0 (0: learning-rate)", value)
+        _check(p, _finite(value) and 0 <= value <= MAX_STEP_SIZE, key,
+               f"in [0, {MAX_STEP_SIZE:g}] (0: learning-rate)", value)
     _choice(p, "offset-averaging", c.offset_averaging, OFFSET_AVERAGINGS)
     if c.finetune_epochs and c.personalisation == "none":
         p.append(f"config: finetune-epochs must be 0 when personalisation is none (fine-tuning "
@@ -300,14 +306,17 @@ def _value_problems(c: RunConfig) -> list[str]:
     _check(p, 0 < c.fraction_train <= 1, "fraction-train", "in (0, 1]", c.fraction_train)
     _check(p, c.min_sites >= 1, "min-sites", ">= 1", c.min_sites)
     _check(p, _finite(c.proximal_mu) and c.proximal_mu >= 0, "proximal-mu", ">= 0", c.proximal_mu)
-    _check(p, _finite(c.server_learning_rate) and c.server_learning_rate > 0,
-           "server-learning-rate", "> 0", c.server_learning_rate)
+    _check(p, _finite(c.server_learning_rate) and 0 < c.server_learning_rate <= MAX_STEP_SIZE,
+           "server-learning-rate", f"in (0, {MAX_STEP_SIZE:g}]", c.server_learning_rate)
     _check(p, 0 <= c.trimmed_beta < 0.5, "trimmed-beta", "in [0, 0.5)", c.trimmed_beta)
     _check(p, c.krum_byzantine >= 0, "krum-byzantine", ">= 0", c.krum_byzantine)
     _check(p, c.local_epochs >= 1, "local-epochs", ">= 1", c.local_epochs)
     _check(p, c.batch_size >= 1, "batch-size", ">= 1", c.batch_size)
-    _check(p, _finite(c.learning_rate) and c.learning_rate > 0, "learning-rate", "> 0",
-           c.learning_rate)
+    _check(p, _finite(c.learning_rate) and 0 < c.learning_rate <= MAX_STEP_SIZE,
+           "learning-rate", f"in (0, {MAX_STEP_SIZE:g}]", c.learning_rate)
+    _check(p, c.run_name == "" or RUN_NAME_PATTERN.fullmatch(c.run_name) is not None,
+           "run-name", "a folder name of letters, digits, '.', '_' or '-' (no '/', no "
+           "leading '.'; the run folder stays inside output-dir)", c.run_name)
     for seed_key, seed in (("seed", c.seed), ("split-seed", c.split_seed),
                            ("partition-seed", c.partition_seed)):
         _check(p, 0 <= seed < 2**32, seed_key, "in [0, 2**32)", seed)
@@ -353,9 +362,17 @@ def _value_problems(c: RunConfig) -> list[str]:
         _check(p, c.min_sites >= SECAGG_MIN_SITES, "min-sites",
                f">= {SECAGG_MIN_SITES} with secure-aggregation=secaggplus (with 2 sites each "
                "learns the other's update)", c.min_sites)
-    if c.dp_enabled and not p:
+    if c.dp_enabled:  # with the other problems, not instead of them
         try:
             c.privacy()
         except ConfigError as err:
-            p.extend(err.problems)
+            reported = "\n".join(p)
+            p.extend(problem for problem in err.problems
+                     if not _already_reported(problem, reported))
     return p
+
+
+def _already_reported(problem: str, reported: str) -> bool:
+    """A privacy-settings problem about a key the run config checks already reported."""
+    named = re.search(r": (\w+) must", problem)
+    return named is not None and f"config: {_key(named.group(1))} must" in reported

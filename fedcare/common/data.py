@@ -25,13 +25,13 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
-from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import numpy as np
 import pandas as pd
 
 from fedcare.common.errors import DataValidationError
+from fedcare.common.safe_read import UnreadableFile, read_regular_file
 from fedcare.common.schema import Column, TabularSchema, format_number
 
 logger = logging.getLogger(__name__)
@@ -200,7 +200,11 @@ class _Parsed:
     values: np.ndarray  # float64; NaN where empty or not a finite number
     missing: np.ndarray  # bool: empty cell
     invalid: np.ndarray  # bool: non-empty but not a finite number
-    shown: np.ndarray  # object: the cell as the person wrote it (for messages)
+    source: pd.Series | np.ndarray  # the cells as given; read only to word a problem
+
+    def shown(self, i: int) -> object:
+        """Cell ``i`` as the person wrote it (numbers: as parsed)."""
+        return self.source[i] if isinstance(self.source, np.ndarray) else self.source.iat[i]
 
 
 def _parse_column(series: pd.Series) -> _Parsed:
@@ -212,7 +216,7 @@ def _parse_column(series: pd.Series) -> _Parsed:
         missing = np.isnan(values)
         invalid = np.isinf(values)
         values[invalid] = np.nan
-        return _Parsed(values, missing, invalid, series.to_numpy(dtype=object))
+        return _Parsed(values, missing, invalid, series)
     cells = series.astype(object)
     null = cells.isna()
     text = cells.where(~null, "").astype(str).str.strip()
@@ -223,6 +227,14 @@ def _parse_column(series: pd.Series) -> _Parsed:
     invalid = ~missing & ~np.isfinite(values)
     values[invalid] = np.nan
     return _Parsed(values, missing, invalid, text.to_numpy(dtype=object))
+
+
+def _parse_floats(values: np.ndarray) -> _Parsed:
+    """A column the fast reader parsed already (NaN only where the cell was empty)."""
+    missing = np.isnan(values)
+    invalid = np.isinf(values)
+    cleaned = np.where(invalid, np.nan, values) if invalid.any() else values
+    return _Parsed(cleaned, missing, invalid, values)
 
 
 def _clip(text: str, limit: int = 40) -> str:
@@ -268,7 +280,7 @@ def _check_column(
     shown = parsed.shown
 
     def describe_bad(i: int, _pos: np.ndarray = positions, _rule: str = rule) -> str:
-        cell = shown[_pos[i]]
+        cell = shown(int(_pos[i]))
         return f"must be {_rule}; got {_clip(str(cell))!r}{_hint(cell, column)}"
 
     log.add_group(lines[positions], order=order, column=column.name, describe=describe_bad)
@@ -363,7 +375,10 @@ def _validate(
     line_numbers: Sequence[int] | np.ndarray | None,
     log: _ProblemLog,
     rows_read: int,
+    header: Sequence[str] | None = None,
 ) -> SiteTable:
+    """``header``: the file's column names when ``frame`` holds only the schema columns
+    the fast reader parsed already (float64), keyed by name."""
     n = len(frame)
     if line_numbers is None:
         lines = np.arange(2, n + 2, dtype=np.int64)
@@ -373,7 +388,8 @@ def _validate(
             raise ValueError(
                 f"line_numbers must hold one number per row ({n}); got shape {lines.shape}"
             )
-    names = [str(c).strip().lstrip("\ufeff") for c in frame.columns]
+    names = ([str(c).strip().lstrip("\ufeff") for c in frame.columns] if header is None
+             else list(header))
     usable = _check_header(names, schema, log)
     if rows_read == 0:
         log.add("file must hold at least one data row after the header; got none")
@@ -382,7 +398,9 @@ def _validate(
     for order, column in enumerate((*schema.features, schema.label)):
         if column.name not in usable:
             continue
-        parsed[column.name] = p = _parse_column(frame.iloc[:, names.index(column.name)])
+        parsed[column.name] = p = (
+            _parse_column(frame.iloc[:, names.index(column.name)]) if header is None
+            else _parse_floats(frame[column.name].to_numpy(dtype=np.float64)))
         is_label = column is schema.label
         _check_column(column, p, lines, log, order=order, is_label=is_label,
                       binary_label=is_label and schema.label_threshold is None)
@@ -423,26 +441,16 @@ def _validate(
 # --------------------------------------------------------------------------- CSV
 
 
-def _read_text(path: str | os.PathLike[str], log: _ProblemLog,
-               max_bytes: int = MAX_CSV_BYTES) -> str | None:
+def _read_raw(path: str | os.PathLike[str], log: _ProblemLog, max_bytes: int,
+              allow_symlinks: bool) -> bytes | None:
     try:
-        size = Path(path).stat().st_size
-        if size > max_bytes:
-            log.add(f"file must be at most {max_bytes} bytes; got {size} bytes")
-            return None
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        log.add("file must exist; got no file at this path")
+        return read_regular_file(path, max_bytes=max_bytes, allow_symlinks=allow_symlinks)
+    except UnreadableFile as refused:
+        log.add(refused.rule)
         return None
-    except IsADirectoryError:
-        log.add("path must be a file; got a directory")
-        return None
-    except PermissionError:
-        log.add("file must be readable; got permission denied")
-        return None
-    except OSError as exc:
-        log.add(f"file must be readable; got {exc.strerror or exc}")
-        return None
+
+
+def _decode(raw: bytes, log: _ProblemLog) -> str | None:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -474,10 +482,13 @@ def _looks_like_data(cells: Sequence[str]) -> bool:
 
 
 def _read_frame(path: str | os.PathLike[str], log: _ProblemLog, *, header_hint: str,
-                max_bytes: int = MAX_CSV_BYTES) -> tuple[pd.DataFrame, np.ndarray, int]:
+                max_bytes: int = MAX_CSV_BYTES, allow_symlinks: bool = False,
+                raw: bytes | None = None) -> tuple[pd.DataFrame, np.ndarray, int]:
     """A CSV file as a frame of str cells (header as column names); ragged rows reported
     and left out. Returns the frame, the line number of each kept row, and rows read."""
-    text = _read_text(path, log, max_bytes)
+    if raw is None:
+        raw = _read_raw(path, log, max_bytes, allow_symlinks)
+    text = None if raw is None else _decode(raw, log)
     if text is None:
         log.fail()
 
@@ -508,18 +519,7 @@ def _read_frame(path: str | os.PathLike[str], log: _ProblemLog, *, header_hint: 
     if header is None:  # pragma: no cover - text.strip() was non-empty
         log.add("file must hold a header line; got none")
         log.fail()
-    separator = next((d for d in (";", "\t", "|") if len(header) == 1 and d in header[0]), None)
-    if separator is not None:
-        log.add(f"line {header_line} must be comma-separated; got one cell holding "
-                f"{separator!r} separators (save the file as CSV with commas)", row=header_line)
-        log.fail()
-    if _looks_like_data(header):
-        log.add(
-            f"line {header_line} must be a header naming the columns "
-            f"({header_hint}); got what looks like a data row",
-            row=header_line,
-        )
-        log.fail()
+    _check_header_line(header, header_line, log, header_hint)
 
     width = len(header)
     counts = np.fromiter((len(r) for r in records), dtype=np.int64, count=len(records))
@@ -540,26 +540,143 @@ def _read_frame(path: str | os.PathLike[str], log: _ProblemLog, *, header_hint: 
     return frame, lines[good], len(counts)
 
 
+def _check_header_line(header: Sequence[str], header_line: int, log: _ProblemLog,
+                       header_hint: str) -> None:
+    """Fail at once on a header that is not one: other separators, or a data row."""
+    separator = next((d for d in (";", "\t", "|") if len(header) == 1 and d in header[0]), None)
+    if separator is not None:
+        log.add(f"line {header_line} must be comma-separated; got one cell holding "
+                f"{separator!r} separators (save the file as CSV with commas)", row=header_line)
+        log.fail()
+    if _looks_like_data(header):
+        log.add(
+            f"line {header_line} must be a header naming the columns "
+            f"({header_hint}); got what looks like a data row",
+            row=header_line,
+        )
+        log.fail()
+
+
+# Bytes a plain numeric data row is made of. A file whose rows hold only these (and no
+# quotes) is read by pandas' C parser straight into float64; any other byte (a letter,
+# '?', a quote) sends the file to the exact reader, so nothing is inferred: 'True',
+# 'nan' or 'inf' typed in a cell stay problems to report, never become numbers.
+_NUMERIC_BYTES = np.zeros(256, dtype=bool)
+_NUMERIC_BYTES[np.frombuffer(b"0123456789.+-eE, \t\r\n", dtype=np.uint8)] = True
+_FAST_SLICE = 8 * 2**20  # bytes per vectorised byte-class check (bounds its temporary)
+_MAX_BLANK_LINES = 10_000  # more blank lines than this: the exact reader
+
+
+def _all_numeric_bytes(data: np.ndarray) -> bool:
+    return all(bool(_NUMERIC_BYTES[data[i:i + _FAST_SLICE]].all())
+               for i in range(0, len(data), _FAST_SLICE))
+
+
+def _fast_frame(raw: bytes, schema: TabularSchema, log: _ProblemLog, header_hint: str
+                ) -> tuple[pd.DataFrame, list[str], np.ndarray, int] | None:
+    """The schema columns of a plain numeric CSV as float64, or ``None`` when the file
+    needs the exact reader (quotes, bare carriage returns, odd bytes, ragged rows).
+
+    Returns the frame (schema columns present once, by name), the header, each row's
+    line number and the data rows read. Vectorised: line ends, comma counts and blank
+    lines come from numpy over the bytes; numbers from pandas' C parser.
+    """
+    body_at = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
+    first_end = raw.find(b"\n", body_at)
+    if first_end < 0 or b'"' in raw or raw.count(b"\r") != raw.count(b"\r\n"):
+        return None
+    try:
+        header_text = raw[body_at:first_end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    header = [cell.strip() for cell in header_text.rstrip("\r").split(",")]
+    if not any(header):
+        return None  # a blank first line: the exact reader finds the header
+    _check_header_line(header, 1, log, header_hint)
+    data = np.frombuffer(raw, dtype=np.uint8)[first_end + 1:]
+    if not _all_numeric_bytes(data):
+        return None
+    ends = np.flatnonzero(data == ord("\n"))
+    if len(data) and data[-1] != ord("\n"):
+        ends = np.append(ends, len(data))
+    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+    if len(header) < 2 or not len(data):
+        return None
+    # Commas per line (reduceat over an empty line reads the next byte: zeroed below).
+    commas = np.add.reduceat(data == ord(","), starts, dtype=np.int64)
+    commas[ends == starts] = 0
+    # A line without commas is blank (skipped, as the exact reader does) or ragged.
+    blank = np.zeros(len(starts), dtype=bool)
+    odd = np.flatnonzero(commas == 0)
+    if len(odd) > _MAX_BLANK_LINES:
+        return None
+    for k in odd:
+        if raw[first_end + 1 + starts[k]:first_end + 1 + ends[k]].strip():
+            return None  # a one-cell row: ragged
+        blank[k] = True
+    if np.any(~blank & (commas != len(header) - 1)):
+        return None  # ragged rows: the exact reader lists every one
+    lines = np.flatnonzero(~blank).astype(np.int64) + 2  # header is line 1
+    body = raw[first_end + 1:]
+    if blank.any():
+        body = b"\n".join(body[s:e] for s, e in zip(starts[~blank], ends[~blank], strict=True))
+    counts: dict[str, int] = {}
+    for name in header:
+        counts[name] = counts.get(name, 0) + 1
+    wanted = [i for i, name in enumerate(header)
+              if counts[name] == 1 and name in schema.column_names()]
+    rows = len(lines)
+    if not rows or not wanted:
+        return None
+    try:
+        frame = pd.read_csv(io.BytesIO(body), header=None, usecols=wanted,
+                            dtype=np.float64, keep_default_na=False, na_values=[""],
+                            float_precision="round_trip", engine="c")
+    except (ValueError, pd.errors.ParserError):
+        return None  # e.g. '1.2.3': the exact reader words the problem
+    if len(frame) != rows:  # pragma: no cover - guarded by the line scan above
+        return None
+    frame.columns = pd.Index([header[i] for i in sorted(wanted)])
+    return frame, header, lines, rows
+
+
 def load_site_csv(
     path: str | os.PathLike[str],
     schema: TabularSchema,
     *,
     missing: MissingPolicy = "drop",
     max_bytes: int = MAX_CSV_BYTES,
+    allow_symlinks: bool = False,
 ) -> SiteTable:
     """Read and validate one site's CSV file (at most ``max_bytes`` bytes).
 
-    The file is read as UTF-8 text (a leading BOM is dropped); every cell stays a string
-    until it is checked, so nothing is inferred or coerced behind the user's back. Every
-    problem (file, header, row shape, cell value) is collected and raised once as a
-    :class:`DataValidationError`. ``missing`` decides what happens to rows with empty
-    cells in optional columns: ``"drop"`` drops and counts them, ``"keep"`` keeps NaN.
+    Only a regular file is read (a named pipe, device or directory is refused), never
+    past ``max_bytes``, and a symbolic link out of the file's folder is refused unless
+    ``allow_symlinks``. The file is UTF-8 text (a leading BOM is dropped). A plain
+    numeric file is parsed vectorised; anything else (and any file with a problem) goes
+    through the exact reader, where every cell stays a string until it is checked, so
+    nothing is inferred or coerced behind the user's back. Every problem (file, header,
+    row shape, cell value) is collected and raised once as a :class:`DataValidationError`.
+    ``missing`` decides what happens to rows with empty cells in optional columns:
+    ``"drop"`` drops and counts them, ``"keep"`` keeps NaN.
     """
     _check_missing_policy(missing)
     source = os.fspath(path)
     log = _ProblemLog(source)
-    frame, lines, rows_read = _read_frame(path, log, header_hint=", ".join(schema.column_names()),
-                                          max_bytes=max_bytes)
+    hint = ", ".join(schema.column_names())
+    raw = _read_raw(path, log, max_bytes, allow_symlinks)
+    if raw is None:
+        log.fail()
+    try:
+        fast = _fast_frame(raw, schema, log, hint)
+        if fast is not None:
+            frame, header, lines, rows_read = fast
+            return _validate(frame, schema, source=source, missing=missing,
+                             line_numbers=lines, log=log, rows_read=rows_read, header=header)
+    except DataValidationError:
+        # Word every problem exactly as the exact reader does (cells as written).
+        log = _ProblemLog(source)
+    frame, lines, rows_read = _read_frame(path, log, header_hint=hint, raw=raw)
     return _validate(frame, schema, source=source, missing=missing, line_numbers=lines,
                      log=log, rows_read=rows_read)
 

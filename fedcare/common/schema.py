@@ -35,6 +35,12 @@ class Column:
     may be open). ``binary`` columns hold 0 or 1. ``categorical`` columns hold one of
     ``categories`` (numeric codes such as chest-pain type 1..4), and are one-hot encoded
     in that order. ``optional`` columns may hold empty cells (a value not recorded).
+
+    ``clinical_range`` (numeric only) is where real measurements lie; ``[minimum,
+    maximum]`` stays wider so files with documented recording artefacts still load. A
+    column that is 0 in most rows while 0 is outside its clinical range is a sentinel
+    (the data-quality report warns); ``zero_means_not_measured`` records that the data's
+    own documentation says so.
     """
 
     name: str
@@ -43,6 +49,8 @@ class Column:
     maximum: float | None = None
     categories: tuple[float, ...] = ()
     optional: bool = False
+    clinical_range: tuple[float, float] | None = None
+    zero_means_not_measured: bool = False
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -97,7 +105,26 @@ class Column:
             )
         if not isinstance(self.optional, bool):
             found.append(f"optional must be True or False; got {self.optional!r}")
+        if self.clinical_range is not None and (
+            self.kind != "numeric" or not isinstance(self.clinical_range, tuple)
+            or len(self.clinical_range) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and math.isfinite(v) for v in self.clinical_range)
+            or self.clinical_range[0] > self.clinical_range[1]
+        ):
+            found.append("clinical_range must be a (low, high) pair of finite numbers, low <= "
+                         f"high, on a numeric column; got {self.clinical_range!r}")
+        if not isinstance(self.zero_means_not_measured, bool):
+            found.append("zero_means_not_measured must be True or False; got "
+                         f"{self.zero_means_not_measured!r}")
         return found
+
+    def zero_is_sentinel(self) -> bool:
+        """True when 0 lies outside the clinical range (a recorded 0 means 'no value')."""
+        if self.zero_means_not_measured:
+            return True
+        low, high = self.clinical_range or (None, None)
+        return low is not None and high is not None and not low <= 0 <= high
 
     def allowed_codes(self) -> tuple[float, ...]:
         """The codes a binary or categorical cell may hold (empty for numeric)."""
@@ -138,6 +165,9 @@ class Column:
             "maximum": None if self.maximum is None else float(self.maximum),
             "categories": [float(c) for c in self.categories],
             "optional": self.optional,
+            **({"clinical-range": [float(v) for v in self.clinical_range]}
+               if self.clinical_range is not None else {}),
+            **({"zero-means-not-measured": True} if self.zero_means_not_measured else {}),
         }
 
 

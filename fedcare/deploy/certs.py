@@ -293,8 +293,12 @@ class CertStatus:
     def line(self, now: dt.datetime) -> str:
         if self.not_after is None:
             return f"{self.what:<22} {self.path}: {self.problem}"
-        left = (self.not_after - now).days
         state = self.problem or "ok"
+        if self.not_after <= now:  # never "-2 days left"
+            ago = (now - self.not_after).days
+            return (f"{self.what:<22} {self.path}: expired {self.not_after:%Y-%m-%d %H:%M} UTC "
+                    f"({'less than a day' if ago < 1 else f'{ago} day(s)'} ago) - {state}")
+        left = (self.not_after - now).days
         return (f"{self.what:<22} {self.path}: expires {self.not_after:%Y-%m-%d %H:%M} UTC "
                 f"({left} days left) - {state}")
 
@@ -318,6 +322,22 @@ def _cert_status(what: str, path: Path, now: dt.datetime, warn_days: int,
     return CertStatus(what, path, not_after, problem)
 
 
+def key_mismatch(cert_path: Path, key_path: Path) -> str | None:
+    """Why a certificate and the private key beside it do not belong together, or ``None``
+    (a server started with a mismatched pair fails every TLS handshake)."""
+    if not cert_path.exists() or not key_path.exists():
+        return None
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (ValueError, TypeError) as err:
+        return f"KEY UNREADABLE ({key_path.name}: {type(err).__name__})"
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    form = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*form) != cert.public_key().public_bytes(*form):
+        return f"DOES NOT MATCH ITS KEY {key_path.name} (reissue: fedcare certs server --force)"
+    return None
+
+
 def status(certs: Path, *, now: dt.datetime | None = None,
            warn_days: int = WARN_DAYS) -> list[CertStatus]:
     """Expiry and chain of the CA and SuperLink certificates present under ``certs``."""
@@ -326,8 +346,13 @@ def status(certs: Path, *, now: dt.datetime | None = None,
     ca = (x509.load_pem_x509_certificate((certs / CA_CERT).read_bytes())
           if (certs / CA_CERT).exists() else None)
     if (certs / SERVER_CERT).exists() or (certs / CA_KEY).exists():
-        rows.append(_cert_status("SuperLink certificate", certs / SERVER_CERT, now, warn_days,
-                                 issuer=ca))
+        row = _cert_status("SuperLink certificate", certs / SERVER_CERT, now, warn_days,
+                           issuer=ca)
+        mismatch = key_mismatch(certs / SERVER_CERT, certs / SERVER_KEY)
+        if mismatch:
+            row = CertStatus(row.what, row.path, row.not_after,
+                             "; ".join(filter(None, [row.problem, mismatch])))
+        rows.append(row)
     return rows
 
 

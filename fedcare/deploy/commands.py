@@ -134,6 +134,19 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(EXIT_FAILED)
 
 
+def _print_site_check(plan: launch.SuperNodePlan) -> bool:
+    """Print the CSV's data-quality report and a DP-readiness estimate at the project's
+    default run settings (the consortium's run brings its own); True if anything warned."""
+    from fedcare.common.config import RunConfig
+    from fedcare.common.site_check import check_csv_file
+
+    check = check_csv_file(plan.csv, RunConfig(dataset=plan.dataset), site=plan.site)
+    sys.stdout.write("\n".join(check.lines()) + "\n")
+    sys.stdout.write("(DP readiness assumes the project's default run settings; the "
+                     "consortium's run config decides the actual noise)\n")
+    return check.quality.warned
+
+
 def cmd_supernode(args: argparse.Namespace) -> int:
     from fedcare.client.policy import describe, load_policy, policy_path_for, policy_warnings
     from fedcare.common.errors import ConfigError, DataValidationError
@@ -164,6 +177,9 @@ def cmd_supernode(args: argparse.Namespace) -> int:
     for warning in policy_warnings(policy):
         sys.stderr.write(f"WARNING: {warning}\n")
     sys.stdout.flush()
+    if _print_site_check(plan) and args.strict:
+        sys.stdout.write("not starting: --strict and the data-quality warnings above\n")
+        return EXIT_FAILED
     if args.insecure:
         sys.stderr.write(f"WARNING: {launch.INSECURE_WARNING}\n")
     # Until Flower's worker loop installs its own handlers (after the TensorFlow import),
@@ -271,4 +287,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     node.add_argument("--clientappio-address", default=launch.CLIENTAPPIO_ADDRESS)
     node.add_argument("--insecure", action="store_true",
                       help="plain text, no authentication (test beds only; warns)")
+    node.add_argument("--strict", action="store_true",
+                      help="do not start when the CSV has data-quality warnings")
     node.set_defaults(func=cmd_supernode)

@@ -48,6 +48,10 @@ from fedcare.server.validation import UpdateValidator
 logger = logging.getLogger(__name__)
 
 
+OUTCOME_TRAINED = "trained"
+OUTCOME_REFUSED = "refused"
+
+
 def default_run_name() -> str:
     return datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
 
@@ -76,6 +80,23 @@ def refuse_run(run_dir: Path, recorder: RunRecorder, preflight: Preflight,
     raise RunRefused(f"run: at least min-sites={min_sites} site(s) must accept in pre-flight; "
                      f"got {len(accepted)} ({', '.join(accepted) or 'none'}); refusals:\n  "
                      + "\n  ".join(preflight.lines()) + f"\nreport: {path}")
+
+
+def mark_refused(report: dict[str, Any]) -> None:
+    """No site trained in any round: say so, with each site's reasons (no model is saved,
+    so nothing untrained can be mistaken for a result)."""
+    reasons: dict[str, list[str]] = {}
+    for rnd in report["rounds"]:
+        for failure in rnd["failures"]:
+            if failure.get("phase") == "train":
+                seen = reasons.setdefault(failure["site"], [])
+                if failure["reason"] not in seen:
+                    seen.append(failure["reason"])
+    report["outcome"] = OUTCOME_REFUSED
+    report["refusals"] = reasons
+    report["outcome-reason"] = (
+        f"refused: no site trained in any round ({len(reasons)} site(s) refused or failed); "
+        "no model was saved")
 
 
 def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
@@ -170,8 +191,16 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
                             ledger_run_id=attempt_run_id(run_name, attempt))
     last_eval = next((r.evaluate for r in sorted(recorder.rounds.values(),
                                                  key=lambda r: -r.server_round) if r.evaluate), {})
-    final = summarize_evaluation(last_eval) if last_eval else {}
+    trained = any(r.train for r in recorder.rounds.values())
+    # Evaluations of a model no site trained are not results: leave them out of "final".
+    final = summarize_evaluation(last_eval) if last_eval and trained else {}
     report = recorder.to_dict(final=final)
+    if not trained:
+        mark_refused(report)
+        write_report(run_dir, report)
+        logger.error("run %s: %s", run_name, report["outcome-reason"])
+        return report
+    report["outcome"] = OUTCOME_TRAINED
     report["attempts"] = attempt + 1
     report["resumed-after-round"] = done if resumed is not None else None
     if config.personalisation != "none":

@@ -238,12 +238,18 @@ def format_site_table(report: Mapping[str, Any]) -> str:
     header = (f"{'site':<16}{'train':>6}{'test':>6}{'eps run':>9}{'eps life':>9}"
               f"{'delta':>9}{'acc':>7}{'auc':>7}")
     lines = [header, "-" * len(header)]
+    dp_on = report.get("config", {}).get("dp-mode", "off") != "off"
+    refusals = report.get("refusals") or {}
     for site, row in report["sites"].items():
         delta = row.get("delta")
+        if site in refusals:  # the whole run was refused: this site never trained
+            lines.append(f"{site:<16}{'-':>6}{row.get('test-rows') or '-':>6}{'refused':>9}"
+                         f"{'-':>9}{'-':>9}{'-':>7}{'-':>7}")
+            continue
         lines.append(f"{site:<16}{row.get('train-rows') or '-':>6}{row.get('test-rows') or '-':>6}"
                      f"{_fmt(row.get('epsilon-run'), 3):>9}"
                      f"{_fmt(row.get('epsilon-lifetime', row.get('epsilon')), 3):>9}"
-                     f"{(f'{delta:.0e}' if delta else 'no DP'):>9}"
+                     f"{(f'{delta:.0e}' if delta else '-' if dp_on else 'no DP'):>9}"
                      f"{_fmt(row.get('accuracy')):>7}{_fmt(row.get('auc')):>7}")
     return "\n".join(lines)
 

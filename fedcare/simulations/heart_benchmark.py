@@ -23,6 +23,7 @@ from typing import Any
 from fedcare.common.config import RunConfig
 from fedcare.common.datasets import SiteData, load_federated_site
 from fedcare.common.datasets.heart_disease import SITES
+from fedcare.common.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -108,23 +109,43 @@ def federated_row(config: RunConfig, setting: str) -> dict[str, Any]:
                 {s: r["epsilon"] for s, r in sites.items() if r.get("epsilon") is not None})
 
 
+def run_folders(config: RunConfig, *, split_seed: int, seed: int, with_dp: bool
+                ) -> dict[str, Path]:
+    """One folder per federated run: the split and the seed are always in the name, so
+    ``--run-name X --seeds 0,1,2`` gives each seed its own runs (``X-split43-seed1-dp``)."""
+    name = f"{config.run_name or 'heart'}-split{split_seed}-seed{seed}"
+    kinds = ("nodp", "dp") if with_dp else ("nodp",)
+    return {kind: Path(config.output_dir) / f"{name}-{kind}" for kind in kinds}
+
+
 def run_benchmark(overrides: Mapping[str, Any], *, split_seed: int, seeds: Sequence[int] = (0,),
                   with_dp: bool = True, output: Path | None = None) -> dict[str, Any]:
     """Every setting of the protocol on one split, each run seed; a table and the raw rows."""
     rows: list[dict[str, Any]] = []
+    plans = {seed: run_folders(protocol_config(overrides, split_seed=split_seed, seed=seed),
+                               split_seed=split_seed, seed=seed, with_dp=with_dp)
+             for seed in seeds}
+    taken = [str(d) for folders in plans.values() for d in folders.values() if d.exists()]
+    if taken:  # before any work, not after the first seed's
+        raise ConfigError([f"benchmark-heart: run folders must be new; got existing "
+                           f"{', '.join(taken)} (choose another --run-name or --output-dir)"])
     for seed in seeds:
         config = protocol_config(overrides, split_seed=split_seed, seed=seed)
         sites = load_sites(config)
         for row in centralized_rows(config, sites):
             rows.append({**row, "seed": seed})
-        name = config.run_name or f"heart-split{split_seed}-seed{seed}"
-        rows.append({**federated_row(config.replace(dp_mode="off", run_name=f"{name}-nodp"),
-                                     f"{config.strategy} (no DP)"), "seed": seed})
+        folders = plans[seed]
+        logger.info("seed %d: runs in %s", seed, ", ".join(str(d) for d in folders.values()))
+        rows.append({**federated_row(config.replace(dp_mode="off",
+                                                    run_name=folders["nodp"].name),
+                                     f"{config.strategy} (no DP)"), "seed": seed,
+                     "run-dir": str(folders["nodp"])})
         if with_dp:
             dp_setting = (f"{config.strategy} + DP, eps <= {config.target_epsilon:g} per site, "
                           f"delta {config.delta:g}")
-            rows.append({**federated_row(config.replace(run_name=f"{name}-dp"), dp_setting),
-                         "seed": seed})
+            rows.append({**federated_row(config.replace(run_name=folders["dp"].name),
+                                         dp_setting), "seed": seed,
+                         "run-dir": str(folders["dp"])})
     result = {"split-seed": split_seed, "seeds": list(seeds), "protocol": PROTOCOL,
               "hyper-parameters": {**TUNED, **overrides}, "rows": rows,
               "table": format_table(rows)}

@@ -19,6 +19,8 @@ from typing import Any
 from fedcare.client.faults import SIMULATION_ENV
 from fedcare.common.config import RunConfig
 from fedcare.common.errors import ConfigError
+from fedcare.common.files import write_json_atomic
+from fedcare.common.site_check import preflight_simulation
 from fedcare.server.federation import default_run_name
 from fedcare.server.report import REPORT_FILENAME
 from fedcare.simulations.engine import FAST_POLL_SECONDS, fast_polling
@@ -72,6 +74,9 @@ def run_simulation(config: RunConfig, *, num_sites: int, workers: int | None = N
     if config.resume and not run_dir.is_dir():
         raise ConfigError([f"simulation: resume needs the run folder {run_dir}; got no such "
                            "folder"])
+    # Every site's file is read and checked here, before the engine starts: a missing or
+    # broken file fails with its own message, and each site's data quality is logged once.
+    preflight_simulation(config, num_sites)
     for key, value in _WORKER_ENV.items():
         os.environ.setdefault(key, value)
     # Lets virtual sites accept malicious-sites / fail-sites (refused anywhere else).
@@ -98,11 +103,13 @@ def run_simulation(config: RunConfig, *, num_sites: int, workers: int | None = N
     if not report_path.is_file():
         raise RuntimeError(f"simulation finished without a report at {report_path}; "
                            "see the log above for the server's error")
+    from fedcare.simulations.audit import SITES_KEY, audit_run
+
     report = dict(json.loads(report_path.read_text()))
+    report[SITES_KEY] = num_sites  # so a later `fedcare audit` uses the run's own sites
+    write_json_atomic(report_path, report)
     if not audit or report.get("status") == "refused":  # a refused run trained nothing
         return report
-    from fedcare.simulations.audit import audit_run
-
     # Virtual sites' data is at hand here, so each site's membership audit joins the report.
     return audit_run(run_dir, num_sites=num_sites)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,7 @@ from fedcare.common.data import (
     split_train_test,
 )
 from fedcare.common.datasets import breast_cancer, heart_disease
-from fedcare.common.errors import ConfigError
+from fedcare.common.errors import ConfigError, DataValidationError
 from fedcare.common.partition import dirichlet_partition, iid_partition
 from fedcare.common.schema import TabularSchema
 
@@ -202,6 +203,43 @@ def federated_site_split(*, dataset: str, partition_id: int, num_partitions: int
     return split_train_test(table, test_fraction=test_fraction, seed=split_seed)
 
 
+def federated_site_tables(*, dataset: str, num_partitions: int, partitioning: str,
+                          data_dir: str, dirichlet_alpha: float, partition_seed: int
+                          ) -> list[tuple[str, SiteTable]]:
+    """Every simulated site's validated (unsplit) table, named, in partition order: what a
+    simulation checks before it starts (the data is read once, not once per site)."""
+    if partitioning == "natural":
+        tables: list[tuple[str, SiteTable]] = []
+        failed: list[DataValidationError] = []
+        for site in heart_disease.SITES[:num_partitions]:
+            try:
+                tables.append((site, heart_disease.load_site(data_dir, site)))
+            except DataValidationError as err:
+                failed.append(err)
+        if failed:  # every site's problems at once
+            raise DataValidationError(
+                os.fspath(heart_disease.resolve_data_dir(data_dir)),
+                [p for err in failed for p in err.problems],
+                total=sum(err.total for err in failed))
+        return tables
+    pooled, parts = _pooled_parts(dataset=dataset, num_partitions=num_partitions,
+                                  partitioning=partitioning, data_dir=data_dir,
+                                  dirichlet_alpha=dirichlet_alpha, partition_seed=partition_seed)
+    return [(f"site-{k}", _subset(pooled, parts[k], f"{dataset} {partitioning} partition {k} "
+                                  f"of {num_partitions} (seed {partition_seed})"))
+            for k in range(num_partitions)]
+
+
+def _pooled_parts(*, dataset: str, num_partitions: int, partitioning: str, data_dir: str,
+                  dirichlet_alpha: float, partition_seed: int
+                  ) -> tuple[SiteTable, Sequence[np.ndarray]]:
+    pooled = _pooled_table(dataset, data_dir)
+    if partitioning == "iid":
+        return pooled, iid_partition(len(pooled), num_sites=num_partitions, seed=partition_seed)
+    return pooled, dirichlet_partition(pooled.labels, num_sites=num_partitions,
+                                       alpha=float(dirichlet_alpha), seed=partition_seed)
+
+
 def _federated_site_table(*, dataset: str, partition_id: int, num_partitions: int,
                           partitioning: str, data_dir: str, dirichlet_alpha: float,
                           partition_seed: int) -> tuple[str, SiteTable]:
@@ -210,12 +248,9 @@ def _federated_site_table(*, dataset: str, partition_id: int, num_partitions: in
         table = heart_disease.load_site(data_dir, site)
         name = site
     else:
-        pooled = _pooled_table(dataset, data_dir)
-        if partitioning == "iid":
-            parts = iid_partition(len(pooled), num_sites=num_partitions, seed=partition_seed)
-        else:
-            parts = dirichlet_partition(pooled.labels, num_sites=num_partitions,
-                                        alpha=float(dirichlet_alpha), seed=partition_seed)
+        pooled, parts = _pooled_parts(
+            dataset=dataset, num_partitions=num_partitions, partitioning=partitioning,
+            data_dir=data_dir, dirichlet_alpha=dirichlet_alpha, partition_seed=partition_seed)
         name = f"site-{partition_id}"
         table = _subset(
             pooled, parts[partition_id],
@@ -248,6 +283,7 @@ __all__ = [
     "DATASETS",
     "PARTITIONINGS",
     "SiteData",
+    "federated_site_tables",
     "load_federated_site",
     "load_site_from_csv",
     "prepare_site",
