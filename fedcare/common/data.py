@@ -603,7 +603,7 @@ def _fast_frame(raw: bytes, schema: TabularSchema, log: _ProblemLog, header_hint
     if len(header) < 2 or not len(data):
         return None
     # Commas per line (reduceat over an empty line reads the next byte: zeroed below).
-    commas = np.add.reduceat(data == ord(","), starts, dtype=np.int64)
+    commas = np.add.reduceat((data == ord(",")).view(np.uint8), starts, dtype=np.int32)
     commas[ends == starts] = 0
     # A line without commas is blank (skipped, as the exact reader does) or ragged.
     blank = np.zeros(len(starts), dtype=bool)
@@ -631,7 +631,7 @@ def _fast_frame(raw: bytes, schema: TabularSchema, log: _ProblemLog, header_hint
     try:
         frame = pd.read_csv(io.BytesIO(body), header=None, usecols=wanted,
                             dtype=np.float64, keep_default_na=False, na_values=[""],
-                            float_precision="round_trip", engine="c")
+                            float_precision="high", engine="c")
     except (ValueError, pd.errors.ParserError):
         return None  # e.g. '1.2.3': the exact reader words the problem
     if len(frame) != rows:  # pragma: no cover - guarded by the line scan above

@@ -87,3 +87,14 @@ def preflight_simulation(config: RunConfig, num_sites: int) -> list[SiteCheck]:
         log = logger.warning if check.quality.warned else logger.info
         log("%s", "\n".join(check.lines()))
     return checks
+
+
+def joining_site_lines(site: str, table: SiteTable, *, dataset: str, strict: bool) -> list[str]:
+    """What ``fedcare supernode`` prints before it joins: the CSV's data-quality report and
+    a DP-readiness estimate at the project's default run settings (the consortium's run
+    config decides the actual noise). ``strict``: warnings raise ``DataValidationError``."""
+    check = check_table(site, table, RunConfig(dataset=dataset))
+    if strict:
+        check.quality.raise_if_warned()
+    return [*check.lines(), "(DP readiness assumes the project's default run settings; the "
+                            "consortium's run config decides the actual noise)"]

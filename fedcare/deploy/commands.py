@@ -134,19 +134,6 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(EXIT_FAILED)
 
 
-def _print_site_check(plan: launch.SuperNodePlan) -> bool:
-    """Print the CSV's data-quality report and a DP-readiness estimate at the project's
-    default run settings (the consortium's run brings its own); True if anything warned."""
-    from fedcare.common.config import RunConfig
-    from fedcare.common.site_check import check_csv_file
-
-    check = check_csv_file(plan.csv, RunConfig(dataset=plan.dataset), site=plan.site)
-    sys.stdout.write("\n".join(check.lines()) + "\n")
-    sys.stdout.write("(DP readiness assumes the project's default run settings; the "
-                     "consortium's run config decides the actual noise)\n")
-    return check.quality.warned
-
-
 def cmd_supernode(args: argparse.Namespace) -> int:
     from fedcare.client.policy import describe, load_policy, policy_path_for, policy_warnings
     from fedcare.common.errors import ConfigError, DataValidationError
@@ -160,7 +147,8 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         root_cert=Path(args.root_cert) if args.root_cert else certs / certs_mod.CA_CERT,
         private_key=(Path(args.private_key) if args.private_key
                      else certs_mod.site_key_path(certs, args.site)),
-        clientappio_address=args.clientappio_address, insecure=args.insecure)
+        clientappio_address=args.clientappio_address, insecure=args.insecure,
+        strict=args.strict)
     try:
         summary = launch.check_site(plan)
     except DataValidationError as err:
@@ -177,9 +165,6 @@ def cmd_supernode(args: argparse.Namespace) -> int:
     for warning in policy_warnings(policy):
         sys.stderr.write(f"WARNING: {warning}\n")
     sys.stdout.flush()
-    if _print_site_check(plan) and args.strict:
-        sys.stdout.write("not starting: --strict and the data-quality warnings above\n")
-        return EXIT_FAILED
     if args.insecure:
         sys.stderr.write(f"WARNING: {launch.INSECURE_WARNING}\n")
     # Until Flower's worker loop installs its own handlers (after the TensorFlow import),

@@ -199,6 +199,7 @@ class SuperNodePlan:
     private_key: Path | None = None
     clientappio_address: str = CLIENTAPPIO_ADDRESS
     insecure: bool = False
+    strict: bool = False  # data-quality warnings stop the site (DataValidationError)
 
     def node_config(self) -> str:
         items = {"site-name": self.site, "data-path": str(self.csv.resolve()),
@@ -237,7 +238,10 @@ def check_site(plan: SuperNodePlan) -> str:
     if problems:
         raise ConfigError(problems)
     table = load_site_csv(plan.csv, schema_for(plan.dataset), missing="drop")  # raises
-    return table.report.summary()
+    from fedcare.common.site_check import joining_site_lines  # quality, DP readiness
+
+    return "\n".join([table.report.summary(), *joining_site_lines(
+        plan.site, table, dataset=plan.dataset, strict=plan.strict)])
 
 
 def start_supernode(plan: SuperNodePlan, *, env: Mapping[str, str] | None = None

@@ -99,13 +99,14 @@ def federated_row(config: RunConfig, setting: str) -> dict[str, Any]:
 
     report = run_simulation(config, num_sites=len(SITES))
     sites = report["sites"]
+    refused = report.get("outcome") == "refused"  # an untrained model's scores are no result
 
     def number(value: Any) -> float:
-        return math.nan if value is None else float(value)
+        return math.nan if value is None or refused else float(value)
 
-    return _row(setting, {s: number(r["accuracy"]) for s, r in sites.items()},
-                {s: number(r["auc"]) for s, r in sites.items()},
-                number(report["final"]["pooled-accuracy"]),
+    return _row(setting, {s: number(r.get("accuracy")) for s, r in sites.items()},
+                {s: number(r.get("auc")) for s, r in sites.items()},
+                number(report["final"].get("pooled-accuracy")),
                 {s: r["epsilon"] for s, r in sites.items() if r.get("epsilon") is not None})
 
 
