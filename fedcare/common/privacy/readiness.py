@@ -59,7 +59,8 @@ class DpReadiness:
         head = (f"DP readiness of {self.site}: {self.train_rows} training rows, {target}, "
                 f"delta {self.delta:g}, {self.rounds} rounds x {self.local_epochs} local "
                 f"epoch(s), batch {self.batch_size}, clip norm {self.clip_norm:g}, "
-                f"{self.accountant.upper()} accountant, {self.sampling} sampling")
+                f"{self.accountant.upper()} accountant, add/remove-one-row adjacency, "
+                f"{self.sampling} sampling")
         if self.noise_multiplier is None:
             return [head, f"  verdict: {self.verdict}"]
         return [
