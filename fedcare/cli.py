@@ -93,10 +93,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     config = RunConfig.from_mapping(overrides)
     report = run_simulation(config, num_sites=sites)
     if report.get("status") == "refused":
-        _print_refusal(report)
+        if "refusals" in report:  # accepted in pre-flight, then no site trained in the rounds
+            _print_summary(report)
+        else:
+            _print_refusal(report)
         return EXIT_FAILED
     _print_summary(report)
-    return EXIT_FAILED if report.get("outcome") == "refused" else EXIT_OK
+    return EXIT_OK
 
 
 def _print_refusal(report: dict[str, Any]) -> None:
@@ -120,8 +123,8 @@ def _print_summary(report: dict[str, Any]) -> None:
     out.write(f"\nfedcare run {report['run']}: {config['dataset']}, {len(report['sites'])} sites, "
               f"{config['num-rounds']} rounds, {config['strategy']}\n\n")
     out.write(format_site_table(report) + "\n\n")
-    if report.get("outcome") == "refused":
-        out.write(f"RUN REFUSED: {report['outcome-reason']}\n")
+    if report.get("status") == "refused":
+        out.write(f"RUN REFUSED: {report['refusal-reason']}\n")
         for site, reasons in report.get("refusals", {}).items():
             out.write(f"  {site}: {'; '.join(reasons)}\n")
         out.write(f"report: {Path(config['output-dir']) / report['run'] / 'report.json'}\n")

@@ -187,7 +187,7 @@ def test_a_refused_run_exits_non_zero_and_says_refused(
 
     config = RunConfig(dp_mode="noise-multiplier", noise_multiplier=0.01).to_run_config()
     report = {"run": "r", "config": config, "final": {}, "privacy": {}, "rounds": [],
-              "outcome": "refused", "outcome-reason": "refused: no site trained in any round",
+              "status": "refused", "refusal-reason": "refused: no site trained in any round",
               "refusals": {"site-0": ["epsilon budget exceeded"]},
               "sites": {"site-0": {"test-rows": 5, "failures": 1}}}
     monkeypatch.setattr(run_mod, "run_simulation", lambda *a, **k: report)

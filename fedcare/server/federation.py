@@ -48,8 +48,7 @@ from fedcare.server.validation import UpdateValidator
 logger = logging.getLogger(__name__)
 
 
-OUTCOME_TRAINED = "trained"
-OUTCOME_REFUSED = "refused"
+STATUS_REFUSED = "refused"  # as refuse_run (pre-flight) writes it
 
 
 def default_run_name() -> str:
@@ -92,9 +91,9 @@ def mark_refused(report: dict[str, Any]) -> None:
                 seen = reasons.setdefault(failure["site"], [])
                 if failure["reason"] not in seen:
                     seen.append(failure["reason"])
-    report["outcome"] = OUTCOME_REFUSED
+    report["status"] = STATUS_REFUSED
     report["refusals"] = reasons
-    report["outcome-reason"] = (
+    report["refusal-reason"] = (
         f"refused: no site trained in any round ({len(reasons)} site(s) refused or failed); "
         "no model was saved")
 
@@ -197,10 +196,9 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
     report = recorder.to_dict(final=final)
     if not trained:
         mark_refused(report)
-        write_report(run_dir, report)
-        logger.error("run %s: %s", run_name, report["outcome-reason"])
+        write_report(run_dir, report, plots=False)  # nothing trained: nothing to plot
+        logger.error("run %s: %s", run_name, report["refusal-reason"])
         return report
-    report["outcome"] = OUTCOME_TRAINED
     report["attempts"] = attempt + 1
     report["resumed-after-round"] = done if resumed is not None else None
     if config.personalisation != "none":

@@ -76,7 +76,7 @@ def audit_run(run_dir: Path, *, num_sites: int | None = None,
     report_path = run_dir / REPORT_FILENAME
     report = json.loads(report_path.read_text())
     sites = run_sites(report, num_sites)
-    if report.get("outcome") == "refused":
+    if report.get("status") == "refused":
         raise ConfigError([f"audit: run {report.get('run')!r} must have trained a model; got "
                            "a refused run (no site trained, no model saved)"])
     config = RunConfig.from_mapping(report["config"])

@@ -99,7 +99,7 @@ def federated_row(config: RunConfig, setting: str) -> dict[str, Any]:
 
     report = run_simulation(config, num_sites=len(SITES))
     sites = report["sites"]
-    refused = report.get("outcome") == "refused"  # an untrained model's scores are no result
+    refused = report.get("status") == "refused"  # an untrained model's scores are no result
 
     def number(value: Any) -> float:
         return math.nan if value is None or refused else float(value)

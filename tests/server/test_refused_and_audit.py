@@ -31,9 +31,9 @@ def test_a_run_where_no_site_trained_is_marked_refused_with_reasons() -> None:
 
     mark_refused(report)
 
-    assert report["outcome"] == "refused"
+    assert report["status"] == "refused"
     assert report["refusals"] == {"cleveland": ["refused: epsilon budget exceeded"]}
-    assert "no model was saved" in report["outcome-reason"]
+    assert "no model was saved" in report["refusal-reason"]
 
 
 def test_the_site_table_of_a_refused_run_says_refused_not_no_dp() -> None:
@@ -90,7 +90,7 @@ def test_audit_skips_a_failed_site_and_a_site_too_small_to_audit(tmp_path: Path)
                 seed=0).save(tmp_path / "model.keras")
     # 569 rows over 200 sites: site-0 keeps 2 train / 1 held-out row (too few to attack).
     config = RunConfig(hidden_units="4").to_run_config()
-    report = {"run": "r", SITES_KEY: 200, "config": config, "outcome": "trained",
+    report = {"run": "r", SITES_KEY: 200, "config": config, "status": "completed",
               "sites": {"site-0": {"train-rows": 2, "epsilon": 1.0},
                         "node-77": {"failures": 1}}}
     (tmp_path / "report.json").write_text(json.dumps(report))
