@@ -9,6 +9,7 @@
     fedcare benchmark-heart-table  the heart-disease protocol laid out like FLamby's table
     fedcare check-csv FILE      validate a hospital's CSV, listing every problem
     fedcare ledger STATE_DIR    a site's privacy spend, recomputed from its ledger
+    fedcare ledger reset ...    start a site's budget over (archived; the server is told)
     fedcare audit-log STATE_DIR verify a site's hash-chained audit log
     fedcare audit RUN_DIR       membership-inference audit of a finished simulation
 
@@ -151,32 +152,6 @@ def cmd_check_csv(args: argparse.Namespace) -> int:
         sys.stdout.write(f"{err}\n")
         return EXIT_FAILED
     sys.stdout.write(f"{args.path}: OK ({table.report.summary()})\n")
-    return EXIT_OK
-
-
-def cmd_ledger(args: argparse.Namespace) -> int:
-    from fedcare.common.privacy import PrivacyLedger, statement_from_entries
-
-    ledger = PrivacyLedger(args.state_dir, site=args.site)
-    eps = ledger.epsilon(delta=args.delta, accountant=args.accountant)
-    rows = [{"run": e.run_id, "round": e.server_round, "at": e.recorded_at,
-             **e.spend.to_dict()} for e in ledger.entries]
-    if args.json:
-        sys.stdout.write(json.dumps({"site": args.site, "epsilon": eps, "delta": args.delta,
-                                     "accountant": args.accountant, "entries": rows}, indent=2))
-        sys.stdout.write("\n")
-    else:
-        for row in rows:
-            sys.stdout.write(f"{row['at']}  run {row['run']} round {row['round']}: "
-                             f"q={row['sampling_rate']:.4f} sigma={row['noise_multiplier']:.4f} "
-                             f"steps={row['steps']}\n")
-        sys.stdout.write(f"{args.site}: {len(rows)} rounds recorded; epsilon = {eps:.4f} at "
-                         f"delta = {args.delta:g} ({args.accountant.upper()}, "
-                         "all recorded rounds)\n")
-        if ledger.entries:
-            statement = statement_from_entries(ledger.entries, delta=args.delta,
-                                               accountant=args.accountant)
-            sys.stdout.write(f"{statement.short()}\n")
     return EXIT_OK
 
 
@@ -503,13 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_deploy_parsers(sub)  # certs ..., superlink, supernode
 
-    led = sub.add_parser("ledger", help="show a site's privacy ledger")
-    led.add_argument("state_dir")
-    led.add_argument("--site", required=True)
-    led.add_argument("--delta", type=float, default=1e-3)
-    led.add_argument("--accountant", default="rdp", choices=("rdp", "pld"))
-    led.add_argument("--json", action="store_true")
-    led.set_defaults(func=cmd_ledger)
+    from fedcare.client.ledger_commands import add_parsers as add_ledger_parsers
+
+    add_ledger_parsers(sub)  # ledger [show] STATE_DIR, ledger reset
     return parser
 
 

@@ -78,6 +78,7 @@ __all__ = [
     "check_site_state",
     "record_spend",
     "reset_site_state",
+    "site_of_state_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -577,8 +578,9 @@ def audit_extends(state_dir: str | os.PathLike[str], *, site: str, known_length:
 # ------------------------------------------------------------------ reset
 
 
-def _site_in(directory: Path) -> str | None:
+def site_of_state_dir(state_dir: str | os.PathLike[str]) -> str | None:
     """The site name the state dir's files carry (marker, else ledger, else audit log)."""
+    directory = Path(state_dir)
     try:
         marker = read_marker(directory)
     except SiteStateInconsistent:
@@ -625,7 +627,7 @@ def reset_site_state(state_dir: str | os.PathLike[str], *, reason: str,
         problems.append(f"fedcare ledger reset: --state-dir must be an existing site state "
                         f"directory; got {str(directory)!r} (no such directory)")
         raise ConfigError(problems)
-    found = _site_in(directory)
+    found = site_of_state_dir(directory)
     if found is None:
         problems.append(f"fedcare ledger reset: --state-dir must hold a site's ledger, audit "
                         f"log or marker; got {str(directory)!r} with none (nothing to reset)")

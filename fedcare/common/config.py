@@ -91,6 +91,7 @@ class RunConfig:
     max_examples_per_site: int = 100_000
     round_timeout: float = 600.0
     resume: bool = False
+    accept_site_resets: bool = False  # admit a site whose history went back (docs: site registry)
     malicious_sites: str = ""
     attack: str = "sign-flip"
     attack_scale: float = 10.0

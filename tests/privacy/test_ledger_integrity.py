@@ -549,3 +549,101 @@ def test_audit_extends_through_a_recorded_reset(tmp_path: Path) -> None:
     assert audit_extends(state_dir, site=SITE, known_length=len(known), known_head=known[-1].hash)
     assert not audit_extends(state_dir, site=SITE, known_length=len(known),
                              known_head="b" * 64)
+
+
+# ------------------------------------------------------------------ the command
+
+
+def test_old_ledger_command_form_still_works(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from fedcare.cli import main
+
+    state_dir = site_with_history(tmp_path / SITE)
+
+    code = main(["ledger", str(state_dir), "--site", SITE, "--delta", "1e-5"])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert (f"{SITE}: 6 rounds recorded; epsilon = {lifetime(6):.4f} at delta = 1e-05 (RDP, "
+            "lifetime at this site (2 runs))") in out
+
+
+def test_ledger_reset_command_archives_and_show_reports_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedcare.cli import main
+
+    state_dir = site_with_history(tmp_path / SITE)
+
+    code = main(["ledger", "reset", "--state-dir", str(state_dir), "--reason",
+                 "new ethics approval"])
+    shown = main(["ledger", "show", str(state_dir)])
+
+    out = capsys.readouterr().out
+    assert (code, shown) == (0, 0)
+    assert out.count("budget reset on ") == 2 and "new ethics approval" in out
+    assert f"{SITE}: 0 rounds recorded; epsilon = 0.0000" in out
+    assert "since the last budget reset" in out
+    assert len(list((state_dir / "archive").iterdir())) == 1
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["ledger", "reset", "--state-dir", "{dir}"], "--reason must be a non-empty text"),
+    (["ledger", "reset", "--state-dir", "{dir}/missing", "--reason", "x"],
+     "--state-dir must be an existing site state directory"),
+    (["ledger", "reset", "--reason", "x"], "a state dir must be given"),
+])
+def test_ledger_reset_command_refuses_bad_input(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+        fragment: str) -> None:
+    from fedcare.cli import main
+
+    state_dir = site_with_history(tmp_path / SITE)
+
+    code = main([arg.replace("{dir}", str(state_dir)) for arg in argv])
+
+    assert code == 2
+    assert fragment in capsys.readouterr().err
+    assert not (state_dir / "archive").exists()
+
+
+# ------------------------------------------------------------------ site and server together
+
+
+def report_for(state_dir: Path, known: tuple[int, str] | None) -> dict[str, str | int | float]:
+    """What a site answers the server's pre-flight (the lead wires this into the reply)."""
+    history = check_site_state(state_dir, site=SITE, delta=DELTA, accountant=ACCOUNTANT)
+    extends = None if known is None else audit_extends(
+        state_dir, site=SITE, known_length=known[0], known_head=known[1])
+    return history.to_record(delta=DELTA, accountant=ACCOUNTANT, extends=extends)
+
+
+def test_wiping_the_whole_state_dir_is_caught_by_the_server(tmp_path: Path) -> None:
+    from fedcare.server.site_registry import SiteRegistry
+
+    state_dir = site_with_history(tmp_path / SITE)
+    registry = SiteRegistry.in_output_dir(tmp_path / "runs")
+    registry.update(SITE, report_for(state_dir, None), run="run-2")
+    shutil.rmtree(state_dir)  # ledger, audit log and marker: locally a fresh site
+
+    flags = registry.check(SITE, report_for(state_dir, registry.known(SITE)))
+
+    assert any("lifetime eps at this site must not go down; got 0 after" in f for f in flags)
+    assert any("that the site says does not contain it" in f for f in flags)
+
+
+def test_a_recorded_reset_reaches_the_server_as_a_reset(tmp_path: Path) -> None:
+    from fedcare.server.site_registry import SiteRegistry
+
+    state_dir = site_with_history(tmp_path / SITE)
+    registry = SiteRegistry.in_output_dir(tmp_path / "runs")
+    registry.update(SITE, report_for(state_dir, None), run="run-2")
+    reset_site_state(state_dir, reason="new ethics approval")
+    train(state_dir, "run-3", 1)
+
+    screening = registry.screen(SITE, report_for(state_dir, registry.known(SITE)),
+                                accept_site_resets=True)
+
+    assert screening.admitted
+    assert any(": new ethics approval (resets 0 -> 1 since run run-2)" in f
+               for f in screening.flags)
+    assert not any("audit chain" in f for f in screening.flags)  # extends through the reset
