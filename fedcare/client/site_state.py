@@ -537,8 +537,10 @@ def record_spend(state_dir: str | os.PathLike[str], *, site: str, entry: LedgerE
         epsilon_total=compose_epsilon(ledger.spends(), delta=delta, accountant=accountant),
         delta=delta, accountant=accountant)
     marker = read_marker(directory)
-    state = _State(directory, site, marker, ledger, tuple(log.records()))
-    _write_marker(state, created=marker.created if marker else utc_now_iso())
+    write_marker(directory, SiteMarker(
+        site=site, created=marker.created if marker else utc_now_iso(), updated=utc_now_iso(),
+        entries=len(entries), last_entry_hash=entry.content_hash(),
+        audit_length=record.index + 1, audit_head=record.hash, resets=len(ledger.resets)))
     return record
 
 

@@ -153,6 +153,11 @@ def truncate_audit(d: Path) -> None:
     (d / AUDIT_FILENAME).write_text("".join(audit_lines(d)[:-1]))
 
 
+def train_then_cut_the_round_record(d: Path) -> None:
+    train(d, "run-3", 1)  # the log now ends with a round record (after its spend record)
+    truncate_audit(d)
+
+
 def truncate_audit_to_before_last_spend(d: Path) -> None:
     lines = audit_lines(d)
     last_spend = max(i for i, line in enumerate(lines) if '"kind":"spend"' in line)
@@ -212,6 +217,8 @@ TAMPER_MATRIX: list[tuple[str, Callable[[Path], None], list[str]]] = [
      [AUDIT_FILENAME, "got an empty log (emptied?)"]),
     ("audit log truncated by its last line", truncate_audit,
      [AUDIT_FILENAME, "must hold at least the 10 record(s)", "got 9 record(s) (truncated?)"]),
+    ("audit log's last round record cut", train_then_cut_the_round_record,
+     [AUDIT_FILENAME, "must hold at least the 12 record(s)", "got 11 record(s) (truncated?)"]),
     ("audit log cut before its last spend", truncate_audit_to_before_last_spend,
      [AUDIT_FILENAME, "got 9 record(s) (truncated?)",
       "must hold a spend record for each of the ledger's 6 entries (only the last may be "
@@ -254,9 +261,9 @@ def test_a_refused_site_cannot_record_a_spend_either(
     tamper(state_dir)
 
     with pytest.raises(LedgerCorrupted):  # SiteStateInconsistent is a LedgerCorrupted
-        train(state_dir, "run-3", 1)
+        train(state_dir, "run-9", 1)
 
-    assert not (state_dir / LEDGER_FILENAME).exists() or "run-3" not in (
+    assert not (state_dir / LEDGER_FILENAME).exists() or "run-9" not in (
         state_dir / LEDGER_FILENAME).read_text()
 
 
@@ -647,3 +654,17 @@ def test_a_recorded_reset_reaches_the_server_as_a_reset(tmp_path: Path) -> None:
     assert any(": new ethics approval (resets 0 -> 1 since run run-2)" in f
                for f in screening.flags)
     assert not any("audit chain" in f for f in screening.flags)  # extends through the reset
+
+
+def test_record_spend_refuses_an_entry_that_is_not_the_ledgers_last(tmp_path: Path) -> None:
+    state_dir = site_with_history(tmp_path / SITE)
+    stranger = LedgerEntry.now(run_id="run-9", server_round=1, spend=SPEND, clip_norm=1.0,
+                               num_examples=200)
+
+    with pytest.raises(SiteStateInconsistent) as caught:
+        record_spend(state_dir, site=SITE, entry=stranger, phase="round", delta=DELTA,
+                     accountant=ACCOUNTANT)
+
+    assert ("last entry must be the one just recorded (run 'run-9' round 1); got run 'run-2' "
+            "round 3") in str(caught.value)
+    check_site_state(state_dir, site=SITE)  # nothing written
