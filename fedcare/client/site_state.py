@@ -31,7 +31,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,6 +69,7 @@ from fedcare.common.site_report import (
     AUDIT_EXTENDS_NOT_ASKED,
     AUDIT_EXTENDS_YES,
     SiteReport,
+    parse_known_head,
 )
 
 __all__ = [
@@ -76,6 +77,7 @@ __all__ = [
     "SiteHistory",
     "audit_extends",
     "check_site_state",
+    "history_for_server",
     "record_spend",
     "reset_site_state",
     "site_of_state_dir",
@@ -575,6 +577,25 @@ def audit_extends(state_dir: str | os.PathLike[str], *, site: str, known_length:
                 and len(chain) >= known_length and chain[known_length - 1].hash == known_head):
             return True
     return False
+
+
+def history_for_server(state_dir: str | os.PathLike[str], *, site: str, delta: float,
+                       accountant: str,
+                       request: Mapping[str, object]) -> dict[str, str | int | float]:
+    """The ``history-*`` keys of a pre-flight reply: the state dir checked (refuses like
+    :func:`check_site_state`), the lifetime epsilon at the run's ``delta``/``accountant``,
+    and the answer to :func:`audit_extends` for the head the server sent in ``request``
+    (``known-audit-length``/``known-audit-head``; absent: not asked).
+
+    Raises:
+        SiteStateInconsistent: the state dir fails its checks.
+        ConfigError: the request carries a malformed known length or head.
+    """
+    history = check_site_state(state_dir, site=site, delta=delta, accountant=accountant)
+    known = parse_known_head(request)
+    extends = None if known is None else audit_extends(
+        state_dir, site=site, known_length=known[0], known_head=known[1])
+    return history.to_record(delta=delta, accountant=accountant, extends=extends)
 
 
 # ------------------------------------------------------------------ reset

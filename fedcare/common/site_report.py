@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from fedcare.common.errors import describe_value
+from fedcare.common.errors import ConfigError, describe_value
 
 __all__ = [
     "AUDIT_EXTENDS_NO",
@@ -28,6 +28,8 @@ __all__ = [
     "KEY_KNOWN_AUDIT_LENGTH",
     "REPORT_KEYS",
     "SiteReport",
+    "known_head_request",
+    "parse_known_head",
 ]
 
 # What the server sends a site so it can answer "does your chain extend this?"
@@ -130,3 +132,31 @@ def _is_real(value: object) -> bool:
 REPORT_KEYS = tuple(_key(f.name) for f in fields(SiteReport))
 REQUIRED_KEYS = tuple(_key(f.name) for f in fields(SiteReport)
                       if f.name not in ("last_reset_at", "last_reset_reason", "audit_extends"))
+
+
+def known_head_request(length: int, head: str) -> dict[str, int | str]:
+    """The keys the server sends so the site can say whether its chain extends ``head``."""
+    return {KEY_KNOWN_AUDIT_LENGTH: length, KEY_KNOWN_AUDIT_HEAD: head}
+
+
+def parse_known_head(request: Mapping[str, object]) -> tuple[int, str] | None:
+    """The (length, head) the server sent, or None when it sent neither key.
+
+    Raises:
+        ConfigError: one key without the other, or a malformed value (named).
+    """
+    length = request.get(KEY_KNOWN_AUDIT_LENGTH)
+    head = request.get(KEY_KNOWN_AUDIT_HEAD)
+    if length is None and head is None:
+        return None
+    problems: list[str] = []
+    if not (isinstance(length, int) and not isinstance(length, bool) and length >= 0):
+        problems.append(f"pre-flight request: {KEY_KNOWN_AUDIT_LENGTH} must be an integer "
+                        f">= 0; got {describe_value(length)}")
+    if not isinstance(head, str) or not _HEX64.fullmatch(head):
+        problems.append(f"pre-flight request: {KEY_KNOWN_AUDIT_HEAD} must be 64 lowercase hex "
+                        f"digits; got {describe_value(head)}")
+    if problems:
+        raise ConfigError(problems)
+    assert isinstance(length, int) and isinstance(head, str)
+    return length, head

@@ -28,6 +28,7 @@ from fedcare.client.site_marker import MARKER_FILENAME, read_marker
 from fedcare.client.site_state import (
     audit_extends,
     check_site_state,
+    history_for_server,
     record_spend,
     reset_site_state,
 )
@@ -616,12 +617,10 @@ def test_ledger_reset_command_refuses_bad_input(
 # ------------------------------------------------------------------ site and server together
 
 
-def report_for(state_dir: Path, known: tuple[int, str] | None) -> dict[str, str | int | float]:
+def report_for(state_dir: Path, request: dict[str, int | str]) -> dict[str, str | int | float]:
     """What a site answers the server's pre-flight (the lead wires this into the reply)."""
-    history = check_site_state(state_dir, site=SITE, delta=DELTA, accountant=ACCOUNTANT)
-    extends = None if known is None else audit_extends(
-        state_dir, site=SITE, known_length=known[0], known_head=known[1])
-    return history.to_record(delta=DELTA, accountant=ACCOUNTANT, extends=extends)
+    return history_for_server(state_dir, site=SITE, delta=DELTA, accountant=ACCOUNTANT,
+                              request=request)
 
 
 def test_wiping_the_whole_state_dir_is_caught_by_the_server(tmp_path: Path) -> None:
@@ -629,10 +628,10 @@ def test_wiping_the_whole_state_dir_is_caught_by_the_server(tmp_path: Path) -> N
 
     state_dir = site_with_history(tmp_path / SITE)
     registry = SiteRegistry.in_output_dir(tmp_path / "runs")
-    registry.update(SITE, report_for(state_dir, None), run="run-2")
+    registry.update(SITE, report_for(state_dir, registry.request_for(SITE)), run="run-2")
     shutil.rmtree(state_dir)  # ledger, audit log and marker: locally a fresh site
 
-    flags = registry.check(SITE, report_for(state_dir, registry.known(SITE)))
+    flags = registry.check(SITE, report_for(state_dir, registry.request_for(SITE)))
 
     assert any("lifetime eps at this site must not go down; got 0 after" in f for f in flags)
     assert any("that the site says does not contain it" in f for f in flags)
@@ -643,11 +642,11 @@ def test_a_recorded_reset_reaches_the_server_as_a_reset(tmp_path: Path) -> None:
 
     state_dir = site_with_history(tmp_path / SITE)
     registry = SiteRegistry.in_output_dir(tmp_path / "runs")
-    registry.update(SITE, report_for(state_dir, None), run="run-2")
+    registry.update(SITE, report_for(state_dir, registry.request_for(SITE)), run="run-2")
     reset_site_state(state_dir, reason="new ethics approval")
     train(state_dir, "run-3", 1)
 
-    screening = registry.screen(SITE, report_for(state_dir, registry.known(SITE)),
+    screening = registry.screen(SITE, report_for(state_dir, registry.request_for(SITE)),
                                 accept_site_resets=True)
 
     assert screening.admitted
@@ -668,3 +667,18 @@ def test_record_spend_refuses_an_entry_that_is_not_the_ledgers_last(tmp_path: Pa
     assert ("last entry must be the one just recorded (run 'run-9' round 1); got run 'run-2' "
             "round 3") in str(caught.value)
     check_site_state(state_dir, site=SITE)  # nothing written
+
+
+@pytest.mark.parametrize(("request_keys", "fragment"), [
+    ({"known-audit-length": 3}, "known-audit-head must be 64 lowercase hex digits; got nothing"),
+    ({"known-audit-length": -1, "known-audit-head": "a" * 64},
+     "known-audit-length must be an integer >= 0; got -1"),
+])
+def test_a_malformed_known_head_request_is_refused_naming_the_key(
+        tmp_path: Path, request_keys: dict[str, int | str], fragment: str) -> None:
+    state_dir = site_with_history(tmp_path / SITE)
+
+    with pytest.raises(ConfigError) as caught:
+        report_for(state_dir, request_keys)
+
+    assert fragment in str(caught.value)
