@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 from fedcare.common.errors import SiteStateInconsistent, describe_value
 from fedcare.common.files import (
     fsync_dir,
+    is_sha256_hex,
     require_exact_keys,
     strict_json_loads,
     write_text_atomic,
@@ -50,7 +50,6 @@ MARKER_FILENAME = "site-state.json"
 MARKER_FORMAT = "fedcare-site-state"
 MARKER_VERSION = 1
 EMPTY_HASH = "0" * 64  # "no entry yet" (the audit log's GENESIS_HASH)
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,7 +84,7 @@ class SiteMarker:
                 problems.append(f"{name} must be an integer >= 0; got {describe_value(value)}")
         for name in ("last_entry_hash", "audit_head"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not _HEX64.fullmatch(value):
+            if not is_sha256_hex(value):
                 problems.append(f"{name} must be 64 lowercase hex digits; "
                                 f"got {describe_value(value)}")
         if problems:

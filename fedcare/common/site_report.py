@@ -13,12 +13,12 @@ adjacency; the sampling assumption is the one each ledger entry names).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from fedcare.common.errors import ConfigError, describe_value
+from fedcare.common.files import is_sha256_hex
 
 __all__ = [
     "AUDIT_EXTENDS_NO",
@@ -41,7 +41,6 @@ AUDIT_EXTENDS_YES = 1
 AUDIT_EXTENDS_NO = 0
 AUDIT_EXTENDS_NOT_ASKED = -1
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +83,7 @@ class SiteReport:
             if not _is_int(value) or value < 0:
                 problems.append(f"{_key(name)} must be an integer >= 0; "
                                 f"got {describe_value(value)}")
-        if not isinstance(self.audit_head, str) or not _HEX64.fullmatch(self.audit_head):
+        if not is_sha256_hex(self.audit_head):
             problems.append(f"{_key('audit_head')} must be 64 lowercase hex digits; "
                             f"got {describe_value(self.audit_head)}")
         if self.audit_extends not in (AUDIT_EXTENDS_YES, AUDIT_EXTENDS_NO,
@@ -153,7 +152,7 @@ def parse_known_head(request: Mapping[str, object]) -> tuple[int, str] | None:
     if not (isinstance(length, int) and not isinstance(length, bool) and length >= 0):
         problems.append(f"pre-flight request: {KEY_KNOWN_AUDIT_LENGTH} must be an integer "
                         f">= 0; got {describe_value(length)}")
-    if not isinstance(head, str) or not _HEX64.fullmatch(head):
+    if not is_sha256_hex(head):
         problems.append(f"pre-flight request: {KEY_KNOWN_AUDIT_HEAD} must be 64 lowercase hex "
                         f"digits; got {describe_value(head)}")
     if problems:

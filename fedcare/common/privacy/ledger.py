@@ -53,7 +53,6 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -66,6 +65,7 @@ from fedcare.common.files import (
     canonical_json,
     file_lock,
     fsync_dir,
+    is_sha256_hex,
     require_exact_keys,
     sha256_hex,
     site_state_dir,
@@ -98,7 +98,6 @@ _TOP_KEYS_V1 = ("format", "version", "site", "entries")
 _TOP_KEYS = ("format", "version", "site", "resets", "entries")
 _RESET_KEYS = ("reset_at", "reason", "archived_epsilon", "delta", "accountant",
                "archived_entries", "archived_audit_length", "archived_audit_head", "archive")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def utc_now_iso() -> str:
@@ -256,7 +255,7 @@ class ResetEntry:
             if not _is_int(value) or value < 0:
                 problems.append(f"{name} must be an integer >= 0; got {describe_value(value)}")
         head = self.archived_audit_head
-        if not isinstance(head, str) or not _HEX64.fullmatch(head):
+        if not is_sha256_hex(head):
             problems.append("archived_audit_head must be 64 lowercase hex digits (sha256); "
                             f"got {describe_value(head)}")
         if problems:
