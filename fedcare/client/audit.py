@@ -1,4 +1,4 @@
-"""A site's audit log: one hash-chained line per training round, append-only, on its own disk.
+"""A site's audit log: hash-chained lines for every spend and round, append-only, on its own disk.
 
 Every round a site takes part in, it appends one :class:`AuditRecord` to
 ``audit-log.jsonl`` in its state directory: who asked (server, run, round), what
@@ -14,9 +14,21 @@ every field except ``hash``. So a record cannot be edited, deleted, moved or ins
 without breaking the chain at (or right after) that place, and :meth:`SiteAuditLog.verify`
 names the FIRST line where it breaks.
 
+Record kinds (all in the same chain). A *round* record (the fields above, no ``kind``
+key: the only kind fedcare wrote before spend records, so such logs read unchanged). A
+*spend* record (``"kind": "spend"``: :class:`SpendRecord`), appended right after a
+ledger entry is written and before training, with the entry's position and sha256
+(``LedgerEntry.content_hash``) and the site's lifetime epsilon after it, at a named
+delta and accountant; fine-tuning spends get one too, though nothing is sent. A *reset*
+record (``"kind": "reset"``: :class:`ResetRecord`), only as the first line of the chain
+that ``fedcare ledger reset`` starts. ``fedcare.client.site_state`` cross-checks spend
+records against the ledger; a fedcare older than spend records refuses such a log.
+
 What a hash chain cannot show on its own: an attacker with write access who rewrites
 the whole chain from some point on, or cuts whole entries off the end. Detecting that
-needs the head hash kept somewhere else (e.g. sent to the server with each update).
+needs the head kept somewhere else: the state dir's marker (``site-state.json``, moved
+forward after every append by :func:`~fedcare.client.site_marker.note_audit_append`) and
+the server's registry of each site's last head (``fedcare.server.site_registry``).
 
 Writes: the existing chain is verified first (under an exclusive ``fcntl.flock`` on
 ``audit-log.jsonl.lock`` where available); a broken chain is never extended. Then the
