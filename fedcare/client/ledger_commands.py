@@ -83,6 +83,7 @@ def cmd_ledger_reset(args: argparse.Namespace, state_dir: str) -> int:
 def cmd_ledger_show(args: argparse.Namespace, state_dir: str) -> int:
     from fedcare.client.site_state import site_of_state_dir
     from fedcare.common.privacy import PrivacyLedger, statement_from_entries
+    from fedcare.common.privacy.statement import ADJACENCY, format_delta, format_epsilon
     from fedcare.common.runid import run_of
 
     site = args.site or site_of_state_dir(state_dir)
@@ -115,7 +116,10 @@ def cmd_ledger_show(args: argparse.Namespace, state_dir: str) -> int:
                      f"({runs} runs){since})\n")
     if ledger.entries:
         statement = statement_from_entries(ledger.entries, delta=delta, accountant=accountant)
-        sys.stdout.write(f"{statement.short()}\n")
+        sys.stdout.write(f"eps={format_epsilon(statement.epsilon)} at "
+                         f"delta={format_delta(delta)} (lifetime at this site, {runs} runs"
+                         f"{since}, {statement.accountant_label}, {ADJACENCY}, "
+                         f"{statement.sampling_label()})\n")
     for text in resets:
         sys.stdout.write(f"{text}\n")
     return EXIT_OK

@@ -73,6 +73,7 @@ from fedcare.common.files import (
 )
 from fedcare.common.privacy.accounting import RoundSpend, compose_epsilon
 from fedcare.common.privacy.config import ACCOUNTANTS, describe_value
+from fedcare.common.privacy.statement import format_delta, format_epsilon
 
 __all__ = [
     "LEDGER_FILENAME",
@@ -275,9 +276,10 @@ class ResetEntry:
 
     def describe(self) -> str:
         """``budget reset on DATE: REASON`` plus what was archived."""
-        return (f"budget reset on {self.date}: {self.reason} (archived lifetime eps "
-                f"{self.archived_epsilon:.4g} at delta={self.delta:g}, {self.accountant}, "
-                f"over {self.archived_entries} ledger entries; archive {self.archive})")
+        return (f"budget reset on {self.date}: {self.reason} (archived: eps="
+                f"{format_epsilon(self.archived_epsilon)} lifetime at this site at delta="
+                f"{format_delta(self.delta)} ({self.accountant.upper()}) over "
+                f"{self.archived_entries} ledger entries; in {self.archive})")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ResetEntry:
