@@ -32,6 +32,7 @@ from fedcare.common.files import (
     strict_json_loads,
     write_text_atomic,
 )
+from fedcare.common.privacy.ledger import utc_now_iso
 
 __all__ = [
     "EMPTY_HASH",
@@ -141,7 +142,5 @@ def note_audit_append(state_dir: str | os.PathLike[str], *, length: int, head: s
         return
     if marker is None or length <= marker.audit_length:
         return
-    from fedcare.common.privacy.ledger import utc_now_iso
-
     write_marker(state_dir, replace(marker, audit_length=length, audit_head=head,
                                     updated=utc_now_iso()))
