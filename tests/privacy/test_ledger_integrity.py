@@ -682,3 +682,13 @@ def test_a_malformed_known_head_request_is_refused_naming_the_key(
         report_for(state_dir, request_keys)
 
     assert fragment in str(caught.value)
+
+
+def test_describe_states_scope_delta_and_accountant(tmp_path: Path) -> None:
+    state_dir = site_with_history(tmp_path / SITE)
+
+    text = check_site_state(state_dir, site=SITE).describe(delta=DELTA)
+
+    assert text.startswith(f"site {SITE}: 6 ledger entries over 2 run(s); audit log 10 records")
+    assert "lifetime at this site (2 runs) at delta=1e-05 (RDP accountant, add/remove-one" in text
+    assert "budget reset" not in text

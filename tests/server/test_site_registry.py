@@ -146,3 +146,12 @@ def test_a_damaged_registry_file_is_refused(tmp_path: Path) -> None:
         SiteRegistry.in_output_dir(tmp_path)
 
     assert f"{tmp_path / REGISTRY_FILENAME}: is not a valid registry" in str(caught.value)
+
+
+def test_resets_going_down_is_flagged(tmp_path: Path) -> None:
+    registry = SiteRegistry.in_output_dir(tmp_path)
+    registry.update(SITE, reset_report(), run="run-2")
+
+    flags = registry.check(SITE, report(lifetime_epsilon=0.3, audit_length=5, resets=0))
+
+    assert f"site {SITE}: resets must not go down; got 0 after 1" in flags
