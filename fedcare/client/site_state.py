@@ -31,7 +31,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,7 +69,6 @@ from fedcare.common.site_report import (
     AUDIT_EXTENDS_NOT_ASKED,
     AUDIT_EXTENDS_YES,
     SiteReport,
-    parse_known_head,
 )
 
 __all__ = [
@@ -129,7 +128,8 @@ class SiteHistory:
 
     def to_record(self, *, delta: float, accountant: str = "rdp",
                   extends: bool | None = None) -> dict[str, str | int | float]:
-        """Flat ``history-*`` keys for the server (a Flower ConfigRecord's values).
+        """Flat report keys for the server (a Flower ConfigRecord's values;
+        :class:`~fedcare.common.site_report.SiteReport`).
 
         ``extends`` is this site's answer to :func:`audit_extends` for the head the server
         sent (None: the server sent none).
@@ -581,18 +581,16 @@ def audit_extends(state_dir: str | os.PathLike[str], *, site: str, known_length:
 
 def history_for_server(state_dir: str | os.PathLike[str], *, site: str, delta: float,
                        accountant: str,
-                       request: Mapping[str, object]) -> dict[str, str | int | float]:
-    """The ``history-*`` keys of a pre-flight reply: the state dir checked (refuses like
+                       known: tuple[int, str] | None = None) -> dict[str, str | int | float]:
+    """The history part of a pre-flight reply: the state dir checked (refuses like
     :func:`check_site_state`), the lifetime epsilon at the run's ``delta``/``accountant``,
-    and the answer to :func:`audit_extends` for the head the server sent in ``request``
-    (``known-audit-length``/``known-audit-head``; absent: not asked).
+    and the answer to :func:`audit_extends` for the ``(length, head)`` the server last saw
+    (``known``; None: the server sent none for this site).
 
     Raises:
-        SiteStateInconsistent: the state dir fails its checks.
-        ConfigError: the request carries a malformed known length or head.
+        SiteStateInconsistent: the state dir fails its checks (the reply is a refusal).
     """
     history = check_site_state(state_dir, site=site, delta=delta, accountant=accountant)
-    known = parse_known_head(request)
     extends = None if known is None else audit_extends(
         state_dir, site=site, known_length=known[0], known_head=known[1])
     return history.to_record(delta=delta, accountant=accountant, extends=extends)

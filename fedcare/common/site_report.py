@@ -17,24 +17,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from fedcare.common.errors import ConfigError, describe_value
+from fedcare.common.errors import describe_value
 from fedcare.common.files import is_sha256_hex
 
 __all__ = [
     "AUDIT_EXTENDS_NO",
     "AUDIT_EXTENDS_NOT_ASKED",
     "AUDIT_EXTENDS_YES",
-    "KEY_KNOWN_AUDIT_HEAD",
-    "KEY_KNOWN_AUDIT_LENGTH",
     "REPORT_KEYS",
     "SiteReport",
-    "known_head_request",
-    "parse_known_head",
 ]
-
-# What the server sends a site so it can answer "does your chain extend this?"
-KEY_KNOWN_AUDIT_LENGTH = "known-audit-length"
-KEY_KNOWN_AUDIT_HEAD = "known-audit-head"
 
 # The site's answer (an int: ConfigRecords carry no None).
 AUDIT_EXTENDS_YES = 1
@@ -97,12 +89,13 @@ class SiteReport:
         object.__setattr__(self, "delta", float(self.delta))
 
     def to_record(self) -> dict[str, str | int | float]:
-        """Flat ``history-*`` keys (see :data:`REPORT_KEYS`)."""
+        """Flat kebab-case keys (see :data:`REPORT_KEYS`); a reply that mixes them with
+        other keys namespaces them (the pre-flight answer's ``history.`` prefix)."""
         return {_key(f.name): getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> SiteReport:
-        """Read the ``history-*`` keys of ``record`` (other keys are ignored).
+        """Read the report keys of ``record`` (other keys are ignored).
 
         Raises:
             ValueError: a key is missing or a value is invalid (all problems listed).
@@ -116,7 +109,7 @@ class SiteReport:
 
 
 def _key(name: str) -> str:
-    return "history-" + name.replace("_", "-")
+    return name.replace("_", "-")
 
 
 def _is_int(value: object) -> bool:
@@ -132,30 +125,3 @@ REPORT_KEYS = tuple(_key(f.name) for f in fields(SiteReport))
 REQUIRED_KEYS = tuple(_key(f.name) for f in fields(SiteReport)
                       if f.name not in ("last_reset_at", "last_reset_reason", "audit_extends"))
 
-
-def known_head_request(length: int, head: str) -> dict[str, int | str]:
-    """The keys the server sends so the site can say whether its chain extends ``head``."""
-    return {KEY_KNOWN_AUDIT_LENGTH: length, KEY_KNOWN_AUDIT_HEAD: head}
-
-
-def parse_known_head(request: Mapping[str, object]) -> tuple[int, str] | None:
-    """The (length, head) the server sent, or None when it sent neither key.
-
-    Raises:
-        ConfigError: one key without the other, or a malformed value (named).
-    """
-    length = request.get(KEY_KNOWN_AUDIT_LENGTH)
-    head = request.get(KEY_KNOWN_AUDIT_HEAD)
-    if length is None and head is None:
-        return None
-    problems: list[str] = []
-    if not (isinstance(length, int) and not isinstance(length, bool) and length >= 0):
-        problems.append(f"pre-flight request: {KEY_KNOWN_AUDIT_LENGTH} must be an integer "
-                        f">= 0; got {describe_value(length)}")
-    if not is_sha256_hex(head):
-        problems.append(f"pre-flight request: {KEY_KNOWN_AUDIT_HEAD} must be 64 lowercase hex "
-                        f"digits; got {describe_value(head)}")
-    if problems:
-        raise ConfigError(problems)
-    assert isinstance(length, int) and isinstance(head, str)
-    return length, head

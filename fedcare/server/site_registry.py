@@ -17,8 +17,8 @@ A flagged site is excluded from the run unless the run config says
 ``accept-site-resets = true``. Wiring (ServerApp pre-flight)::
 
     registry = SiteRegistry.in_output_dir(config.output_dir)
-    request.update(registry.request_for(site))  # known-audit-length / known-audit-head
-    ... the site replies with history_for_server(state_dir, ..., request=request) ...
+    known = registry.known(site)  # (length, head) to send; None for a new site
+    ... the site replies with history_for_server(state_dir, ..., known=known) ...
     screening = registry.screen(site, reply, accept_site_resets=config.accept_site_resets)
     if screening.admitted:
         registry.update(site, reply, run=run_name)   # only admitted sites move forward
@@ -49,12 +49,7 @@ from fedcare.common.files import (
     strict_json_loads,
     write_text_atomic,
 )
-from fedcare.common.site_report import (
-    AUDIT_EXTENDS_NO,
-    AUDIT_EXTENDS_NOT_ASKED,
-    SiteReport,
-    known_head_request,
-)
+from fedcare.common.site_report import AUDIT_EXTENDS_NO, AUDIT_EXTENDS_NOT_ASKED, SiteReport
 
 __all__ = [
     "REGISTRY_FILENAME",
@@ -132,11 +127,6 @@ class SiteRegistry:
         """The audit length and head last accepted from ``site`` (to send it), or None."""
         entry = self._sites.get(site)
         return None if entry is None else (entry.audit_length, entry.audit_head)
-
-    def request_for(self, site: str) -> dict[str, int | str]:
-        """The keys to put in ``site``'s pre-flight request ({} for a site never seen)."""
-        known = self.known(site)
-        return {} if known is None else known_head_request(*known)
 
     def check(self, site: str, reported: SiteReport | Mapping[str, Any]) -> list[str]:
         """Every way ``reported`` goes back on what ``site`` reported before ([] = none).

@@ -529,9 +529,9 @@ def test_history_record_is_flat_and_carries_the_lifetime_epsilon(tmp_path: Path)
 
     assert all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
                for v in record.values())
-    assert record["history-lifetime-epsilon"] == lifetime(6)
-    assert (record["history-runs"], record["history-entries"], record["history-audit-length"],
-            record["history-resets"], record["history-audit-extends"]) == (2, 6, 10, 0, 1)
+    assert record["lifetime-epsilon"] == lifetime(6)
+    assert (record["runs"], record["entries"], record["audit-length"], record["resets"],
+            record["audit-extends"]) == (2, 6, 10, 0, 1)
 
 
 def test_audit_extends_a_known_prefix_and_not_a_foreign_head(tmp_path: Path) -> None:
@@ -617,10 +617,11 @@ def test_ledger_reset_command_refuses_bad_input(
 # ------------------------------------------------------------------ site and server together
 
 
-def report_for(state_dir: Path, request: dict[str, int | str]) -> dict[str, str | int | float]:
+def report_for(state_dir: Path,
+               known: tuple[int, str] | None) -> dict[str, str | int | float]:
     """What a site answers the server's pre-flight (the lead wires this into the reply)."""
     return history_for_server(state_dir, site=SITE, delta=DELTA, accountant=ACCOUNTANT,
-                              request=request)
+                              known=known)
 
 
 def test_wiping_the_whole_state_dir_is_caught_by_the_server(tmp_path: Path) -> None:
@@ -628,10 +629,10 @@ def test_wiping_the_whole_state_dir_is_caught_by_the_server(tmp_path: Path) -> N
 
     state_dir = site_with_history(tmp_path / SITE)
     registry = SiteRegistry.in_output_dir(tmp_path / "runs")
-    registry.update(SITE, report_for(state_dir, registry.request_for(SITE)), run="run-2")
+    registry.update(SITE, report_for(state_dir, registry.known(SITE)), run="run-2")
     shutil.rmtree(state_dir)  # ledger, audit log and marker: locally a fresh site
 
-    flags = registry.check(SITE, report_for(state_dir, registry.request_for(SITE)))
+    flags = registry.check(SITE, report_for(state_dir, registry.known(SITE)))
 
     assert any("lifetime eps at this site must not go down; got 0 after" in f for f in flags)
     assert any("that the site says does not contain it" in f for f in flags)
@@ -642,11 +643,11 @@ def test_a_recorded_reset_reaches_the_server_as_a_reset(tmp_path: Path) -> None:
 
     state_dir = site_with_history(tmp_path / SITE)
     registry = SiteRegistry.in_output_dir(tmp_path / "runs")
-    registry.update(SITE, report_for(state_dir, registry.request_for(SITE)), run="run-2")
+    registry.update(SITE, report_for(state_dir, registry.known(SITE)), run="run-2")
     reset_site_state(state_dir, reason="new ethics approval")
     train(state_dir, "run-3", 1)
 
-    screening = registry.screen(SITE, report_for(state_dir, registry.request_for(SITE)),
+    screening = registry.screen(SITE, report_for(state_dir, registry.known(SITE)),
                                 accept_site_resets=True)
 
     assert screening.admitted
@@ -667,21 +668,6 @@ def test_record_spend_refuses_an_entry_that_is_not_the_ledgers_last(tmp_path: Pa
     assert ("last entry must be the one just recorded (run 'run-9' round 1); got run 'run-2' "
             "round 3") in str(caught.value)
     check_site_state(state_dir, site=SITE)  # nothing written
-
-
-@pytest.mark.parametrize(("request_keys", "fragment"), [
-    ({"known-audit-length": 3}, "known-audit-head must be 64 lowercase hex digits; got nothing"),
-    ({"known-audit-length": -1, "known-audit-head": "a" * 64},
-     "known-audit-length must be an integer >= 0; got -1"),
-])
-def test_a_malformed_known_head_request_is_refused_naming_the_key(
-        tmp_path: Path, request_keys: dict[str, int | str], fragment: str) -> None:
-    state_dir = site_with_history(tmp_path / SITE)
-
-    with pytest.raises(ConfigError) as caught:
-        report_for(state_dir, request_keys)
-
-    assert fragment in str(caught.value)
 
 
 def test_describe_states_scope_delta_and_accountant(tmp_path: Path) -> None:

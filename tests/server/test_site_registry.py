@@ -130,12 +130,12 @@ def test_an_unflagged_site_is_admitted_without_opt_in(tmp_path: Path) -> None:
 
 def test_an_invalid_report_names_the_key_and_value(tmp_path: Path) -> None:
     registry = registry_after_one_run(tmp_path)
-    bad = {**report(), "history-lifetime-epsilon": -1.0}
+    bad = {**report(), "lifetime-epsilon": -1.0}
 
     with pytest.raises(ValueError) as caught:
         registry.check(SITE, bad)
 
-    assert "history-lifetime-epsilon must be a finite number >= 0; got -1.0" in str(caught.value)
+    assert "lifetime-epsilon must be a finite number >= 0; got -1.0" in str(caught.value)
 
 
 def test_a_damaged_registry_file_is_refused(tmp_path: Path) -> None:
