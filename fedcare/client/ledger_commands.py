@@ -46,6 +46,10 @@ def add_parsers(sub: Any) -> None:
     led.set_defaults(func=cmd_ledger)
 
 
+def _runs(count: int) -> str:
+    return f"{count} run{'' if count == 1 else 's'}"
+
+
 def _parse_words(args: argparse.Namespace) -> tuple[str, str]:
     words = list(args.words)
     action = words.pop(0) if words and words[0] in ACTIONS else "show"
@@ -83,7 +87,6 @@ def cmd_ledger_reset(args: argparse.Namespace, state_dir: str) -> int:
 def cmd_ledger_show(args: argparse.Namespace, state_dir: str) -> int:
     from fedcare.client.site_state import site_of_state_dir
     from fedcare.common.privacy import PrivacyLedger, statement_from_entries
-    from fedcare.common.privacy.statement import ADJACENCY, format_delta, format_epsilon
     from fedcare.common.runid import run_of
 
     site = args.site or site_of_state_dir(state_dir)
@@ -100,7 +103,7 @@ def cmd_ledger_show(args: argparse.Namespace, state_dir: str) -> int:
     resets = [reset.describe() for reset in ledger.resets]
     if args.json:
         sys.stdout.write(json.dumps({"site": site, "epsilon": eps,
-                                     "scope": f"lifetime at this site ({runs} runs)",
+                                     "scope": f"lifetime at this site ({_runs(runs)})",
                                      "delta": delta, "accountant": accountant, "entries": rows,
                                      "resets": [r.to_dict() for r in ledger.resets]},
                                     indent=2))
@@ -113,13 +116,10 @@ def cmd_ledger_show(args: argparse.Namespace, state_dir: str) -> int:
     since = " since the last budget reset" if resets else ""
     sys.stdout.write(f"{site}: {len(rows)} rounds recorded; epsilon = {eps:.4f} at "
                      f"delta = {delta:g} ({accountant.upper()}, lifetime at this site "
-                     f"({runs} runs){since})\n")
-    if ledger.entries:
+                     f"({_runs(runs)}){since})\n")
+    if ledger.entries:  # the statement names its scope, delta, accountant and sampling
         statement = statement_from_entries(ledger.entries, delta=delta, accountant=accountant)
-        sys.stdout.write(f"eps={format_epsilon(statement.epsilon)} at "
-                         f"delta={format_delta(delta)} (lifetime at this site, {runs} runs"
-                         f"{since}, {statement.accountant_label}, {ADJACENCY}, "
-                         f"{statement.sampling_label()})\n")
+        sys.stdout.write(f"{statement.short()}\n")
     for text in resets:
         sys.stdout.write(f"{text}\n")
     return EXIT_OK

@@ -153,8 +153,9 @@ class SiteHistory:
                  f"audit log {self.audit_length} records (head {_short(self.audit_head)})"]
         if delta is not None:
             eps = self.lifetime_epsilon(delta=delta, accountant=accountant)
-            lines.append(f"  eps={format_epsilon(eps)} lifetime at this site ({self.runs} "
-                         f"runs{' since the last reset' if self.resets else ''}) at "
+            runs = f"{self.runs} run{'' if self.runs == 1 else 's'}"
+            lines.append(f"  eps={format_epsilon(eps)} lifetime at this site ({runs}"
+                         f"{' since the last reset' if self.resets else ''}) at "
                          f"delta={format_delta(delta)} ({accountant.upper()} accountant, "
                          f"{ADJACENCY} adjacency, sampling as each ledger entry records)")
         lines.extend(f"  {reset.describe()}" for reset in self.resets)
