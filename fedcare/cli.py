@@ -10,6 +10,7 @@
     fedcare check-csv FILE      a hospital's CSV: every problem, data quality, DP readiness
     fedcare perf-csv            the CSV check's time and memory vs pandas.read_csv
     fedcare ledger STATE_DIR    a site's privacy spend, recomputed from its ledger
+    fedcare ledger reset ...    start a site's budget over (archived; the server is told)
     fedcare audit-log STATE_DIR verify a site's hash-chained audit log
     fedcare audit RUN_DIR       membership-inference audit of a finished simulation
 
@@ -166,39 +167,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     _print_audit(report)
     violated = [a for a in report["membership-audit"].values() if a.get("violates_claim")]
     return EXIT_FAILED if violated else EXIT_OK
-
-
-def cmd_ledger(args: argparse.Namespace) -> int:
-    from fedcare.common.privacy import PrivacyLedger, statement_from_entries
-    from fedcare.common.privacy.ledger import LEDGER_FILENAME
-
-    if not (Path(args.state_dir) / LEDGER_FILENAME).is_file():  # never create a folder here
-        sys.stderr.write(f"fedcare: ledger: state_dir must be a site state folder holding "
-                         f"{LEDGER_FILENAME}; got "
-                         f"{'no such folder' if not Path(args.state_dir).is_dir() else 'none'} "
-                         f"at {args.state_dir}\n")
-        return EXIT_FAILED
-    ledger = PrivacyLedger(args.state_dir, site=args.site)
-    eps = ledger.epsilon(delta=args.delta, accountant=args.accountant)
-    rows = [{"run": e.run_id, "round": e.server_round, "at": e.recorded_at,
-             **e.spend.to_dict()} for e in ledger.entries]
-    if args.json:
-        sys.stdout.write(json.dumps({"site": args.site, "epsilon": eps, "delta": args.delta,
-                                     "accountant": args.accountant, "entries": rows}, indent=2))
-        sys.stdout.write("\n")
-    else:
-        for row in rows:
-            sys.stdout.write(f"{row['at']}  run {row['run']} round {row['round']}: "
-                             f"q={row['sampling_rate']:.4f} sigma={row['noise_multiplier']:.4f} "
-                             f"steps={row['steps']}\n")
-        sys.stdout.write(f"{args.site}: {len(rows)} rounds recorded; epsilon = {eps:.4f} at "
-                         f"delta = {args.delta:g} ({args.accountant.upper()}, "
-                         "all recorded rounds)\n")
-        if ledger.entries:
-            statement = statement_from_entries(ledger.entries, delta=args.delta,
-                                               accountant=args.accountant)
-            sys.stdout.write(f"{statement.short()}\n")
-    return EXIT_OK
 
 
 def cmd_audit_log(args: argparse.Namespace) -> int:
@@ -526,13 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_deploy_parsers(sub)  # certs ..., superlink, supernode
     policy_commands.add_parsers(sub)  # policy check|show|hash
 
-    led = sub.add_parser("ledger", help="show a site's privacy ledger")
-    led.add_argument("state_dir")
-    led.add_argument("--site", required=True)
-    led.add_argument("--delta", type=float, default=1e-3)
-    led.add_argument("--accountant", default="rdp", choices=("rdp", "pld"))
-    led.add_argument("--json", action="store_true")
-    led.set_defaults(func=cmd_ledger)
+    from fedcare.client.ledger_commands import add_parsers as add_ledger_parsers
+
+    add_ledger_parsers(sub)  # ledger [show] STATE_DIR, ledger reset
     return parser
 
 

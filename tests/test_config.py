@@ -53,6 +53,7 @@ def test_unknown_key_is_rejected_with_its_name() -> None:
     ("dp-mode", "maybe", "dp-mode must be one of"),
     ("accountant", "gdp", "accountant must be one of"),
     ("secure-noise", 1, "secure-noise must be true or false; got 1"),
+    ("accept-site-resets", "maybe", "accept-site-resets must be true or false; got 'maybe'"),
     ("seed", -1, "seed must be in [0, 2**32)"),
 ])
 def test_bad_value_names_key_and_value(key: str, value: object, fragment: str) -> None:
@@ -126,3 +127,8 @@ def test_secure_aggregation_rejects_settings_it_cannot_honour(changes: dict[str,
 def test_secaggplus_with_fedavg_and_three_sites_is_accepted() -> None:
     config = RunConfig.from_mapping({"secure-aggregation": "secaggplus", "min-sites": 3})
     assert config.secure_aggregation == "secaggplus"
+
+
+def test_site_resets_are_refused_unless_the_run_opts_in() -> None:
+    assert RunConfig().accept_site_resets is False
+    assert RunConfig.from_mapping({"accept-site-resets": "true"}).accept_site_resets is True

@@ -1,4 +1,4 @@
-"""A site's audit log: one hash-chained line per training round, append-only, on its own disk.
+"""A site's audit log: hash-chained lines for every spend and round, append-only, on its own disk.
 
 Every round a site takes part in, it appends one :class:`AuditRecord` to
 ``audit-log.jsonl`` in its state directory: who asked (server, run, round), what
@@ -14,9 +14,21 @@ every field except ``hash``. So a record cannot be edited, deleted, moved or ins
 without breaking the chain at (or right after) that place, and :meth:`SiteAuditLog.verify`
 names the FIRST line where it breaks.
 
+Record kinds (all in the same chain). A *round* record (the fields above, no ``kind``
+key: the only kind fedcare wrote before spend records, so such logs read unchanged). A
+*spend* record (``"kind": "spend"``: :class:`SpendRecord`), appended right after a
+ledger entry is written and before training, with the entry's position and sha256
+(``LedgerEntry.content_hash``) and the site's lifetime epsilon after it, at a named
+delta and accountant; fine-tuning spends get one too, though nothing is sent. A *reset*
+record (``"kind": "reset"``: :class:`ResetRecord`), only as the first line of the chain
+that ``fedcare ledger reset`` starts. ``fedcare.client.site_state`` cross-checks spend
+records against the ledger; a fedcare older than spend records refuses such a log.
+
 What a hash chain cannot show on its own: an attacker with write access who rewrites
 the whole chain from some point on, or cuts whole entries off the end. Detecting that
-needs the head hash kept somewhere else (e.g. sent to the server with each update).
+needs the head kept somewhere else: the state dir's marker (``site-state.json``, moved
+forward after every append by :func:`~fedcare.client.site_marker.note_audit_append`) and
+the server's registry of each site's last head (``fedcare.server.site_registry``).
 
 Writes: the existing chain is verified first (under an exclusive ``fcntl.flock`` on
 ``audit-log.jsonl.lock`` where available); a broken chain is never extended. Then the
@@ -32,36 +44,45 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+from fedcare.client.site_marker import note_audit_append
 from fedcare.common.errors import LedgerCorrupted, RoundAlreadyRecorded
 from fedcare.common.errors import describe_value as _describe
 from fedcare.common.files import (
+    canonical_json,
     file_lock,
     fsync_dir,
     require_exact_keys,
+    sha256_hex,
     site_state_dir,
     strict_json_loads,
 )
+from fedcare.common.privacy.ledger import ResetEntry
 
 __all__ = [
     "AUDIT_FILENAME",
     "GENESIS_HASH",
+    "RESET_KIND",
+    "SPEND_KIND",
+    "AnyRecord",
     "AuditRecord",
+    "ResetRecord",
     "SiteAuditLog",
+    "SpendRecord",
     "Verification",
     "canonical_json",
+    "parse_record",
     "update_digest",
     "update_norm",
     "verify_log",
@@ -99,15 +120,6 @@ def _is_finite(value: object) -> bool:
 
 def _utc_now_iso() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def canonical_json(payload: Mapping[str, Any]) -> str:
-    """The one serialisation that is hashed and written: sorted keys, no spaces, no NaN."""
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def _sha256_hex(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # ------------------------------------------------------------- update facts
@@ -183,70 +195,117 @@ def update_norm(sent: Sequence[np.ndarray], received: Sequence[np.ndarray]) -> f
 # ------------------------------------------------------------------ records
 
 
-def _check_fields(values: Mapping[str, Any]) -> list[str]:
-    """Every problem with a record's field values (all of them, not just the first)."""
-    problems: list[str] = []
+class _Checker:
+    """Collects every problem with a record's field values (all of them, not the first)."""
 
-    def text(name: str) -> None:
-        value = values[name]
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.values = values
+        self.problems: list[str] = []
+
+    def text(self, name: str) -> None:
+        value = self.values[name]
         if not isinstance(value, str) or not value.strip():
-            problems.append(f"{name} must be a non-empty string; got {_describe(value)}")
+            self.problems.append(f"{name} must be a non-empty string; got {_describe(value)}")
 
-    def hex64(name: str) -> None:
-        value = values[name]
+    def hex64(self, name: str) -> None:
+        value = self.values[name]
         if not isinstance(value, str) or not _HEX64.fullmatch(value):
-            problems.append(f"{name} must be 64 lowercase hex digits (sha256); "
-                            f"got {_describe(value)}")
+            self.problems.append(f"{name} must be 64 lowercase hex digits (sha256); "
+                                 f"got {_describe(value)}")
 
-    def integer(name: str, minimum: int) -> None:
-        value = values[name]
+    def integer(self, name: str, minimum: int) -> None:
+        value = self.values[name]
         if not _is_int(value) or value < minimum:
-            problems.append(f"{name} must be an integer >= {minimum}; got {_describe(value)}")
+            self.problems.append(f"{name} must be an integer >= {minimum}; "
+                                 f"got {_describe(value)}")
 
-    def real(name: str) -> None:
-        value = values[name]
+    def real(self, name: str) -> None:
+        value = self.values[name]
         if not _is_finite(value) or value < 0:
-            problems.append(f"{name} must be a finite number >= 0; got {_describe(value)}")
+            self.problems.append(f"{name} must be a finite number >= 0; got {_describe(value)}")
 
-    integer("index", 0)
-    stamp = values["recorded_at"]
-    if not isinstance(stamp, str):
-        problems.append(f"recorded_at must be a UTC ISO 8601 string; got {_describe(stamp)}")
-    else:
-        try:
-            parsed: datetime | None = datetime.fromisoformat(stamp)
-        except ValueError:
-            parsed = None
-        if parsed is None or parsed.utcoffset() != timedelta(0) or not stamp.endswith("+00:00"):
-            problems.append(f"recorded_at must be a UTC ISO 8601 string ending in +00:00; "
-                            f"got {stamp!r}")
-    for name in ("site", "run_id", "server"):
-        text(name)
-    integer("server_round", 1)
-    hex64("update_sha256")
-    real("update_norm")
+    def delta(self, name: str = "delta") -> None:
+        value = self.values[name]
+        if value is not None and (not _is_finite(value) or not 0 < value < 1):
+            self.problems.append(f"{name} must be a number in (0, 1); got {_describe(value)}")
+
+    def choice(self, name: str, allowed: tuple[str, ...]) -> None:
+        value = self.values[name]
+        if value not in allowed:
+            self.problems.append(f"{name} must be one of {', '.join(allowed)}; "
+                                 f"got {_describe(value)}")
+
+    def header(self, kind: str | None) -> None:
+        """The fields every record has: position, time, site, chain links (and kind)."""
+        self.integer("index", 0)
+        stamp = self.values["recorded_at"]
+        if not isinstance(stamp, str):
+            self.problems.append(f"recorded_at must be a UTC ISO 8601 string; "
+                                 f"got {_describe(stamp)}")
+        else:
+            try:
+                parsed: datetime | None = datetime.fromisoformat(stamp)
+            except ValueError:
+                parsed = None
+            if (parsed is None or parsed.utcoffset() != timedelta(0)
+                    or not stamp.endswith("+00:00")):
+                self.problems.append(f"recorded_at must be a UTC ISO 8601 string ending in "
+                                     f"+00:00; got {stamp!r}")
+        self.text("site")
+        if kind is not None:
+            self.choice("kind", (kind,))
+        self.hex64("prev_hash")
+        self.hex64("hash")
+
+
+def _check_fields(values: Mapping[str, Any]) -> list[str]:
+    """Every problem with a round record's field values (all of them, not just the first)."""
+    check = _Checker(values)
+    check.header(None)
+    for name in ("run_id", "server"):
+        check.text(name)
+    check.integer("server_round", 1)
+    check.hex64("update_sha256")
+    check.real("update_norm")
     dp_values = [values[name] for name in _DP_FIELDS]
     if any(v is None for v in dp_values) and not all(v is None for v in dp_values):
         given = ", ".join(f"{name}={_describe(values[name])}" for name in _DP_FIELDS)
-        problems.append("epsilon_round, epsilon_total, delta and accountant must be all set "
-                        f"(DP on) or all None (DP off); got {given}")
+        check.problems.append("epsilon_round, epsilon_total, delta and accountant must be all "
+                              f"set (DP on) or all None (DP off); got {given}")
     if values["epsilon_round"] is not None:
-        real("epsilon_round")
+        check.real("epsilon_round")
     if values["epsilon_total"] is not None:
-        real("epsilon_total")
-    delta = values["delta"]
-    if delta is not None and (not _is_finite(delta) or not 0 < delta < 1):
-        problems.append(f"delta must be a number in (0, 1); got {_describe(delta)}")
+        check.real("epsilon_total")
+    check.delta()
     if values["accountant"] is not None:
-        text("accountant")
-    integer("train_rows", 0)
-    hex64("prev_hash")
-    hex64("hash")
-    return problems
+        check.text("accountant")
+    check.integer("train_rows", 0)
+    return check.problems
+
+
+class _Line:
+    """What every kind of record does: serialise, hash, parse strictly."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}  # type: ignore[arg-type]
+
+    def content_hash(self) -> str:
+        """sha256 hex of the canonical JSON of every field except ``hash``."""
+        return record_hash(self.to_dict())
+
+    def to_line(self) -> str:
+        """The exact line written to the log (with its trailing newline)."""
+        return canonical_json(self.to_dict()) + "\n"
+
+    @classmethod
+    def _from(cls, data: Mapping[str, Any], what: str) -> Any:
+        keys = tuple(field.name for field in fields(cls))  # type: ignore[arg-type]
+        require_exact_keys(data, keys, what)
+        return cls(**{key: data[key] for key in keys})
 
 
 @dataclass(frozen=True, kw_only=True)
-class AuditRecord:
+class AuditRecord(_Line):
     """One line of a site's audit log: one round the site took part in.
 
     Field values are validated on construction (``ValueError`` listing every
@@ -279,30 +338,139 @@ class AuditRecord:
             if value is not None:  # 1 and 1.0 must serialise (and hash) the same
                 object.__setattr__(self, name, float(value))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {field.name: getattr(self, field.name) for field in fields(self)}
-
-    def content_hash(self) -> str:
-        """sha256 hex of the canonical JSON of every field except ``hash``."""
-        return record_hash(self.to_dict())
-
-    def to_line(self) -> str:
-        """The exact line written to the log (with its trailing newline)."""
-        return canonical_json(self.to_dict()) + "\n"
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AuditRecord:
         """Strict inverse of :meth:`to_dict`; ``ValueError`` on anything unexpected."""
-        require_exact_keys(data, _RECORD_KEYS, "record")
-        return cls(**{key: data[key] for key in _RECORD_KEYS})
+        return cls._from(data, "record")
 
 
-_RECORD_KEYS = tuple(field.name for field in fields(AuditRecord))
+
+#: ``kind`` of a spend record: a privacy spend, written right after its ledger entry.
+SPEND_KIND = "spend"
+#: ``kind`` of a reset record: the first record of the chain after ``fedcare ledger reset``.
+RESET_KIND = "reset"
+#: Where a spend record came from: written by the training path, repaired after a crash
+#: between the ledger write and the audit write, or added when an older state dir was
+#: migrated (its ledger entries predate spend records).
+SPEND_ORIGINS = ("recorded", "recovered", "migrated")
+SPEND_PHASES = ("round", "finetune", "unknown")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpendRecord(_Line):
+    """One line of a site's audit log: a privacy spend, recorded before training.
+
+    ``ledger_index`` is the entry's 0-based position in the privacy ledger and
+    ``entry_hash`` its :meth:`~fedcare.common.privacy.LedgerEntry.content_hash`;
+    ``epsilon_total`` is the site's lifetime epsilon (since its last reset) after this
+    spend, at ``delta`` with ``accountant``.
+    """
+
+    index: int
+    recorded_at: str
+    site: str
+    kind: str
+    run_id: str
+    server_round: int
+    phase: str
+    ledger_index: int
+    entry_hash: str
+    epsilon_total: float
+    delta: float
+    accountant: str
+    origin: str
+    prev_hash: str
+    hash: str
+
+    def __post_init__(self) -> None:
+        check = _Checker(self.__dict__)
+        check.header(SPEND_KIND)
+        check.text("run_id")
+        check.integer("server_round", 1)
+        check.choice("phase", SPEND_PHASES)
+        check.integer("ledger_index", 0)
+        check.hex64("entry_hash")
+        check.real("epsilon_total")
+        if self.delta is None:
+            check.problems.append("delta must be a number in (0, 1); got nothing")
+        check.delta()
+        check.text("accountant")
+        check.choice("origin", SPEND_ORIGINS)
+        if check.problems:
+            raise ValueError("SpendRecord: " + "; ".join(check.problems))
+        for name in ("epsilon_total", "delta"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.run_id, self.server_round)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SpendRecord:
+        return cls._from(data, "spend record")
+
+
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResetRecord(_Line):
+    """The first line of a site's audit log after ``fedcare ledger reset``.
+
+    ``reset`` is the reset entry exactly as the new ledger's ``resets`` list ends with
+    (:meth:`~fedcare.common.privacy.ResetEntry.to_dict`).
+    """
+
+    index: int
+    recorded_at: str
+    site: str
+    kind: str
+    reset: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def __post_init__(self) -> None:
+        check = _Checker(self.__dict__)
+        check.header(RESET_KIND)
+        if not check.problems:
+            try:
+                ResetEntry.from_dict(self.reset)
+            except (ValueError, TypeError) as err:
+                check.problems.append(f"reset is invalid: {err}")
+        if check.problems:
+            raise ValueError("ResetRecord: " + "; ".join(check.problems))
+
+    @property
+    def entry(self) -> ResetEntry:
+        return ResetEntry.from_dict(self.reset)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResetRecord:
+        return cls._from(data, "reset record")
+
+
+
+#: Any line of the log. Round records keep the format of fedcare before spend records
+#: (no ``kind`` key), so logs written then read unchanged.
+AnyRecord = AuditRecord | SpendRecord | ResetRecord
+_R = TypeVar("_R", AuditRecord, SpendRecord, ResetRecord)
+
+
+def parse_record(data: Any) -> AnyRecord:
+    """The record a decoded line holds, by its ``kind`` (none: a round record)."""
+    if isinstance(data, dict) and "kind" in data:
+        kind = data["kind"]
+        if kind == SPEND_KIND:
+            return SpendRecord.from_dict(data)
+        if kind == RESET_KIND:
+            return ResetRecord.from_dict(data)
+        raise ValueError(f"kind must be one of {SPEND_KIND}, {RESET_KIND} (or absent for a "
+                         f"round record); got {_describe(kind)}")
+    return AuditRecord.from_dict(data)
 
 
 def record_hash(values: Mapping[str, Any]) -> str:
     """The chain hash of a record's values: sha256 of canonical JSON without ``hash``."""
-    return _sha256_hex(canonical_json({k: v for k, v in values.items() if k != "hash"}))
+    return sha256_hex(canonical_json({k: v for k, v in values.items() if k != "hash"}))
 
 
 # ------------------------------------------------------------- verification
@@ -327,10 +495,19 @@ class Verification:
 
 @dataclass(frozen=True)
 class _Scan:
-    records: tuple[AuditRecord, ...]
+    records: tuple[AnyRecord, ...]
     verification: Verification
 
 
+
+
+def _record_key(record: AnyRecord) -> tuple[str, str, str, int] | None:
+    """What must be unique in a chain: a round per server/run/round, a spend per run/round."""
+    if isinstance(record, AuditRecord):
+        return ("round", record.server, record.run_id, record.server_round)
+    if isinstance(record, SpendRecord):
+        return ("spend", "", record.run_id, record.server_round)
+    return None
 
 
 def _short(digest: object) -> str:
@@ -351,8 +528,8 @@ def _scan(path: Path, *, site: str | None) -> _Scan:
     complete = pieces[:-1]  # the piece after the last newline is b"" unless a write broke off
     partial = pieces[-1]
     total = len(complete) + (1 if partial else 0)
-    records: list[AuditRecord] = []
-    seen: dict[tuple[str, str, int], int] = {}
+    records: list[AnyRecord] = []
+    seen: dict[tuple[str, str, str, int], int] = {}
     expected_site = site
 
     def bad(position: int, problem: str) -> _Scan:
@@ -368,7 +545,7 @@ def _scan(path: Path, *, site: str | None) -> _Scan:
         except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
             return bad(position, f"must be one JSON record; got invalid JSON ({err})")
         try:
-            record = AuditRecord.from_dict(data)
+            record = parse_record(data)
         except (ValueError, TypeError) as err:
             return bad(position, f"is not a valid record: {err}")
         problems: list[str] = []
@@ -390,17 +567,22 @@ def _scan(path: Path, *, site: str | None) -> _Scan:
             what = "the previous entry's hash" if records else "GENESIS_HASH"
             problems.append(f"prev_hash must be {what} {_short(expected_prev)}; got "
                             f"{_short(record.prev_hash)} (entry deleted, inserted or moved?)")
-        key = (record.server, record.run_id, record.server_round)
-        if key in seen:
-            problems.append(f"server/run/round must appear once; got server={record.server!r} "
-                            f"run_id={record.run_id!r} server_round={record.server_round} "
-                            f"again (first on line {seen[key] + 1})")
+        key = _record_key(record)
+        if key is not None and key in seen:
+            what = "server/run/round" if key[0] == "round" else "a spend of run/round"
+            server = f"server={key[1]!r} " if key[0] == "round" else ""
+            problems.append(f"{what} must appear once; got {server}run_id={key[2]!r} "
+                            f"server_round={key[3]} again (first on line {seen[key] + 1})")
+        if isinstance(record, ResetRecord) and position != 0:
+            problems.append("a reset record must be the first line of a chain; got one at "
+                            f"line {position + 1}")
         if not problems and text != canonical_json(record.to_dict()):
             problems.append("must be written in canonical JSON (sorted keys, no spaces); "
                             "got a re-formatted line (edited by hand?)")
         if problems:
             return bad(position, "; ".join(problems))
-        seen[key] = position
+        if key is not None:
+            seen[key] = position
         records.append(record)
     if partial:
         return bad(len(complete), f"is incomplete: {len(partial)} byte(s) with no trailing "
@@ -466,7 +648,7 @@ class SiteAuditLog:
         _log_verification(result)
         return result
 
-    def records(self) -> list[AuditRecord]:
+    def records(self) -> list[AnyRecord]:
         """Every record, strictly parsed and chain-checked.
 
         Raises:
@@ -509,29 +691,102 @@ class SiteAuditLog:
         problems = _check_fields(values)
         if problems:
             raise ValueError("SiteAuditLog.append: " + "; ".join(problems))
+        record = self._append(lambda previous: self._refuse_repeat(previous, server, run_id,
+                                                                   server_round),
+                              lambda index, prev: AuditRecord(**{**values, "index": index,
+                                                                 "prev_hash": prev}))
+        note_audit_append(self._dir, length=record.index + 1, head=record.hash)
+        logger.info("site audit log %s: entry %d for run %s round %d (server %s), update "
+                    "sha256 %s norm %.4g, hash %s", self._path, record.index, run_id,
+                    server_round, server, _short(digest), norm, _short(record.hash))
+        return record
+
+    def append_spend(
+        self, *, run_id: str, server_round: int, phase: str, ledger_index: int,
+        entry_hash: str, epsilon_total: float, delta: float, accountant: str,
+        origin: str = "recorded",
+    ) -> SpendRecord:
+        """Verify the chain, then append one spend record (a ledger entry just written).
+
+        Raises:
+            ValueError: an argument is invalid (nothing is written).
+            LedgerCorrupted: the existing log fails verification; it is not extended.
+            RoundAlreadyRecorded: a spend of this run/round is already in the log.
+        """
+        values: dict[str, Any] = {
+            "index": 0, "recorded_at": _utc_now_iso(), "site": self._site, "kind": SPEND_KIND,
+            "run_id": run_id, "server_round": server_round, "phase": phase,
+            "ledger_index": ledger_index, "entry_hash": entry_hash,
+            "epsilon_total": epsilon_total, "delta": delta, "accountant": accountant,
+            "origin": origin, "prev_hash": GENESIS_HASH, "hash": GENESIS_HASH,
+        }
+        SpendRecord(**values)  # ValueError before the lock, nothing written
+
+        def refuse_repeat(previous: Sequence[AnyRecord]) -> None:
+            for old in previous:
+                if isinstance(old, SpendRecord) and old.key == (run_id, server_round):
+                    raise RoundAlreadyRecorded(
+                        f"site audit log {self._path}: a spend must be recorded once; got "
+                        f"run_id={run_id!r} server_round={server_round} again "
+                        f"(entry {old.index})")
+
+        record = self._append(refuse_repeat, lambda index, prev: SpendRecord(
+            **{**values, "index": index, "prev_hash": prev}))
+        logger.info("site audit log %s: entry %d: spend of run %s round %d (%s, ledger entry "
+                    "%d, lifetime eps %.4g at delta=%g, %s), hash %s", self._path,
+                    record.index, run_id, server_round, origin, ledger_index, epsilon_total,
+                    delta, accountant, _short(record.hash))
+        return record
+
+    def start_after_reset(self, reset: ResetEntry) -> ResetRecord:
+        """Begin a new chain with the reset record (the old log must have been archived).
+
+        Raises:
+            FileExistsError: the log still has records.
+        """
+        values: dict[str, Any] = {
+            "index": 0, "recorded_at": _utc_now_iso(), "site": self._site,
+            "kind": RESET_KIND, "reset": reset.to_dict(), "prev_hash": GENESIS_HASH,
+            "hash": GENESIS_HASH,
+        }
+
+        def must_be_empty(previous: Sequence[AnyRecord]) -> None:
+            if previous or (self._path.exists() and self._path.stat().st_size):
+                raise FileExistsError(f"site audit log {self._path}: must be archived before "
+                                      "a reset starts a new chain; got existing records")
+
+        record = self._append(must_be_empty, lambda index, prev: ResetRecord(
+            **{**values, "index": index, "prev_hash": prev}))
+        logger.warning("site audit log %s: new chain after a budget reset (%s)", self._path,
+                       reset.describe())
+        return record
+
+    # --------------------------------------------------------------- internals
+
+    def _refuse_repeat(self, previous: Sequence[AnyRecord], server: str, run_id: str,
+                       server_round: int) -> None:
+        for old in previous:
+            if isinstance(old, AuditRecord) and (
+                    (old.server, old.run_id, old.server_round) == (server, run_id, server_round)):
+                raise RoundAlreadyRecorded(
+                    f"site audit log {self._path}: round must be recorded once; got "
+                    f"server={server!r} run_id={run_id!r} server_round={server_round} "
+                    f"again (entry {old.index})")
+
+    def _append(self, check: Callable[[Sequence[AnyRecord]], None],
+                make: Callable[[int, str], _R]) -> _R:
+        """Under the lock: verify the chain, let ``check`` refuse, seal and write a record."""
         with self._locked(exclusive=True):
             scan = _scan(self._path, site=self._site)
             if not scan.verification.ok:
                 raise LedgerCorrupted(f"{scan.verification.reason}; refusing to extend a "
                                       "log that does not verify")
             previous = scan.records
-            for old in previous:
-                if (old.server, old.run_id, old.server_round) == (server, run_id, server_round):
-                    raise RoundAlreadyRecorded(
-                        f"site audit log {self._path}: round must be recorded once; got "
-                        f"server={server!r} run_id={run_id!r} server_round={server_round} "
-                        f"again (entry {old.index})")
-            values["index"] = len(previous)
-            values["prev_hash"] = previous[-1].hash if previous else GENESIS_HASH
-            unsealed = AuditRecord(**values)  # normalises numbers (1 -> 1.0) before hashing
-            record = replace(unsealed, hash=unsealed.content_hash())
+            check(previous)
+            unsealed = make(len(previous), previous[-1].hash if previous else GENESIS_HASH)
+            record = replace(unsealed, hash=unsealed.content_hash())  # numbers normalised
             self._write_line(record.to_line(), new_file=not self._path.exists())
-        logger.info("site audit log %s: entry %d for run %s round %d (server %s), update "
-                    "sha256 %s norm %.4g, hash %s", self._path, record.index, run_id,
-                    server_round, server, _short(digest), norm, _short(record.hash))
         return record
-
-    # --------------------------------------------------------------- internals
 
     def _write_line(self, line: str, *, new_file: bool) -> None:
         payload = line.encode("utf-8")

@@ -97,6 +97,7 @@ class RunConfig:
     round_timeout: float = 600.0
     server_poll_interval: float = 0.05  # deployment: seconds between the server's reply pulls
     resume: bool = False
+    accept_site_resets: bool = False  # admit a site whose history went back (docs: site registry)
     malicious_sites: str = ""
     attack: str = "sign-flip"
     attack_scale: float = 10.0

@@ -64,6 +64,11 @@ class LedgerCorrupted(FedcareError):
     """A site's privacy ledger cannot be read or fails its integrity checks."""
 
 
+class SiteStateInconsistent(LedgerCorrupted):
+    """A site's ledger, audit log and state marker disagree (a file missing, emptied,
+    truncated or edited); the site refuses to spend until an operator resets it."""
+
+
 class ModelMismatch(FedcareError, ValueError):
     """A model, its manifest and a preprocessing file do not belong together."""
 
@@ -75,6 +80,10 @@ class UnsafePayload(FedcareError, ValueError):
 
 class UpdateRejected(FedcareError, ValueError):
     """A site's update failed the server's checks and was kept out of the aggregate."""
+
+
+class SiteRegistryCorrupted(FedcareError):
+    """The server's record of each site's reported history cannot be read or trusted."""
 
 
 class CheckpointCorrupted(FedcareError):

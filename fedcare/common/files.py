@@ -11,19 +11,38 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from fedcare.common.errors import describe_value
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
 try:  # POSIX only
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
+
+
+def canonical_json(payload: Any) -> str:
+    """The one serialisation that is hashed: sorted keys, no spaces, ASCII, no NaN."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def is_sha256_hex(value: object) -> bool:
+    """True for a sha256 digest written as 64 lowercase hex digits."""
+    return isinstance(value, str) and _HEX64.fullmatch(value) is not None
+
+
+def sha256_hex(text: str) -> str:
+    """sha256 hex digest of ``text`` encoded as UTF-8."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -119,8 +119,9 @@ def test_file_holds_spends_not_a_running_epsilon(tmp_path: Path) -> None:
 
     assert document == {
         "format": "fedcare-privacy-ledger",
-        "version": 1,
+        "version": 2,
         "site": SITE,
+        "resets": [],
         "entries": [{
             "run_id": "run-1",
             "server_round": 1,
@@ -281,8 +282,11 @@ CORRUPTIONS: list[tuple[str, str, str]] = [
     ("not json", "pickle?\x80\x04", "not valid JSON"),
     ("top level list", "[]", "top level must be a JSON object; got list"),
     ("wrong format", json.dumps(valid_document(format="other")), "format must be"),
-    ("newer version", json.dumps(valid_document(version=2)), "version must be 1; got 2"),
-    ("bool version", json.dumps(valid_document(version=True)), "version must be 1; got True"),
+    ("newer version", json.dumps(valid_document(version=3)), "version must be one of 1, 2; got 3"),
+    ("bool version", json.dumps(valid_document(version=True)),
+     "version must be one of 1, 2; got True"),
+    ("version 2 without resets", json.dumps(valid_document(version=2)), "missing ['resets']"),
+    ("version 1 with resets", json.dumps(valid_document(resets=[])), "unknown ['resets']"),
     ("unknown key", json.dumps(valid_document(epsilon=0.5)), "unknown ['epsilon']"),
     ("entries not list", json.dumps(valid_document(entries={})), "entries must be a list"),
     ("negative steps", json.dumps(valid_document(entries=[

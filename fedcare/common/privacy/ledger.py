@@ -7,11 +7,21 @@ appends to it, so a site's budget covers all runs.
 
 File format (``privacy-ledger.json`` in the site's state directory)::
 
-    {"format": "fedcare-privacy-ledger", "version": 1, "site": "<site>",
+    {"format": "fedcare-privacy-ledger", "version": 2, "site": "<site>",
+     "resets": [{"reset_at": ..., "reason": ..., "archived_epsilon": ..., "delta": ...,
+                 "accountant": ..., "archived_entries": ..., "archived_audit_length": ...,
+                 "archived_audit_head": ..., "archive": ...}, ...],
      "entries": [{"run_id": ..., "server_round": ..., "recorded_at": ...,
                   "clip_norm": ..., "num_examples": ...,
                   "spend": {"mechanism": "poisson-gaussian", "sampling_rate": ...,
                             "noise_multiplier": ..., "steps": ...}}, ...]}
+
+Version 1 (fedcare before the ledger/audit cross-check) has no ``resets`` key; it is
+read as a ledger with no resets, and the next write stores version 2. ``resets`` lists
+every time an operator started the budget over (``fedcare ledger reset``), oldest
+first; only that command writes it. Each entry's :meth:`LedgerEntry.content_hash` (sha256 of its
+canonical JSON) is what the site's audit log records for the spend
+(``fedcare.client.site_state`` cross-checks the two).
 
 It is read strictly (plain ``json``; no pickle, no eval): anything unexpected
 raises :class:`~fedcare.common.errors.LedgerCorrupted` naming the file, because a
@@ -52,21 +62,27 @@ from typing import Any
 
 from fedcare.common.errors import LedgerCorrupted, PrivacyBudgetExceeded, RoundAlreadyRecorded
 from fedcare.common.files import (
+    canonical_json,
     file_lock,
     fsync_dir,
+    is_sha256_hex,
     require_exact_keys,
+    sha256_hex,
     site_state_dir,
     strict_json_loads,
 )
 from fedcare.common.privacy.accounting import RoundSpend, compose_epsilon
-from fedcare.common.privacy.config import describe_value
+from fedcare.common.privacy.config import ACCOUNTANTS, describe_value
+from fedcare.common.privacy.statement import format_delta, format_epsilon
 
 __all__ = [
     "LEDGER_FILENAME",
     "LEDGER_FORMAT",
     "LEDGER_VERSION",
+    "LEDGER_VERSIONS_READ",
     "LedgerEntry",
     "PrivacyLedger",
+    "ResetEntry",
     "utc_now_iso",
 ]
 
@@ -74,11 +90,15 @@ logger = logging.getLogger(__name__)
 
 LEDGER_FILENAME = "privacy-ledger.json"
 LEDGER_FORMAT = "fedcare-privacy-ledger"
-LEDGER_VERSION = 1
+LEDGER_VERSION = 2
+LEDGER_VERSIONS_READ = (1, 2)  # 1: before resets were recorded (no "resets" key)
 _TEMP_PREFIX = f".{LEDGER_FILENAME}."
 _TEMP_SUFFIX = ".tmp"
 _ENTRY_KEYS = ("run_id", "server_round", "recorded_at", "clip_norm", "num_examples", "spend")
-_TOP_KEYS = ("format", "version", "site", "entries")
+_TOP_KEYS_V1 = ("format", "version", "site", "entries")
+_TOP_KEYS = ("format", "version", "site", "resets", "entries")
+_RESET_KEYS = ("reset_at", "reason", "archived_epsilon", "delta", "accountant",
+               "archived_entries", "archived_audit_length", "archived_audit_head", "archive")
 
 
 def utc_now_iso() -> str:
@@ -94,16 +114,16 @@ def _is_real(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_utc_iso(value: object) -> str | None:
+def _check_utc_iso(value: object, name: str = "recorded_at") -> str | None:
     """None if ``value`` is an ISO 8601 timestamp with a UTC offset, else the problem."""
     if not isinstance(value, str):
-        return f"recorded_at must be a UTC ISO 8601 string; got {describe_value(value)}"
+        return f"{name} must be a UTC ISO 8601 string; got {describe_value(value)}"
     try:
         stamp = datetime.fromisoformat(value)
     except ValueError:
-        return f"recorded_at must be a UTC ISO 8601 string; got {value!r}"
+        return f"{name} must be a UTC ISO 8601 string; got {value!r}"
     if stamp.utcoffset() != timedelta(0):
-        return f"recorded_at must be in UTC (offset +00:00); got {value!r}"
+        return f"{name} must be in UTC (offset +00:00); got {value!r}"
     return None
 
 
@@ -169,6 +189,10 @@ class LedgerEntry:
             "spend": self.spend.to_dict(),
         }
 
+    def content_hash(self) -> str:
+        """sha256 hex of the entry's canonical JSON (what the audit log records for it)."""
+        return sha256_hex(canonical_json(self.to_dict()))
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LedgerEntry:
         """Strict inverse of :meth:`to_dict`; ``ValueError`` on anything unexpected."""
@@ -181,6 +205,87 @@ class LedgerEntry:
             clip_norm=data["clip_norm"],
             num_examples=data["num_examples"],
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResetEntry:
+    """An operator started the site's budget over (``fedcare ledger reset``).
+
+    ``archived_epsilon`` is the lifetime epsilon of the archived ledger at ``delta``
+    (``accountant``); ``archive`` is the folder, relative to the state dir, holding
+    the archived ledger, audit log and marker; ``archived_audit_head`` and
+    ``archived_audit_length`` identify the archived audit chain (so a server that knew
+    its head can see that the new chain continues from a recorded reset).
+    """
+
+    reset_at: str
+    reason: str
+    archived_epsilon: float
+    delta: float
+    accountant: str
+    archived_entries: int
+    archived_audit_length: int
+    archived_audit_head: str
+    archive: str
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        stamp_problem = _check_utc_iso(self.reset_at, "reset_at")
+        if stamp_problem:
+            problems.append(stamp_problem)
+        for name in ("reason", "archive"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                problems.append(f"{name} must be a non-empty string; got {describe_value(value)}")
+        eps = self.archived_epsilon
+        if not _is_real(eps) or not math.isfinite(eps) or eps < 0:
+            problems.append(f"archived_epsilon must be a finite number >= 0; "
+                            f"got {describe_value(eps)}")
+        else:
+            object.__setattr__(self, "archived_epsilon", float(eps))
+        delta = self.delta
+        if not _is_real(delta) or not 0 < delta < 1:
+            problems.append(f"delta must be a number in (0, 1); got {describe_value(delta)}")
+        else:
+            object.__setattr__(self, "delta", float(delta))
+        if self.accountant not in ACCOUNTANTS:
+            problems.append(f"accountant must be one of {', '.join(ACCOUNTANTS)}; "
+                            f"got {describe_value(self.accountant)}")
+        for name in ("archived_entries", "archived_audit_length"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                problems.append(f"{name} must be an integer >= 0; got {describe_value(value)}")
+        head = self.archived_audit_head
+        if not is_sha256_hex(head):
+            problems.append("archived_audit_head must be 64 lowercase hex digits (sha256); "
+                            f"got {describe_value(head)}")
+        if problems:
+            raise ValueError("ResetEntry: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _RESET_KEYS}
+
+    def content_hash(self) -> str:
+        """sha256 hex of the reset's canonical JSON."""
+        return sha256_hex(canonical_json(self.to_dict()))
+
+    @property
+    def date(self) -> str:
+        """The UTC date of the reset, e.g. ``2026-11-30``."""
+        return self.reset_at[:10]
+
+    def describe(self) -> str:
+        """``budget reset on DATE: REASON`` plus what was archived."""
+        return (f"budget reset on {self.date}: {self.reason} (archived: eps="
+                f"{format_epsilon(self.archived_epsilon)} lifetime at this site at delta="
+                f"{format_delta(self.delta)} ({self.accountant.upper()}) over "
+                f"{self.archived_entries} ledger entries; in {self.archive})")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResetEntry:
+        """Strict inverse of :meth:`to_dict`; ``ValueError`` on anything unexpected."""
+        require_exact_keys(data, _RESET_KEYS, "reset")
+        return cls(**{key: data[key] for key in _RESET_KEYS})
 
 
 class PrivacyLedger:
@@ -203,7 +308,9 @@ class PrivacyLedger:
             logger.warning("privacy ledger %s: ignoring leftover temporary file(s) %s "
                            "(an interrupted write; the ledger itself is intact)",
                            self._path, ", ".join(stray))
-        self._entries: tuple[LedgerEntry, ...] = self._load()
+        self._entries: tuple[LedgerEntry, ...] = ()
+        self._resets: tuple[ResetEntry, ...] = ()
+        self._entries, self._resets = self._load()
 
     # ----------------------------------------------------------------- reading
 
@@ -219,6 +326,16 @@ class PrivacyLedger:
     def entries(self) -> tuple[LedgerEntry, ...]:
         return self._entries
 
+    @property
+    def resets(self) -> tuple[ResetEntry, ...]:
+        """Every budget reset of this site, oldest first (empty: never reset)."""
+        return self._resets
+
+    @property
+    def exists(self) -> bool:
+        """True if the ledger file is on disk (a fresh site has none)."""
+        return self._path.exists()
+
     def spends(self) -> tuple[RoundSpend, ...]:
         return tuple(entry.spend for entry in self._entries)
 
@@ -228,7 +345,7 @@ class PrivacyLedger:
 
     def reload(self) -> None:
         """Re-read the ledger file (e.g. after another process wrote it)."""
-        self._entries = self._load()
+        self._entries, self._resets = self._load()
 
     def epsilon(self, *, delta: float, accountant: str = "rdp") -> float:
         """Total epsilon at ``delta`` of every entry, recomputed from the spends."""
@@ -266,7 +383,7 @@ class PrivacyLedger:
             raise TypeError(f"PrivacyLedger.record: entry must be a LedgerEntry; "
                             f"got {type(entry).__name__}")
         with self._locked():
-            current = self._load()  # another writer may have appended meanwhile
+            current, self._resets = self._load()  # another writer may have appended meanwhile
             self._entries = current
             if any(old.key == entry.key for old in current):
                 raise RoundAlreadyRecorded(
@@ -309,11 +426,34 @@ class PrivacyLedger:
     def _corrupt(self, problem: str) -> LedgerCorrupted:
         return LedgerCorrupted(f"privacy ledger {self._path}: {problem}")
 
-    def _load(self) -> tuple[LedgerEntry, ...]:
+    @classmethod
+    def start_after_reset(
+        cls, state_dir: str | os.PathLike[str], *, site: str, resets: Sequence[ResetEntry]
+    ) -> PrivacyLedger:
+        """Write a new, empty ledger that records ``resets`` (the last one just made).
+
+        Only ``fedcare ledger reset`` calls this, after moving the old ledger away.
+
+        Raises:
+            FileExistsError: a ledger is still there (it must be archived first).
+        """
+        ledger = cls(state_dir, site=site)
+        if ledger.exists:
+            raise FileExistsError(f"privacy ledger {ledger.path}: must be archived before a "
+                                  "reset writes a new one; got an existing file")
+        if not resets or not all(isinstance(r, ResetEntry) for r in resets):
+            raise ValueError("PrivacyLedger.start_after_reset: resets must be a non-empty "
+                             "sequence of ResetEntry")
+        with ledger._locked():
+            ledger._resets = tuple(resets)
+            ledger._write(())
+        return ledger
+
+    def _load(self) -> tuple[tuple[LedgerEntry, ...], tuple[ResetEntry, ...]]:
         try:
             raw = self._path.read_bytes()
         except FileNotFoundError:
-            return ()
+            return (), ()
         except OSError as err:
             raise self._corrupt(f"cannot be read ({err.strerror or err})") from None
         try:
@@ -322,17 +462,22 @@ class PrivacyLedger:
             raise self._corrupt(f"is not valid JSON (truncated or damaged?): {err}") from None
         if not isinstance(data, dict):
             raise self._corrupt(f"top level must be a JSON object; got {type(data).__name__}")
-        unknown = sorted(str(key) for key in data if key not in _TOP_KEYS)
-        missing = [key for key in _TOP_KEYS if key not in data]
+        version = data.get("version")
+        if not _is_int(version) or version not in LEDGER_VERSIONS_READ:
+            raise self._corrupt(f"version must be one of "
+                                f"{', '.join(map(str, LEDGER_VERSIONS_READ))}; "
+                                f"got {describe_value(version)}")
+        top_keys = _TOP_KEYS_V1 if version == 1 else _TOP_KEYS
+        unknown = sorted(str(key) for key in data if key not in top_keys)
+        missing = [key for key in top_keys if key not in data]
         if unknown or missing:
-            raise self._corrupt(f"keys must be {', '.join(_TOP_KEYS)}; got "
-                                f"unknown {unknown or 'none'}, missing {missing or 'none'}")
+            raise self._corrupt(f"keys must be {', '.join(top_keys)}; got "
+                                + "; ".join(filter(None, [
+                                    f"unknown {unknown}" if unknown else "",
+                                    f"missing {missing}" if missing else ""])))
         if data["format"] != LEDGER_FORMAT:
             raise self._corrupt(f"format must be {LEDGER_FORMAT!r}; "
                                 f"got {describe_value(data['format'])}")
-        if not _is_int(data["version"]) or data["version"] != LEDGER_VERSION:
-            raise self._corrupt(f"version must be {LEDGER_VERSION}; "
-                                f"got {describe_value(data['version'])}")
         if data["site"] != self._site:
             raise self._corrupt(f"site must be {self._site!r} (this site); "
                                 f"got {describe_value(data['site'])}")
@@ -352,13 +497,23 @@ class PrivacyLedger:
                                     "got a duplicate")
             seen.add(entry.key)
             entries.append(entry)
-        return tuple(entries)
+        resets: list[ResetEntry] = []
+        raw_resets = data.get("resets", [])
+        if not isinstance(raw_resets, list):
+            raise self._corrupt(f"resets must be a list; got {type(raw_resets).__name__}")
+        for index, item in enumerate(raw_resets):
+            try:
+                resets.append(ResetEntry.from_dict(item))
+            except (ValueError, TypeError) as err:
+                raise self._corrupt(f"reset {index} is invalid: {err}") from None
+        return tuple(entries), tuple(resets)
 
     def _write(self, entries: Sequence[LedgerEntry]) -> None:
         document = {
             "format": LEDGER_FORMAT,
             "version": LEDGER_VERSION,
             "site": self._site,
+            "resets": [reset.to_dict() for reset in self._resets],
             "entries": [entry.to_dict() for entry in entries],
         }
         payload = (json.dumps(document, indent=2, allow_nan=False) + "\n").encode("utf-8")
