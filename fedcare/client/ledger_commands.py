@@ -20,6 +20,7 @@ from typing import Any
 from fedcare.common.errors import ConfigError
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 SHOW_DEFAULT_DELTA = 1e-3  # the run config's default delta
 ACTIONS = ("show", "reset")
 
@@ -88,9 +89,8 @@ def cmd_ledger_reset(args: argparse.Namespace, state_dir: str) -> int:
 def cmd_ledger_show(args: argparse.Namespace, state_dir: str) -> int:
     from fedcare.client.site_state import site_of_state_dir
     from fedcare.common.privacy import PrivacyLedger, statement_from_entries
-    from fedcare.common.runid import run_of
-
     from fedcare.common.privacy.ledger import LEDGER_FILENAME
+    from fedcare.common.runid import run_of
 
     if not (Path(state_dir) / LEDGER_FILENAME).is_file():  # never create a folder here
         sys.stderr.write(f"fedcare: ledger: state_dir must be a site state folder holding "
