@@ -19,9 +19,15 @@ from fedcare.client.site import (
     planned_spends,
     spend_figures,
 )
+from fedcare.client.site_state import history_for_server
 from fedcare.common.config import RunConfig
 from fedcare.common.errors import ConfigError, FedcareError, PolicyRefused
-from fedcare.common.preflight import KIND_DEPLOYED, KIND_VIRTUAL, PreflightAnswer
+from fedcare.common.preflight import (
+    KIND_DEPLOYED,
+    KIND_VIRTUAL,
+    PreflightAnswer,
+    parse_known_head,
+)
 from fedcare.common.privacy import PrivacyLedger
 from fedcare.common.runid import run_of
 
@@ -44,7 +50,11 @@ def answer_preflight(config: RunConfig, site: SiteSpec, *, rounds: int, run_id: 
     privacy = config.privacy()
     if privacy is None:
         return PreflightAnswer(accepted=True, reasons=(DP_OFF_NOTE,), **base)  # type: ignore[arg-type]
+    head = parse_known_head((known or {}).get(site.name, ""))
     try:
+        # ledger, audit log and marker cross-checked first (a tampered state refuses)
+        history = history_for_server(site.state_dir, site=site.name, delta=privacy.delta,
+                                     accountant=privacy.accountant, known=head)
         ledger = PrivacyLedger(site.state_dir, site=site.name)
         entries = ledger.entries
         rows = len(load_site(config, site).y_train)
@@ -68,6 +78,6 @@ def answer_preflight(config: RunConfig, site: SiteSpec, *, rounds: int, run_id: 
         lifetime_budget=site.epsilon_budget, delta=privacy.delta,
         accountant=privacy.accountant,
         runs_at_site=len({run_of(e.run_id) for e in entries} - {run_of(run_id)}),
-        **base)  # type: ignore[arg-type]
+        history=history, **base)  # type: ignore[arg-type]
     logger.info("pre-flight: %s", answer.line())
     return answer

@@ -68,7 +68,7 @@ def train_content(site: SiteSpec, outcome: TrainOutcome,
     if outcome.audit is not None:
         # The audit entry's hash and the update digest let the server anchor the site's
         # hash-chained log from outside (report.json keeps them).
-        info.update({"audit-hash": outcome.audit.hash,
+        info.update({"audit-hash": outcome.audit.hash, "audit-length": outcome.audit.index + 1,
                      "update-sha256": outcome.audit.update_sha256})
     return RecordDict({"arrays": ArrayRecord(list(sent)),
                        "metrics": MetricRecord(dict(outcome.metrics())),

@@ -32,6 +32,7 @@ from fedcare.client.policy import (
     permissive_policy,
 )
 from fedcare.client.policy import describe as describe_policy
+from fedcare.client.site_state import check_site_state, record_spend
 from fedcare.client.training import DPSettings, EvalResult, derive_seed, get_trainer, secure_seed
 from fedcare.common.config import RunConfig
 from fedcare.common.datasets import SiteData, load_federated_site, load_site_from_csv
@@ -379,7 +380,11 @@ def _train(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *, 
         # personalised model uses (the tail average, if any).
         trainer.set_offset(part.offset if phase == "finetune" else part.last_iterate)
     audit = SiteAuditLog(site.state_dir, site=site.name)
-    audit.require_intact()  # a tampered audit log stops the site before it spends anything
+    # Ledger, audit log and marker must agree before anything is spent: an emptied,
+    # truncated, edited or deleted one stops the site (fedcare ledger reset starts over).
+    check_site_state(site.state_dir, site=site.name,
+                     delta=privacy.delta if privacy else None,
+                     accountant=privacy.accountant if privacy else None)
     dp: DPSettings | None = None
     statement: PrivacyStatement | None = None
     ledger: PrivacyLedger | None = None
@@ -400,6 +405,8 @@ def _train(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *, 
                                 clip_norm=privacy.clip_norm, num_examples=n)
         ledger.record(entry, delta=privacy.delta, budget=site.epsilon_budget,
                       accountant=privacy.accountant)
+        record_spend(site.state_dir, site=site.name, entry=entry, phase=phase,
+                     delta=privacy.delta, accountant=privacy.accountant)
         dp = DPSettings(noise_multiplier=sigma, clip_norm=privacy.clip_norm)
     learning_rate = config.learning_rate
     offset_lr = config.offset_learning_rate or learning_rate

@@ -24,7 +24,14 @@ from fedcare.server.personalisation import (
     personalisation_section,
     run_finetune,
 )
-from fedcare.server.preflight import Preflight, RunRefused, SiteGrid, run_preflight
+from fedcare.server.preflight import (
+    Preflight,
+    RunRefused,
+    SiteGrid,
+    remember_outcome,
+    run_preflight,
+    screen_history,
+)
 from fedcare.server.report import (
     RunRecorder,
     format_global,
@@ -42,6 +49,7 @@ from fedcare.server.resume import (
     save_state,
 )
 from fedcare.server.site_dp import SiteLevelDP, site_level_epsilon
+from fedcare.server.site_registry import SiteRegistry
 from fedcare.server.strategies import RecordingStrategy, make_strategy
 from fedcare.server.validation import UpdateValidator
 
@@ -145,9 +153,13 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
                        "resume from)", run_name, attempt)
 
     poller = deployment_poller(grid, config.server_poll_interval)
+    registry = SiteRegistry.in_output_dir(config.output_dir)
     preflight = run_preflight(grid, config, run_name=run_name,
                               ledger_run_id=attempt_run_id(run_name, attempt),
-                              rounds=config.num_rounds - done, poller=poller)
+                              rounds=config.num_rounds - done, poller=poller,
+                              known_heads=registry.known_heads())
+    screen_history(preflight, registry, run_name=run_name,
+                   accept_site_resets=config.accept_site_resets)
     recorder.preflight = preflight.to_report()
     recorder.site_of_node.update({n: a.site for n, a in preflight.answers.items()})
     if len(preflight.accepted_nodes) < config.min_sites:
@@ -185,6 +197,8 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
                                 timeout=config.round_timeout,
                                 train_config=round_config(), evaluate_config=round_config())
         final_weights = result.arrays.to_numpy_ndarrays() if len(result.arrays) else weights
+    remember_outcome(preflight, registry, recorder.to_dict(final={})["rounds"],
+                     run_name=run_name)
     finetune = run_finetune(grid, config, run_name=run_name, arrays=ArrayRecord(final_weights),
                             recorder=recorder, timeout=config.round_timeout,
                             ledger_run_id=attempt_run_id(run_name, attempt))

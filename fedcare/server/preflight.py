@@ -20,12 +20,14 @@ from fedcare.common.config import RunConfig
 from fedcare.common.errors import FedcareError
 from fedcare.common.preflight import (
     ANSWER_RECORD,
+    KIND_DEPLOYED,
     KNOWN_RECORD,
     PREFLIGHT_MESSAGE,
     REQUEST_RECORD,
     PreflightAnswer,
 )
 from fedcare.flower_compat import ReplyPoller
+from fedcare.server.site_registry import SiteRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +89,50 @@ def _answer_of(reply: Message) -> PreflightAnswer:
     return PreflightAnswer.from_record(dict(record), fallback_site=fallback)
 
 
+def screen_history(result: Preflight, registry: SiteRegistry, *, run_name: str,
+                   accept_site_resets: bool) -> None:
+    """Hold each deployed site that accepted to what it reported before (its lifetime eps
+    must not go down, its audit chain must extend the last head the server saw): a flagged
+    site is excluded unless the run accepts resets; the others are remembered."""
+    for answer in result.answers.values():
+        if not (answer.accepted and answer.kind == KIND_DEPLOYED):
+            continue
+        screening = registry.screen(answer.site, answer.history,
+                                    accept_site_resets=accept_site_resets)
+        if not screening.admitted:
+            result.excluded[answer.site] = list(screening.flags)
+            continue
+        registry.update(answer.site, answer.history, run=run_name)
+
+
+def remember_outcome(preflight: Preflight, registry: SiteRegistry,
+                     rounds: Iterable[Mapping[str, Any]], *, run_name: str) -> None:
+    """After the run: each deployed site's last lifetime eps and audit head, as its train
+    replies gave them, so the next run holds it to what it spent in this one."""
+    last: dict[str, Mapping[str, Any]] = {}
+    trained: dict[str, int] = {}
+    for rnd in rounds:
+        for site, metrics in rnd.get("train", {}).items():
+            last[site] = metrics
+            trained[site] = trained.get(site, 0) + 1
+    for answer in preflight.answers.values():
+        metrics = last.get(answer.site)
+        if (answer.kind != KIND_DEPLOYED or answer.site in preflight.excluded
+                or metrics is None or not answer.history
+                or not isinstance(metrics.get("audit-length"), int)):
+            continue
+        registry.update(answer.site, {
+            **answer.history, "lifetime-epsilon": metrics["epsilon"],
+            "audit-length": metrics["audit-length"], "audit-head": metrics["audit-hash"],
+            "entries": int(answer.history.get("entries", 0)) + trained[answer.site],
+            "runs": int(answer.history.get("runs", 0)) + 1}, run=run_name)
+
+
 def run_preflight(grid: Grid, config: RunConfig, *, run_name: str, ledger_run_id: str,
                   rounds: int, poller: ReplyPoller | None = None,
                   known_heads: Mapping[str, str] | None = None) -> Preflight:
-    """Send the pre-flight question to every connected site and read the answers."""
+    """Send the pre-flight question to every connected site and read the answers
+    (``known_heads``: site -> "length:head" of the audit chain the server last saw)."""
     nodes = _wait_for_nodes(grid, config.min_sites, config.round_timeout)
     request = ConfigRecord({"run-name": run_name, "ledger-run-id": ledger_run_id,
                             "rounds-planned": int(rounds)})

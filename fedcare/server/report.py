@@ -137,6 +137,8 @@ class RunRecorder:
                 for key in ("audit-hash", "update-sha256"):
                     if key in info:
                         metrics[key] = str(info[key])
+                if isinstance(info.get("audit-length"), int):
+                    metrics["audit-length"] = info["audit-length"]
 
     def record_dropped(self, server_round: int, phase: str, node: int) -> None:
         """A site that was sent work and did not reply before the round timeout."""

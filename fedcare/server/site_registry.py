@@ -49,6 +49,7 @@ from fedcare.common.files import (
     strict_json_loads,
     write_text_atomic,
 )
+from fedcare.common.preflight import known_head
 from fedcare.common.site_report import AUDIT_EXTENDS_NO, AUDIT_EXTENDS_NOT_ASKED, SiteReport
 
 __all__ = [
@@ -122,6 +123,11 @@ class SiteRegistry:
     @property
     def sites(self) -> dict[str, KnownSite]:
         return dict(self._sites)
+
+    def known_heads(self) -> dict[str, str]:
+        """Every known site's last accepted audit ``length:head`` (the pre-flight request)."""
+        return {site: known_head(entry.audit_length, entry.audit_head)
+                for site, entry in sorted(self._sites.items())}
 
     def known(self, site: str) -> tuple[int, str] | None:
         """The audit length and head last accepted from ``site`` (to send it), or None."""

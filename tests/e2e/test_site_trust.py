@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import pytest
 
 from fedcare.simulations.run import PROJECT_ROOT
 from tests.data_factories import write_heart_dir
-from tests.e2e.deploy_helpers import Deployment
+from tests.e2e.deploy_helpers import BIN, Deployment
 
 pytestmark = pytest.mark.slow
 
@@ -227,3 +228,47 @@ def test_site_without_enough_lifetime_budget_refuses_in_preflight(
     for site, answer in sorted(report["preflight"]["sites"].items()):
         print(f"  {site}: accepted={answer['accepted']} reasons={answer['reasons']}")
 
+
+
+@pytest.fixture(scope="module")
+def tampered(honest: dict[str, dict[str, Any]], federation: Deployment) -> dict[str, Any]:
+    """After the honest runs: alpha's ledger file is deleted (the site must notice), beta's
+    whole state dir is wiped (only the server can notice); then alpha's admin resets its
+    budget the documented way, and the consortium opts in to reset sites."""
+    sites = federation.root / "sites"
+    (sites / "alpha" / "privacy-ledger.json").unlink()
+    shutil.rmtree(sites / "beta")
+    third = _run(federation, "tampered-3", min_sites=1)
+    reset = subprocess.run(
+        [str(BIN / "fedcare"), "ledger", "reset", "--state-dir", str(sites / "alpha"),
+         "--reason", "ledger file lost in a disk failure; restored by hospital IT"],
+        env=federation.env, capture_output=True, text=True, timeout=300, check=False)
+    fourth = _run(federation, "reset-4", min_sites=1, extra=" accept-site-resets=true")
+    return {"third": third, "reset": reset, "fourth": fourth}
+
+
+def test_a_deleted_ledger_or_a_wiped_state_dir_keeps_a_site_out(
+        tampered: dict[str, Any]) -> None:
+    report = tampered["third"]
+    assert report["status"] == "refused"
+    alpha = report["preflight"]["sites"]["alpha"]
+    assert alpha["accepted"] is False
+    assert any("privacy-ledger.json" in r and "(deleted?)" in r for r in alpha["reasons"]), \
+        alpha["reasons"]
+    beta = report["preflight"]["sites"]["beta"]
+    assert beta["accepted"] is True  # a wiped site looks new to itself ...
+    assert any("must not go down" in flag for flag in beta["excluded"]), beta  # ... not to us
+    assert report["preflight"]["accepted"] == []
+
+
+def test_a_documented_reset_is_admitted_only_when_the_consortium_opts_in(
+        tampered: dict[str, Any]) -> None:
+    assert tampered["reset"].returncode == 0, tampered["reset"].stdout + tampered["reset"].stderr
+    report = tampered["fourth"]
+    assert report["status"] == "completed"
+    assert report["preflight"]["accepted"] == ["alpha", "beta"]
+    alpha = report["preflight"]["sites"]["alpha"]
+    assert alpha["history.last-reset-reason"] == ("ledger file lost in a disk failure; "
+                                                  "restored by hospital IT")
+    assert alpha["excluded"] == []
+    assert sorted(report["sites"]) == ["alpha", "beta"]
