@@ -197,7 +197,8 @@ def test_reply_holds_exactly_the_shared_arrays_and_no_private_part(tmp_path: Pat
     # Nothing else carries it: metrics and site info hold no offset.
     assert part.offset not in list(reply.content["metrics"].values())
     assert set(reply.content.config_records) == {"site"}
-    assert set(reply.content["site"]) == {"name", "audit-hash", "update-sha256", "privacy"}
+    assert set(reply.content["site"]) == {"name", "audit-hash", "audit-length",
+                                          "update-sha256", "privacy"}
 
 
 def test_evaluation_replies_have_the_same_keys_with_and_without_a_private_part(

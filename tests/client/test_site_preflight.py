@@ -9,6 +9,7 @@ import pytest
 
 from fedcare.client.preflight import DP_OFF_NOTE, answer_preflight
 from fedcare.client.site import POLICY_PATH_KEY, SiteSpec, resolve_site
+from fedcare.client.site_state import check_site_state, record_spend
 from fedcare.common.config import RunConfig
 from fedcare.common.preflight import PreflightAnswer
 from fedcare.common.privacy import LedgerEntry, PrivacyLedger, compose_epsilon, plan_round
@@ -92,9 +93,13 @@ def test_the_whole_run_is_checked_against_what_the_ledger_already_holds(tmp_path
     site = _site(tmp_path, config, policy="lifetime-epsilon-budget = 1.1\n")
     spend = plan_round(num_examples=TRAIN_ROWS, batch_size=32, local_epochs=1,
                        noise_multiplier=4.0)
-    PrivacyLedger(site.state_dir, site="alpha").record(
-        LedgerEntry.now(run_id="earlier", server_round=1, spend=spend, clip_norm=1.0,
-                        num_examples=TRAIN_ROWS), delta=1e-3, budget=10.0, accountant="rdp")
+    entry = LedgerEntry.now(run_id="earlier", server_round=1, spend=spend, clip_norm=1.0,
+                            num_examples=TRAIN_ROWS)
+    check_site_state(site.state_dir, site="alpha")  # as the site's training path does
+    PrivacyLedger(site.state_dir, site="alpha").record(entry, delta=1e-3, budget=10.0,
+                                                       accountant="rdp")
+    record_spend(site.state_dir, site="alpha", entry=entry, phase="round", delta=1e-3,
+                 accountant="rdp")
     # Act
     answer = answer_preflight(config, site, rounds=2, run_id="r")
     # Assert
@@ -140,3 +145,24 @@ def test_the_answer_survives_the_wire_and_a_malformed_one_is_a_refusal() -> None
     assert forged.reasons == ("pre-flight answer: accepted must be true or false; got 'yes'",)
     nameless = PreflightAnswer.from_record({"accepted": True}, fallback_site="node 9")
     assert nameless.site == "node 9" and not nameless.accepted
+
+
+def test_a_tampered_state_dir_is_a_refusal_naming_the_file(tmp_path: Path) -> None:
+    config = _config()
+    site = _site(tmp_path, config)
+    spend = plan_round(num_examples=TRAIN_ROWS, batch_size=32, local_epochs=1,
+                       noise_multiplier=4.0)
+    entry = LedgerEntry.now(run_id="earlier", server_round=1, spend=spend, clip_norm=1.0,
+                            num_examples=TRAIN_ROWS)
+    check_site_state(site.state_dir, site="alpha")
+    PrivacyLedger(site.state_dir, site="alpha").record(entry, delta=1e-3, budget=10.0,
+                                                       accountant="rdp")
+    record_spend(site.state_dir, site="alpha", entry=entry, phase="round", delta=1e-3,
+                 accountant="rdp")
+    (site.state_dir / "privacy-ledger.json").unlink()  # the spend "forgotten"
+
+    answer = answer_preflight(config, site, rounds=2, run_id="r")
+
+    assert not answer.accepted and len(answer.reasons) == 1
+    assert "privacy-ledger.json" in answer.reasons[0]
+    assert "(deleted?)" in answer.reasons[0]
