@@ -266,7 +266,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = os.environ.get(TOKEN_ENV) or None
     if args.token_file:
         token = Path(args.token_file).read_text().strip()
-    serve(_bundle(args), host=args.host, port=args.port, token=token)
+    serve(_bundle(args), host=args.host, port=args.port, token=token,
+          ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     return EXIT_OK
 
 
@@ -487,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8080)
     srv.add_argument("--token-file", help=f"API token file (or set {TOKEN_ENV}); required "
                                           "when --host is not loopback")
+    srv.add_argument("--ssl-certfile", help="TLS certificate (PEM); with --ssl-keyfile: HTTPS")
+    srv.add_argument("--ssl-keyfile", help="TLS private key (PEM)")
     srv.set_defaults(func=cmd_serve)
 
     audit = sub.add_parser("audit", help="membership-inference audit of a finished simulation")
