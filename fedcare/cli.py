@@ -262,10 +262,9 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from fedcare.client.api import serve
+    from fedcare.common.web import read_token
 
-    token = os.environ.get(TOKEN_ENV) or None
-    if args.token_file:
-        token = Path(args.token_file).read_text().strip()
+    token = read_token(args.token_file, TOKEN_ENV)
     serve(_bundle(args), host=args.host, port=args.port, token=token,
           ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     return EXIT_OK
@@ -484,12 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     srv = sub.add_parser("serve", help="prediction API: /predict, /health, /model")
     bundle_flags(srv)
-    srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=int, default=8080)
-    srv.add_argument("--token-file", help=f"API token file (or set {TOKEN_ENV}); required "
-                                          "when --host is not loopback")
-    srv.add_argument("--ssl-certfile", help="TLS certificate (PEM); with --ssl-keyfile: HTTPS")
-    srv.add_argument("--ssl-keyfile", help="TLS private key (PEM)")
+    from fedcare.common.web import add_server_flags
+
+    add_server_flags(srv, port=8080, token_env=TOKEN_ENV)
     srv.set_defaults(func=cmd_serve)
 
     audit = sub.add_parser("audit", help="membership-inference audit of a finished simulation")
@@ -505,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fedcare.deploy.commands import add_parsers as add_deploy_parsers
 
     add_deploy_parsers(sub)  # certs ..., superlink, supernode
+    from fedcare.console.commands import add_parsers as add_console_parsers
+
+    add_console_parsers(sub)  # console
 
     led = sub.add_parser("ledger", help="show a site's privacy ledger")
     led.add_argument("state_dir")

@@ -20,6 +20,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -251,3 +252,21 @@ def bind(app: Any, where: str, *, host: str, port: int, token: str | None,
                        "a TLS-terminating proxy in front) so data and the token are encrypted "
                        "on the network", where, server.url)
     return server
+
+
+def read_token(token_file: str | None, env_var: str) -> str | None:
+    """The token from ``token_file`` (surrounding whitespace dropped), else ``$env_var``."""
+    if token_file:
+        return Path(token_file).read_text(encoding="utf-8").strip()
+    return os.environ.get(env_var) or None
+
+
+def add_server_flags(parser: Any, *, port: int, token_env: str) -> None:
+    """``--host --port --token-file --ssl-certfile --ssl-keyfile`` (argparse), one wording."""
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--token-file", help=f"token file (or set {token_env}); required "
+                                             "when --host is not loopback")
+    parser.add_argument("--ssl-certfile", help="TLS certificate (PEM); with --ssl-keyfile: "
+                                               "HTTPS")
+    parser.add_argument("--ssl-keyfile", help="TLS private key (PEM)")
