@@ -504,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fedcare.console.commands import add_parsers as add_console_parsers
 
     add_console_parsers(sub)  # console
+    from fedcare.simulations.web_bench import add_parsers as add_web_bench_parsers
+
+    add_web_bench_parsers(sub)  # perf-web
 
     led = sub.add_parser("ledger", help="show a site's privacy ledger")
     led.add_argument("state_dir")

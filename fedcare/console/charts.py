@@ -48,7 +48,7 @@ def line_chart(series: Sequence[Series], *, title: str, y_label: str,
         return TOP + (1 - (y - y0) / (y1 - y0)) * plot_h
 
     parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-             f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
+             f'aria-label="{escape(title)}">',
              f"<title>{escape(title)}</title>",
              f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" class="plot"/>']
     for tick in _ticks(y0, y1):

@@ -60,10 +60,3 @@ def write_finished(root: Path, name: str, rounds: list[dict[str, Any]],
     (run / "model.json").write_text("{}")
     return run
 
-
-def forty_by_four(root: Path, name: str = "big") -> Path:
-    """A finished 40-round, 4-site run (the console's render benchmark)."""
-    sites = [f"site-{i}" for i in range(4)]
-    rounds = [round_record(n, {s: 0.05 * n + 0.01 * i for i, s in enumerate(sites)})
-              for n in range(1, 41)]
-    return write_finished(root, name, rounds)
