@@ -216,6 +216,18 @@ class WebServer:
     def server_close(self) -> None:
         self.socket.close()
 
+    @contextlib.contextmanager
+    def in_thread(self, timeout: float = DRAIN_TIMEOUT_S) -> Generator[WebServer, None, None]:
+        """Serve on a daemon thread for the ``with`` block; then shut down and close."""
+        thread = threading.Thread(target=self.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.shutdown(timeout)
+            self.server_close()
+            thread.join(timeout)
+
 
 def bind(app: Any, where: str, *, host: str, port: int, token: str | None,
          ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> WebServer:

@@ -80,7 +80,7 @@ def serving(make_server: Callable[..., Any], predictor: Any) -> Iterator[int]:
     thread.start()
     try:
         yield int(server.server_address[1])
-    finally:
+    finally:  # the old http.server API has no in_thread()
         server.shutdown()
         server.server_close()
         thread.join(TIMEOUT_S)

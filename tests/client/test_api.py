@@ -6,6 +6,7 @@ The predictor is a fake (risk = age / 100) so these tests need no model; the rea
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -146,21 +147,14 @@ class Api:
 @pytest.fixture
 def start_api() -> Iterator[Callable[..., Api]]:
     """Factory: a live server on 127.0.0.1:<free port>, shut down after the test."""
-    running: list[tuple[WebServer, threading.Thread]] = []
+    with contextlib.ExitStack() as running:
 
-    def start(predictor: FakePredictor | None = None, *, token: str | None = None) -> Api:
-        fake = predictor if predictor is not None else FakePredictor()
-        server = make_server(fake, host="127.0.0.1", port=0, token=token)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        running.append((server, thread))
-        return Api(server, fake)
+        def start(predictor: FakePredictor | None = None, *, token: str | None = None) -> Api:
+            fake = predictor if predictor is not None else FakePredictor()
+            server = make_server(fake, host="127.0.0.1", port=0, token=token)
+            return Api(running.enter_context(server.in_thread(TIMEOUT_S)), fake)
 
-    yield start
-    for server, thread in running:
-        server.shutdown()
-        server.server_close()
-        thread.join(TIMEOUT_S)
+        yield start
 
 
 @pytest.fixture
@@ -673,9 +667,7 @@ def test_tls_serves_https_that_a_client_trusting_the_ca_can_verify(tmp_path: Pat
     issue_server_cert(tmp_path, hosts=["127.0.0.1"])
     server = make_server(FakePredictor(), ssl_certfile=str(tmp_path / SERVER_CERT),
                          ssl_keyfile=str(tmp_path / SERVER_KEY))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with server.in_thread(TIMEOUT_S):
         context = ssl.create_default_context(cafile=str(tmp_path / CA_CERT))
         conn = http.client.HTTPSConnection("127.0.0.1", int(server.server_address[1]),
                                            timeout=TIMEOUT_S, context=context)
@@ -685,10 +677,6 @@ def test_tls_serves_https_that_a_client_trusting_the_ca_can_verify(tmp_path: Pat
         assert server.url.startswith("https://127.0.0.1:")
         assert (response.status, json.loads(response.read())) == (200, {"status": "ok"})
         conn.close()
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(TIMEOUT_S)
 
 
 _DRAIN_SCRIPT = """

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import re
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,20 +45,13 @@ class Console:
 
 @pytest.fixture
 def start_console() -> Iterator[Callable[..., Console]]:
-    running: list[tuple[WebServer, threading.Thread]] = []
+    with contextlib.ExitStack() as running:
 
-    def start(settings: ConsoleSettings, token: str | None = None) -> Console:
-        server = make_server(settings, token=token)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        running.append((server, thread))
-        return Console(server)
+        def start(settings: ConsoleSettings, token: str | None = None) -> Console:
+            server = make_server(settings, token=token)
+            return Console(running.enter_context(server.in_thread(TIMEOUT_S)))
 
-    yield start
-    for server, thread in running:
-        server.shutdown()
-        server.server_close()
-        thread.join(TIMEOUT_S)
+        yield start
 
 
 @pytest.fixture
