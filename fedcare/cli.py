@@ -11,12 +11,14 @@
     fedcare ledger STATE_DIR    a site's privacy spend, recomputed from its ledger
     fedcare audit-log STATE_DIR verify a site's hash-chained audit log
     fedcare audit RUN_DIR       membership-inference audit of a finished simulation
+    fedcare console             read-only browser views: runs folder, site state dir
+    fedcare perf-web            prediction API before/after FastAPI, console render time
 
   at a hospital, with the global model and the site's own state dir:
     fedcare predict             risk scores + explanations for a CSV of new patients
     fedcare validation-report   the model on the site's held-out rows (HTML, PNG, JSON)
     fedcare drift               a new batch against the site's training distribution
-    fedcare serve               a prediction API (localhost; token needed beyond it)
+    fedcare serve               a prediction API (localhost; token needed beyond it; TLS)
 
   deployment (docs/runbook-consortium.md, docs/runbook-hospital.md):
     fedcare certs ...           consortium CA, SuperLink certificate, site keys, status

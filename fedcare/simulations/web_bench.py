@@ -4,9 +4,10 @@ console's page render time, measured in one run on one machine.
 "Before" is the hand-written ``http.server`` API as it was at ``--before-ref`` (default
 ``main``): its source is read from git (``git show REF:fedcare/client/api.py``) into a
 temporary module for this measurement only; it is no part of the package any more.
-"After" is ``fedcare.client.api``. Both serve the same predictor in this process and are
-called by the same client (``http.client``, a new connection per request, as the old
-server closed every connection), one after the other:
+"After" is ``fedcare.client.api``. Each is served by its own child process (as ``fedcare
+serve`` runs in production, so client and server share no interpreter lock) with the same
+predictor, and called by the same client (``http.client``, a new connection per request,
+as the old server closed every connection), one after the other:
 
 - 1 row: ``--requests`` sequential requests, latency p50 and p95;
 - batch: ``--batches`` requests of ``MAX_RECORDS`` (1000) rows, rows per second of the median.
@@ -25,11 +26,11 @@ import http.client
 import importlib.util
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,17 +55,20 @@ class ConstantPredictor:
         return {"model": "constant"}
 
 
-def old_api_module(ref: str, repo: Path) -> ModuleType:
-    """The http.server API as it was at ``ref``, loaded from git into a temporary module."""
+def old_api_source(ref: str, repo: Path) -> Path:
+    """The http.server API as it was at ``ref``, written from git into a temporary file."""
     source = subprocess.run(["git", "show", f"{ref}:{API_PATH}"], cwd=repo, check=True,
                             capture_output=True, text=True).stdout
     if "ThreadingHTTPServer" not in source:
         raise RuntimeError(f"perf-web: {API_PATH} at {ref} must be the http.server API; "
                            "got another implementation")
-    folder = Path(tempfile.mkdtemp(prefix="fedcare-api-before-"))
-    path = folder / "fedcare_api_before.py"
+    path = Path(tempfile.mkdtemp(prefix="fedcare-api-before-")) / "fedcare_api_before.py"
     path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("fedcare_api_before", path)
+    return path
+
+
+def _load_module(path: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -72,18 +76,60 @@ def old_api_module(ref: str, repo: Path) -> ModuleType:
     return module
 
 
+def child_main(argv: list[str]) -> None:
+    """In the server process: ``API_FILE|new MODEL|- SITE_DIR|-``; prints the port, serves."""
+    api_file, model, site_dir = argv
+    if api_file == "new":
+        from fedcare.client import api as module
+    else:
+        module = _load_module(api_file)  # type: ignore[assignment]
+    predictor: Any = ConstantPredictor()
+    if model != "-":
+        from fedcare.client.bundle import ModelBundle
+        from fedcare.client.site import PREPROCESSOR_FILENAME
+
+        predictor = ModelBundle.load(model_path=model,
+                                     preprocessor_path=Path(site_dir) / PREPROCESSOR_FILENAME,
+                                     site_dir=site_dir)
+    server = module.make_server(predictor, host="127.0.0.1", port=0, token=None)
+    sys.stdout.write(f"{server.server_address[1]}\n")
+    sys.stdout.flush()
+    server.serve_forever()
+
+
+_CHILD = ("import sys; from fedcare.simulations.web_bench import child_main; "
+          "child_main(sys.argv[1:])")
+
+
 @contextmanager
-def serving(make_server: Callable[..., Any], predictor: Any) -> Iterator[int]:
-    """A server from ``make_server(predictor, host=, port=0, token=None)`` in a thread."""
-    server = make_server(predictor, host="127.0.0.1", port=0, token=None)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def _process(args: list[str], ready: Callable[[str], int | None]) -> Iterator[int]:
+    """A child process; ``ready`` turns one of its output lines into the port it serves."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
     try:
-        yield int(server.server_address[1])
-    finally:  # the old http.server API has no in_thread()
-        server.shutdown()
-        server.server_close()
-        thread.join(TIMEOUT_S)
+        port = None
+        for line in proc.stdout or ():
+            port = ready(line)
+            if port is not None:
+                break
+        if port is None:
+            raise RuntimeError(f"perf-web: {args[2:]} must start serving; it exited "
+                               f"with {proc.wait()}")
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def serving_api(api_file: str, model: str | None, site_dir: str | None) -> Any:
+    """The prediction API (``api_file`` or "new") in a child process; yields its port."""
+    args = [sys.executable, "-c", _CHILD, api_file, model or "-", site_dir or "-"]
+    return _process(args, lambda line: int(line) if line.strip().isdigit() else None)
 
 
 def _call(port: int, method: str, path: str, body: bytes | None = None) -> float:
@@ -148,16 +194,18 @@ def synthetic_run(root: Path, name: str, *, rounds: int, sites: int) -> Path:
 
 
 def measure_console(*, rounds: int, sites: int, requests: int) -> dict[str, float]:
-    from fedcare.console.app import ConsoleSettings
-    from fedcare.console.app import make_server as make_console
-
+    """``fedcare console --runs`` in a child process, on a synthetic finished run."""
     with tempfile.TemporaryDirectory() as tmp:
         synthetic_run(Path(tmp), "bench", rounds=rounds, sites=sites)
+        args = [sys.executable, "-c", "from fedcare.cli import main; raise SystemExit(main())",
+                "console", "--runs", tmp, "--port", "0"]
 
-        def factory(_: Any, **kwargs: Any) -> Any:
-            return make_console(ConsoleSettings(runs_dir=Path(tmp)), **kwargs)
+        def port_of(line: str) -> int | None:
+            if "console listening on" not in line:
+                return None
+            return int(line.split("listening on ")[1].split()[0].rstrip("/").rsplit(":", 1)[1])
 
-        with serving(factory, None) as port:
+        with _process(args, port_of) as port:
             _call(port, "GET", "/runs/bench")
             page = [_call(port, "GET", "/runs/bench") for _ in range(requests)]
             live = [_call(port, "GET", "/runs/bench/live") for _ in range(requests)]
@@ -166,32 +214,25 @@ def measure_console(*, rounds: int, sites: int, requests: int) -> dict[str, floa
             "live_p50_ms": 1000 * _percentile(live, 0.5)}
 
 
-def _predictor(args: argparse.Namespace) -> tuple[Any, dict[str, object], str]:
+def _patient(args: argparse.Namespace) -> tuple[dict[str, object], str]:
     if not args.model:
-        return ConstantPredictor(), {"age": 61}, "constant predictor (HTTP, JSON and checks only)"
-    from fedcare.client.bundle import ModelBundle
-    from fedcare.client.site import PREPROCESSOR_FILENAME
-    from fedcare.common.datasets.breast_cancer import raw_frame
+        return {"age": 61}, "constant predictor (HTTP, JSON and checks only)"
+    from fedcare.common.datasets.breast_cancer import LABEL, raw_frame
 
-    bundle = ModelBundle.load(model_path=args.model,
-                              preprocessor_path=Path(args.site_dir) / PREPROCESSOR_FILENAME,
-                              site_dir=args.site_dir)
-    row = raw_frame()[list(bundle.schema.feature_names())].iloc[0]
-    patient: dict[str, object] = {str(k): float(v) for k, v in row.items()}
-    return bundle, patient, f"real model {args.model} (prediction + explanation)"
+    row = raw_frame().drop(columns=[LABEL]).iloc[0]
+    return ({str(k): float(v) for k, v in row.items()},
+            f"real model {args.model} (prediction + explanation)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from fedcare.client.api import make_server as make_new
-
     repo = Path(__file__).resolve().parents[2]
-    old = old_api_module(args.before_ref, repo)
-    predictor, patient, what = _predictor(args)
+    before = old_api_source(args.before_ref, repo)
+    patient, what = _patient(args)
     result: dict[str, Any] = {"predictor": what, "before_ref": args.before_ref,
                               "requests": args.requests, "batches": args.batches}
-    for label, make in (("before (http.server)", old.make_server),
-                        ("after (FastAPI + uvicorn)", make_new)):
-        with serving(make, predictor) as port:
+    for label, api_file in (("before (http.server)", str(before)),
+                            ("after (FastAPI + uvicorn)", "new")):
+        with serving_api(api_file, args.model, args.site_dir) as port:
             result[label] = measure_api(port, patient, requests=args.requests,
                                         batches=args.batches)
     result["console"] = {"rounds": args.console_rounds, "sites": args.console_sites,

@@ -133,3 +133,15 @@ def test_chart_draws_one_line_per_series_and_escapes_labels() -> None:
 
 def test_chart_without_points_says_no_data() -> None:
     assert "no data yet" in line_chart([], title="Global", y_label="score")
+
+
+def test_the_benchmark_run_reads_as_forty_rounds_of_four_sites(tmp_path: Path) -> None:
+    from fedcare.simulations.web_bench import synthetic_run
+
+    synthetic_run(tmp_path, "bench", rounds=40, sites=4)
+
+    view = load_run(tmp_path, "bench")
+
+    assert view is not None
+    assert (view.status, view.rounds_done, len(view.sites)) == (FINISHED, 40, 4)
+    assert view.sites[3].epsilon_lifetime.value == 0.05 * 40 + 0.01 * 3
