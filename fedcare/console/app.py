@@ -176,9 +176,12 @@ def create_app(settings: ConsoleSettings, *, token: str | None = None,
     async def site_predict(request: Request) -> Response:
         if predictor is None:
             raise HTTPException(404, "this console was started without --model")
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:  # checked before reading
+            raise HTTPException(413 if declared.isdigit() else 411,
+                                f"the form must be sent with a Content-Length of at most "
+                                f"{MAX_FORM_BYTES} bytes")
         body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
-            raise HTTPException(413, "form too large")
         names = [c.name for c in predictor.schema.features]
         typed = {k: v for k, v in parse_qsl(body.decode("utf-8", "replace"),
                                             keep_blank_values=True) if k in names}

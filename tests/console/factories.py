@@ -6,8 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from fedcare.client.audit import SiteAuditLog
+from fedcare.common.privacy import LedgerEntry, PrivacyLedger
+from fedcare.common.privacy.accounting import RoundSpend
+
 DELTA = 1e-3
 BUDGET = 5.0
+SPEND = RoundSpend(sampling_rate=0.1, noise_multiplier=1.1, steps=30)
 
 
 def round_record(n: int, sites: dict[str, float], *, failures: list[dict[str, Any]] | None = None,
@@ -60,3 +67,16 @@ def write_finished(root: Path, name: str, rounds: list[dict[str, Any]],
     (run / "model.json").write_text("{}")
     return run
 
+
+def make_site(state_dir: Path, rounds: int, site: str = "north") -> None:
+    """``rounds`` rounds in the ledger and the audit log, as a site writes them."""
+    ledger = PrivacyLedger(state_dir, site=site)
+    audit = SiteAuditLog(state_dir, site=site)
+    for n in range(1, rounds + 1):
+        ledger.record(LedgerEntry(run_id="r1", server_round=n,
+                                  recorded_at=f"2026-01-01T00:00:0{n}Z", spend=SPEND,
+                                  clip_norm=1.0, num_examples=300),
+                      delta=DELTA, budget=100.0)
+        audit.append(run_id="r1", server_round=n, server="sim", sent=[np.ones(3) * n],
+                     received=[np.zeros(3)], epsilon_round=0.1, epsilon_total=0.1 * n,
+                     delta=DELTA, accountant="rdp", train_rows=300)

@@ -6,15 +6,16 @@ import contextlib
 import http.client
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fedcare.common.errors import ConfigError
 from fedcare.common.web import WebServer
 from fedcare.console.app import TOKEN_COOKIE, ConsoleSettings, make_server
-from tests.console.factories import round_record, write_finished, write_running
+from tests.console.factories import make_site, round_record, write_finished, write_running
 
 TOKEN = "console-token-0123456789"
 TIMEOUT_S = 10.0
@@ -149,3 +150,81 @@ def test_hospital_pages_are_404_when_no_site_dir_was_given(
 
     assert reply.status == 404
     assert "--site-dir" in reply.text
+
+
+@dataclass(frozen=True)
+class FakeColumn:
+    name: str
+    optional: bool = False
+    categories: tuple[float, ...] = ()
+    minimum: float | None = 0.0
+    maximum: float | None = None
+
+
+@dataclass
+class FakeSchema:
+    features: tuple[FakeColumn, ...] = (FakeColumn("age"), FakeColumn("bp", optional=True))
+
+
+@dataclass
+class FakeBundle:
+    """risk = age / 100; records the records it was given."""
+
+    schema: FakeSchema = field(default_factory=FakeSchema)
+    calls: list[list[dict[str, object]]] = field(default_factory=list)
+
+    def predict_records(self, records: list[dict[str, object]]) -> list[dict[str, Any]]:
+        self.calls.append(records)
+        risk = float(str(records[0]["age"])) / 100
+        return [{"risk": risk, "label": int(risk >= 0.5), "threshold": 0.5,
+                 "baseline_risk": 0.3, "pushed_up": [{"feature": "age", "contribution": 0.2}],
+                 "pushed_down": []}]
+
+    def describe(self) -> dict[str, Any]:
+        return {"run": "r1", "threshold": 0.5}
+
+
+def post_form(console: Console, body: bytes, length: int | None = None) -> Reply:
+    conn = http.client.HTTPConnection("127.0.0.1", int(console.server.server_address[1]),
+                                      timeout=TIMEOUT_S)
+    try:
+        conn.putrequest("POST", "/site/predict")
+        conn.putheader("Content-Type", "application/x-www-form-urlencoded")
+        conn.putheader("Content-Length", str(len(body) if length is None else length))
+        conn.endheaders()
+        conn.send(body)
+        response = conn.getresponse()
+        return Reply(response.status, response.headers, response.read().decode())
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def site_console(tmp_path: Path) -> Iterator[tuple[Console, FakeBundle]]:
+    make_site(tmp_path, rounds=1)
+    bundle = FakeBundle()
+    server = make_server(ConsoleSettings(site_dir=tmp_path), predictor=bundle)
+    with server.in_thread(TIMEOUT_S):
+        yield Console(server), bundle
+
+
+def test_the_form_predicts_the_typed_patient_and_leaves_blanks_unrecorded(
+        site_console: tuple[Console, FakeBundle]) -> None:
+    console, bundle = site_console
+
+    reply = post_form(console, b"age=62&bp=&unknown=1")
+
+    assert reply.status == 200
+    assert bundle.calls == [[{"age": "62", "bp": None}]]
+    assert 'id="risk">0.620<' in reply.text
+    assert 'value="62"' in reply.text  # the typed value, on its own result page only
+
+
+def test_an_oversized_form_is_refused_before_it_is_read(
+        site_console: tuple[Console, FakeBundle]) -> None:
+    console, bundle = site_console
+
+    reply = post_form(console, b"age=1", length=10_000_000)
+
+    assert reply.status == 413
+    assert bundle.calls == []

@@ -4,30 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from fedcare.client.audit import AUDIT_FILENAME, SiteAuditLog
-from fedcare.common.privacy import LedgerEntry, PrivacyLedger
-from fedcare.common.privacy.accounting import RoundSpend, compose_epsilon
+from fedcare.client.audit import AUDIT_FILENAME
+from fedcare.common.privacy.accounting import compose_epsilon
 from fedcare.console.hospital import load_site
+from tests.console.factories import SPEND, make_site
 
 DELTA = 1e-3
-SPEND = RoundSpend(sampling_rate=0.1, noise_multiplier=1.1, steps=30)
-
-
-def make_site(state_dir: Path, rounds: int, site: str = "north") -> None:
-    """``rounds`` rounds in the ledger and the audit log, as a site writes them."""
-    ledger = PrivacyLedger(state_dir, site=site)
-    audit = SiteAuditLog(state_dir, site=site)
-    for n in range(1, rounds + 1):
-        ledger.record(LedgerEntry(run_id="r1", server_round=n,
-                                  recorded_at=f"2026-01-01T00:00:0{n}Z", spend=SPEND,
-                                  clip_norm=1.0, num_examples=300),
-                      delta=DELTA, budget=100.0)
-        audit.append(run_id="r1", server_round=n, server="sim", sent=[np.ones(3) * n],
-                     received=[np.zeros(3)], epsilon_round=0.1, epsilon_total=0.1 * n,
-                     delta=DELTA, accountant="rdp", train_rows=300)
 
 
 def test_lifetime_epsilon_is_recomputed_from_every_ledger_entry(tmp_path: Path) -> None:
