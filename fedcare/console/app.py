@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 WHERE = "console"
 REFRESH_SECONDS = 3
-"""How often a run page asks for fresh figures while the run is going."""
+"""How often a run page asks for fresh figures while the run is going (default)."""
 TOKEN_COOKIE = "fedcare-console-token"
 MAX_FORM_BYTES = 64_000
 STATIC_DIR = Path(__file__).with_name("static")
@@ -75,6 +75,7 @@ class ConsoleSettings:
     epsilon_budget: float | None = None
     delta: float = 1e-3
     accountant: str = "rdp"
+    refresh_seconds: int = REFRESH_SECONDS
 
 
 def _page(name: str, **context: Any) -> HTMLResponse:
@@ -130,14 +131,14 @@ def create_app(settings: ConsoleSettings, *, token: str | None = None,
     async def runs() -> Response:
         root = runs_root()
         return _page("runs.html", nav=nav, root=root, runs=list_runs(root),
-                     refresh=REFRESH_SECONDS)
+                     refresh=settings.refresh_seconds)
 
     def run_page(template: str, name: str) -> Response:
         view = load_run(runs_root(), name)
         if view is None:
             raise HTTPException(404, "no such run")
         return _page(template, nav=nav, run=view, charts=_run_charts(view),
-                     refresh=REFRESH_SECONDS)
+                     refresh=settings.refresh_seconds)
 
     @app.get("/runs/{name}", response_class=HTMLResponse)
     async def run(name: str) -> Response:

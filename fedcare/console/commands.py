@@ -32,6 +32,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="lifetime budget to show when the policy names none")
     p.add_argument("--delta", type=float, default=1e-3, help="delta for the site's epsilon")
     p.add_argument("--accountant", default="rdp", choices=("rdp", "pld"))
+    p.add_argument("--refresh", type=int, default=3,
+                   help="seconds between a running run's page updates (>= 1)")
     add_server_flags(p, port=DEFAULT_PORT, token_env=CONSOLE_TOKEN_ENV)
     p.set_defaults(func=cmd_console)
 
@@ -54,6 +56,8 @@ def _problems(args: argparse.Namespace) -> list[str]:
                         "got no --site-dir")
     if args.epsilon_budget is not None and not args.epsilon_budget > 0:
         problems.append(f"{WHERE}: --epsilon-budget must be > 0; got {args.epsilon_budget}")
+    if args.refresh < 1:
+        problems.append(f"{WHERE}: --refresh must be at least 1 second; got {args.refresh}")
     if not 0 < args.delta < 1:
         problems.append(f"{WHERE}: --delta must be in (0, 1); got {args.delta}")
     return problems
@@ -79,7 +83,8 @@ def cmd_console(args: argparse.Namespace) -> int:
         site_dir=Path(args.site_dir) if args.site_dir else None,
         policy=Path(args.policy) if args.policy else None,
         validation_dir=Path(args.validation_report) if args.validation_report else None,
-        epsilon_budget=args.epsilon_budget, delta=args.delta, accountant=args.accountant)
+        epsilon_budget=args.epsilon_budget, delta=args.delta, accountant=args.accountant,
+        refresh_seconds=args.refresh)
     logging.getLogger(__name__).info("console: runs %s, site %s", settings.runs_dir,
                                      settings.site_dir)
     serve(settings, host=args.host, port=args.port, token=read_token(args.token_file,

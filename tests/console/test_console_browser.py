@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,15 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-ROUNDS = 4
+ROUNDS = 12
+"""Rounds of breast-cancer at 2 sites take about a second: enough to watch them pass."""
 SITES = 2
 RUN = "live"
 START_TIMEOUT_S = 120.0
 RUN_TIMEOUT_S = 900.0
+SETTLE_S = 60.0
+"""After the simulation exits, the page must say "finished" within this (it polls every 3 s)."""
+POLL_MS = 500
 CLI = "from fedcare.cli import main; raise SystemExit(main())"
 
 
@@ -98,7 +103,7 @@ def live_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
     """The console on an empty runs folder, then a real 2-site simulation writing into it."""
     runs = tmp_path_factory.mktemp("console") / "runs"
     runs.mkdir()
-    console, url = start_console("--runs", str(runs))
+    console, url = start_console("--runs", str(runs), "--refresh", "1")
     simulation = spawn("simulate", "--sites", str(SITES), "--rounds", str(ROUNDS),
                        "--output-dir", str(runs), "--run-name", RUN)
     try:
@@ -121,39 +126,54 @@ def rounds_shown(page: Any) -> int:
     return int(text) if text and text.strip().isdigit() else -1
 
 
+def watch_until_finished(page: Any, live_run: LiveRun, tmp_path: Path) -> list[int]:
+    """Poll the page (never reloading it) until it says finished; the rounds it showed.
+
+    Fails if the page is still not finished ``SETTLE_S`` after the simulation exited.
+    """
+    seen: list[int] = []
+    exited_at: float | None = None
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        shown = rounds_shown(page)
+        if not seen or shown != seen[-1]:
+            seen.append(shown)
+            if 1 <= shown < ROUNDS and len([r for r in seen if r >= 1]) == 2:
+                save(page, tmp_path, "console-consortium-running.png")
+        if page.text_content("#run-status") == "finished":
+            return seen
+        if exited_at is None and live_run.simulation.proc.poll() is not None:
+            exited_at = time.monotonic()
+        assert exited_at is None or time.monotonic() - exited_at < SETTLE_S, (
+            f"simulation exited ({live_run.simulation.proc.returncode}) but the page still "
+            f"shows rounds {seen}; log:\n" + "".join(live_run.simulation.log[-40:]))
+        page.wait_for_timeout(POLL_MS)
+    raise AssertionError(f"the run did not finish within {RUN_TIMEOUT_S}s; page showed {seen}")
+
+
 def test_consortium_view_follows_a_live_simulation_round_by_round(
         live_run: LiveRun, browser: Any, tmp_path: Path) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    timeout_ms = RUN_TIMEOUT_S * 1000
     while not (live_run.runs / RUN).is_dir():
         assert live_run.simulation.proc.poll() is None, "".join(live_run.simulation.log[-40:])
-        page.wait_for_timeout(200)
+        page.wait_for_timeout(POLL_MS)
     page.goto(f"{live_run.console_url}/runs/{RUN}")
     page.evaluate("window.__notReloaded = true")
 
-    page.wait_for_function("Number(document.querySelector('#rounds-done').textContent) >= 1",
-                           timeout=timeout_ms)
-    first = rounds_shown(page)
-    page.wait_for_function(f"Number(document.querySelector('#rounds-done').textContent) > "
-                           f"{first}", timeout=timeout_ms)
-    save(page, tmp_path, "console-consortium-running.png")
-    later = rounds_shown(page)
-    eps_cells = page.locator("#sites td.eps .eps-text").all_text_contents()
-    sites = page.locator("#sites tbody tr").count()
-
-    live_run.finished()
-    page.wait_for_function("document.querySelector('#run-status').textContent === 'finished'",
-                           timeout=timeout_ms)
+    seen = watch_until_finished(page, live_run, tmp_path)
     save(page, tmp_path, "console-consortium.png")
+    eps_cells = page.locator("#sites td.eps .eps-text").all_text_contents()
 
-    assert 1 <= first < later <= ROUNDS
+    assert live_run.finished().is_dir()
+    progress = [r for r in seen if r >= 1]
+    assert progress == sorted(progress) and progress[-1] == ROUNDS
+    assert len([r for r in progress if r < ROUNDS]) >= 1, f"no round shown mid-run: {seen}"
     assert page.evaluate("window.__notReloaded") is True  # refreshed in place
-    assert sites == SITES
+    assert page.locator("#sites tbody tr").count() == SITES
     assert len(eps_cells) == 2 * SITES
     assert all(cell.startswith("ε=") and "at δ=1e-03" in cell for cell in eps_cells)
     assert sum("(this run)" in c for c in eps_cells) == SITES
     assert sum("(lifetime at this site)" in c for c in eps_cells) == SITES
-    assert rounds_shown(page) == ROUNDS
     assert page.locator("a[href$='/files/report.json']").count() == 1
 
 
