@@ -113,10 +113,11 @@ def live_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
         console.stop()
 
 
-def save(page: Any, tmp_path: Path, name: str) -> Path:
+def save(page: Any, tmp_path: Path, name: str, *, docs: bool = False) -> Path:
+    """A full-page screenshot in the test's tmp dir (and docs/ when asked for)."""
     path = tmp_path / name
     page.screenshot(path=str(path), full_page=True)
-    if os.environ.get("FEDCARE_DOCS_SCREENSHOTS") == "1":
+    if docs and os.environ.get("FEDCARE_DOCS_SCREENSHOTS") == "1":
         shutil.copyfile(path, REPO / "docs" / name)
     return path
 
@@ -161,7 +162,7 @@ def test_consortium_view_follows_a_live_simulation_round_by_round(
     page.evaluate("window.__notReloaded = true")
 
     seen = watch_until_finished(page, live_run, tmp_path)
-    save(page, tmp_path, "console-consortium.png")
+    save(page, tmp_path, "console-consortium.png", docs=True)
     eps_cells = page.locator("#sites td.eps .eps-text").all_text_contents()
 
     assert live_run.finished().is_dir()
@@ -217,7 +218,7 @@ def test_hospital_view_matches_fedcare_ledger_and_answers_the_form(
         page.wait_for_selector("#predict-result")
         risk = page.text_content("#risk")
         pushed = page.locator("#predict-result .explain li").count()
-        save(page, tmp_path, "console-hospital.png")
+        save(page, tmp_path, "console-hospital.png", docs=True)
 
         page.fill("#predict-form input[name='mean_radius']", "big")
         page.click("#predict-form button[type='submit']")
