@@ -32,6 +32,7 @@ SITE_REFUSAL_MIN_CODE = 100
 """Error codes a site replies with on purpose (budget, ledger, replay); Flower's are below."""
 
 RUNNING, FINISHED, STARTING, UNREADABLE = "running", "finished", "starting", "unreadable"
+REFUSED = "refused"
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ def _state(run_dir: Path) -> tuple[str, dict[str, Any], str]:
     """(status, report-shaped dict, problem) from whatever the run folder holds now."""
     report, problem = _read(run_dir / REPORT_FILENAME)
     if isinstance(report, dict):
-        return FINISHED, report, ""
+        # "refused": too few sites accepted in pre-flight, nothing trained.
+        return (REFUSED if report.get("status") == REFUSED else FINISHED), report, ""
     resume, problem2 = _read(run_dir / RESUME_FILENAME)
     problem = problem or problem2
     if isinstance(resume, dict) and isinstance(resume.get("report"), dict):
@@ -200,17 +202,24 @@ def _latest_status(rounds: Sequence[Mapping[str, Any]], site: str) -> tuple[str,
     return "waiting", ""
 
 
-def _preflight(report: Mapping[str, Any], site: str) -> str:
-    """The pre-flight decision for ``site`` when the report has one (any reasonable shape)."""
+def _preflight_entries(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Per site, its pre-flight answer: ``{"preflight": {"sites": {site: {...}}}}`` as the
+    ServerApp writes it (a bare ``{site: {...}}`` or a list of ``{"site": ...}`` is read too)."""
     section = report.get("preflight")
-    entry: Any = None
     if isinstance(section, Mapping):
-        entry = section.get(site)
-        if entry is None and isinstance(section.get("sites"), Mapping):
-            entry = section["sites"].get(site)
-    elif isinstance(section, list):
-        entry = next((e for e in section if isinstance(e, Mapping) and e.get("site") == site),
-                     None)
+        sites = section.get("sites")
+        if isinstance(sites, Mapping):
+            return dict(sites)
+        return {k: v for k, v in section.items() if isinstance(v, Mapping | str)}
+    if isinstance(section, list):
+        return {e["site"]: e for e in section if isinstance(e, Mapping)
+                and isinstance(e.get("site"), str)}
+    return {}
+
+
+def _preflight(report: Mapping[str, Any], site: str) -> str:
+    """The pre-flight decision for ``site`` and its reasons, when the report has one."""
+    entry = _preflight_entries(report).get(site)
     if entry is None:
         return ""
     if not isinstance(entry, Mapping):
@@ -223,6 +232,10 @@ def _preflight(report: Mapping[str, Any], site: str) -> str:
     reasons = entry.get("reasons") or []
     if isinstance(reasons, str):
         reasons = [reasons]
+    excluded = entry.get("excluded") or []
+    if excluded:
+        decision = "excluded by the server"
+        reasons = [*reasons, *([excluded] if isinstance(excluded, str) else excluded)]
     text = str(decision or "reported")
     return f"{text}: {'; '.join(str(r) for r in reasons)}" if reasons else text
 
@@ -233,9 +246,7 @@ def _site_names(report: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]]) 
         names.update(rnd.get("train") or {})
         names.update(rnd.get("evaluate") or {})
         names.update(f.get("site") for f in rnd.get("failures") or [] if f.get("site"))
-    section = report.get("preflight")
-    if isinstance(section, Mapping):
-        names.update(k for k, v in section.items() if isinstance(v, Mapping | str))
+    names.update(_preflight_entries(report))
     return sorted(n for n in names if isinstance(n, str))
 
 
@@ -252,10 +263,16 @@ def _site_rows(report: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]],
         run_eps = _number(row.get("epsilon-run", train.get("epsilon-run")))
         life_eps = _number(row.get("epsilon-lifetime", train.get("epsilon")))
         status, reason = _latest_status(rounds, site)
+        answer = _preflight_entries(report).get(site)
+        # The site's own lifetime budget (its policy) when pre-flight reported it.
+        own = _number(answer.get("lifetime-budget")) if isinstance(answer, Mapping) else None
+        life_budget = own if own is not None and math.isfinite(own) and own > 0 else budget
+        if status == "waiting" and isinstance(answer, Mapping) and answer.get("accepted") is False:
+            status = "refused"
         rows.append(SiteRow(
             site=site, status=status, reason=reason, preflight=_preflight(report, site),
             epsilon_run=Epsilon(run_eps, "this run", delta, budget),
-            epsilon_lifetime=Epsilon(life_eps, "lifetime at this site", delta, budget),
+            epsilon_lifetime=Epsilon(life_eps, "lifetime at this site", delta, life_budget),
             accuracy=_number(row.get("accuracy", evaluation.get("accuracy"))),
             auc=_number(row.get("auc", evaluation.get("auc"))),
             train_rows=(lambda v: int(v) if v is not None else None)(

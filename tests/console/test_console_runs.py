@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedcare.console.charts import Series, line_chart
-from fedcare.console.runs import FINISHED, RUNNING, STARTING, UNREADABLE, list_runs, load_run
+from fedcare.console.runs import (
+    FINISHED,
+    REFUSED,
+    RUNNING,
+    STARTING,
+    UNREADABLE,
+    list_runs,
+    load_run,
+)
 from tests.console.factories import BUDGET, round_record, write_finished, write_running
 
 
@@ -81,16 +89,28 @@ def test_dropped_refused_and_rejected_sites_are_named_with_their_reasons(tmp_pat
                                 "reason": "norm 80 > 50"}]
 
 
-def test_a_preflight_section_is_shown_per_site_when_present(tmp_path: Path) -> None:
+def test_the_preflight_section_names_each_sites_answer_and_its_own_budget(
+        tmp_path: Path) -> None:
     write_finished(tmp_path, "r1", [round_record(1, {"a": 0.2})], extra={"preflight": {
-        "a": {"decision": "accept", "reasons": []},
-        "z": {"accepted": False, "reasons": ["max-rounds 10 < 40 asked"]}}})
+        "sites": {"a": {"site": "a", "accepted": True, "reasons": [], "excluded": [],
+                        "lifetime-budget": 2.4},
+                  "z": {"site": "z", "accepted": False, "excluded": [],
+                        "reasons": ["max-rounds 10 < 40 asked"]}},
+        "accepted": ["a"], "silent-nodes": []}})
 
     view = load_run(tmp_path, "r1")
 
     assert view is not None
-    assert {s.site: s.preflight for s in view.sites} == {
-        "a": "accept", "z": "refuse: max-rounds 10 < 40 asked"}
+    assert {s.site: (s.status, s.preflight) for s in view.sites} == {
+        "a": ("replied", "accept"), "z": ("refused", "refuse: max-rounds 10 < 40 asked")}
+    # a's lifetime bar is against its own policy budget: 1.2 / 2.4 = 50 %
+    assert view.sites[0].epsilon_lifetime.bar_percent == 50.0
+
+
+def test_a_run_refused_in_preflight_says_so(tmp_path: Path) -> None:
+    write_finished(tmp_path, "r1", [round_record(1, {"a": 0.2})], extra={"status": "refused"})
+
+    assert [r.status for r in list_runs(tmp_path)] == [REFUSED]
 
 
 def test_runs_list_tells_starting_running_finished_and_unreadable_apart(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@
         .then(function (html) {
           live.innerHTML = html;
           var state = live.querySelector(".live-state");
-          if (state && state.dataset.status === "finished") { window.clearInterval(timer); }
+          if (state && (state.dataset.status === "finished" || state.dataset.status === "refused")) {
+            window.clearInterval(timer);
+          }
         })
         .catch(function () { /* keep the last figures; try again on the next tick */ });
     });
