@@ -503,12 +503,6 @@ def build_parser() -> argparse.ArgumentParser:
     from fedcare.deploy.commands import add_parsers as add_deploy_parsers
 
     add_deploy_parsers(sub)  # certs ..., superlink, supernode
-    from fedcare.console.commands import add_parsers as add_console_parsers
-
-    add_console_parsers(sub)  # console
-    from fedcare.simulations.web_bench import add_parsers as add_web_bench_parsers
-
-    add_web_bench_parsers(sub)  # perf-web
 
     led = sub.add_parser("ledger", help="show a site's privacy ledger")
     led.add_argument("state_dir")
@@ -517,6 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
     led.add_argument("--accountant", default="rdp", choices=("rdp", "pld"))
     led.add_argument("--json", action="store_true")
     led.set_defaults(func=cmd_ledger)
+    from fedcare.console.commands import add_parsers as add_console_parsers
+
+    add_console_parsers(sub)  # console
+    from fedcare.simulations.web_bench import add_parsers as add_web_bench_parsers
+
+    add_web_bench_parsers(sub)  # perf-web
     return parser
 
 
