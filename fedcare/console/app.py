@@ -33,7 +33,7 @@ from fedcare.common.errors import DataValidationError
 from fedcare.common.privacy.statement import format_delta, format_epsilon
 from fedcare.common.web import BearerToken, WebServer, bind
 from fedcare.console.charts import Series, line_chart
-from fedcare.console.hospital import load_site
+from fedcare.console.hospital import drift_view, load_site
 from fedcare.console.runs import RUN_FILES, list_runs, load_run
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class ConsoleSettings:
     delta: float = 1e-3
     accountant: str = "rdp"
     refresh_seconds: int = REFRESH_SECONDS
+    drift_csv: Path | None = None
 
 
 def _page(name: str, **context: Any) -> HTMLResponse:
@@ -166,7 +167,9 @@ def create_app(settings: ConsoleSettings, *, token: str | None = None,
                          epsilon_budget=settings.epsilon_budget,
                          validation_dir=settings.validation_dir)
         features = list(predictor.schema.features) if predictor is not None else []
-        return _page("site.html", nav=nav, site=view, features=features,
+        drift = (drift_view(predictor, settings.site_dir, settings.drift_csv)
+                 if predictor is not None and settings.drift_csv is not None else None)
+        return _page("site.html", nav=nav, site=view, features=features, drift=drift,
                      model=predictor.describe() if predictor is not None else None, **extra)
 
     @app.get("/site", response_class=HTMLResponse)

@@ -26,6 +26,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--model", help="global model.keras: enables the prediction form "
                                    "(needs --site-dir for the site's preprocessor)")
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--drift-csv", help="a batch of new patients (CSV) to check against the "
+                                       "site's training profile (needs --model)")
     p.add_argument("--validation-report", help="folder holding validation-report.json "
                                                "(default: the site dir)")
     p.add_argument("--epsilon-budget", type=float,
@@ -47,13 +49,16 @@ def _problems(args: argparse.Namespace) -> list[str]:
         if value and not Path(value).is_dir():
             problems.append(f"{WHERE}: {flag} must be an existing folder; "
                             f"got {describe_value(value)}")
-    for flag, value in (("--policy", args.policy), ("--model", args.model)):
+    for flag, value in (("--policy", args.policy), ("--model", args.model),
+                        ("--drift-csv", args.drift_csv)):
         if value and not Path(value).is_file():
             problems.append(f"{WHERE}: {flag} must be an existing file; "
                             f"got {describe_value(value)}")
     if args.model and not args.site_dir:
         problems.append(f"{WHERE}: --model needs --site-dir (the site's preprocessor); "
                         "got no --site-dir")
+    if args.drift_csv and not args.model:
+        problems.append(f"{WHERE}: --drift-csv needs --model (its encoding); got no --model")
     if args.epsilon_budget is not None and not args.epsilon_budget > 0:
         problems.append(f"{WHERE}: --epsilon-budget must be > 0; got {args.epsilon_budget}")
     if args.refresh < 1:
@@ -84,7 +89,8 @@ def cmd_console(args: argparse.Namespace) -> int:
         policy=Path(args.policy) if args.policy else None,
         validation_dir=Path(args.validation_report) if args.validation_report else None,
         epsilon_budget=args.epsilon_budget, delta=args.delta, accountant=args.accountant,
-        refresh_seconds=args.refresh)
+        refresh_seconds=args.refresh,
+        drift_csv=Path(args.drift_csv) if args.drift_csv else None)
     logging.getLogger(__name__).info("console: runs %s, site %s", settings.runs_dir,
                                      settings.site_dir)
     serve(settings, host=args.host, port=args.port, token=read_token(args.token_file,

@@ -182,3 +182,31 @@ def load_site(state_dir: Path, *, delta: float, accountant: str, policy: Path | 
                     budget=budget, budget_source=budget_source, ledger=rows,
                     audit_ok=verification.ok, audit_reason=verification.reason, sent=sent,
                     policy_source=policy_source, policy=policy_rows, validation=validation)
+
+
+@dataclass(frozen=True)
+class DriftView:
+    """A new batch against the site's training profile (what ``fedcare drift`` prints)."""
+
+    source: str
+    summary: str
+    features: Sequence[tuple[str, float, float, bool]]  # feature, PSI, mean shift (SD), flagged
+    problem: str = ""
+
+
+def drift_view(bundle: Any, state_dir: Path, csv: Path) -> DriftView:
+    """Check ``csv`` (new patients) against ``training-profile.json`` with the model's
+    encoding. Only per-feature figures are shown (PSI, mean shift), no patient value."""
+    from fedcare.client.drift import check_drift
+    from fedcare.client.site import PROFILE_FILENAME
+    from fedcare.common.data import load_features_csv
+
+    try:
+        profile = strict_json_loads((state_dir / PROFILE_FILENAME).read_text(encoding="utf-8"))
+        batch = load_features_csv(csv, bundle.schema)
+        report = check_drift(profile, bundle.encode(batch.features),
+                             feature_names=bundle.feature_names)
+    except (FedcareError, OSError, ValueError) as err:
+        return DriftView(str(csv), "", [], f"drift: {err}")
+    rows = [(f.feature, f.psi, f.mean_shift_sd, f.flagged) for f in report.features]
+    return DriftView(str(csv), report.summary(), rows)

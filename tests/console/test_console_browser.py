@@ -186,6 +186,17 @@ def ledger_json(state_dir: Path, site: str) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
+DRIFT_ROWS = 60
+DRIFT_ROWS_CHECKED = f"{DRIFT_ROWS} new rows"
+
+
+def write_new_patients(path: Path) -> None:
+    """The first DRIFT_ROWS bundled patients, features only, as a hospital would export them."""
+    from fedcare.common.datasets.breast_cancer import LABEL, raw_frame
+
+    raw_frame().drop(columns=[LABEL]).head(DRIFT_ROWS).to_csv(path, index=False)
+
+
 def breast_cancer_patient() -> dict[str, str]:
     from fedcare.common.datasets.breast_cancer import LABEL, raw_frame
 
@@ -201,8 +212,11 @@ def test_hospital_view_matches_fedcare_ledger_and_answers_the_form(
     policy.write_text('format = "fedcare-site-policy"\nversion = 1\nrequire-dp = true\n'
                       "lifetime-epsilon-budget = 5.0\n")
     expected = ledger_json(state_dir, "site-0")
+    new_patients = tmp_path / "new-patients.csv"
+    write_new_patients(new_patients)
     console, url = start_console("--site-dir", str(state_dir), "--policy", str(policy),
-                                 "--model", str(run_dir / "model.keras"))
+                                 "--model", str(run_dir / "model.keras"),
+                                 "--drift-csv", str(new_patients))
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(f"{url}/site")
@@ -210,6 +224,8 @@ def test_hospital_view_matches_fedcare_ledger_and_answers_the_form(
         epsilon = float(page.get_attribute("#lifetime-epsilon", "data-epsilon") or "nan")
         audit = page.text_content("#audit-result")
         policy_rows = page.locator("#policy tbody tr").count()
+        drift = page.text_content("#drift-summary") or ""
+        drift_rows = page.locator("#drift tbody tr").count()
 
         patient = breast_cancer_patient()
         for name, value in patient.items():
@@ -230,6 +246,8 @@ def test_hospital_view_matches_fedcare_ledger_and_answers_the_form(
     assert epsilon == pytest.approx(expected["epsilon"], rel=1e-12)
     assert audit == "intact"
     assert policy_rows == 4
+    assert DRIFT_ROWS_CHECKED in drift
+    assert drift_rows == 30  # breast-cancer: 30 numeric features, one encoded column each
     assert risk == f"{reference_risk(run_dir, state_dir, patient):.3f}"
     assert pushed >= 2
     assert "mean_radius" in problems and "Traceback" not in problems
