@@ -489,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_server_flags(srv, port=8080, token_env=TOKEN_ENV)
     srv.set_defaults(func=cmd_serve)
+    from fedcare.console.commands import add_parsers as add_console_parsers
+
+    add_console_parsers(sub)  # console
+    from fedcare.simulations.web_bench import add_parsers as add_web_bench_parsers
+
+    add_web_bench_parsers(sub)  # perf-web
 
     audit = sub.add_parser("audit", help="membership-inference audit of a finished simulation")
     audit.add_argument("run_dir")
@@ -511,12 +517,6 @@ def build_parser() -> argparse.ArgumentParser:
     led.add_argument("--accountant", default="rdp", choices=("rdp", "pld"))
     led.add_argument("--json", action="store_true")
     led.set_defaults(func=cmd_ledger)
-    from fedcare.console.commands import add_parsers as add_console_parsers
-
-    add_console_parsers(sub)  # console
-    from fedcare.simulations.web_bench import add_parsers as add_web_bench_parsers
-
-    add_web_bench_parsers(sub)  # perf-web
     return parser
 
 
