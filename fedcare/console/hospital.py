@@ -171,7 +171,9 @@ def load_site(state_dir: Path, *, delta: float, accountant: str, policy: Path | 
     verification = verify_log(state_dir)
     if site is not None and verification.ok:
         try:
-            sent = SiteAuditLog(state_dir, site=site).records()
+            # updates sent (the log may also hold other kinds of record)
+            sent = [r for r in SiteAuditLog(state_dir, site=site).records()
+                    if isinstance(r, AuditRecord)]
         except (FedcareError, ValueError, OSError) as err:
             problems.append(f"{state_dir / AUDIT_FILENAME}: {err}")
     validation, problem = _validation(state_dir, validation_dir)
