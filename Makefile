@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export FLWR_TELEMETRY_ENABLED := 0
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test test-fast lint heart-benchmark clean
+.PHONY: demo test test-fast lint heart-benchmark browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "fedcare needs $(PYTHON) (tensorflow-privacy supports Python 3.11)"; exit 1; }
@@ -21,8 +21,12 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	$(BIN)/fedcare simulate --run-name demo
 
+## Headless Chromium (Debian package) for the console's browser tests.
+browser:
+	scripts/ensure-browser.sh
+
 ## The whole test suite, slow end-to-end runs included (what CI runs).
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

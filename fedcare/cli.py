@@ -13,12 +13,14 @@
     fedcare ledger reset ...    start a site's budget over (archived; the server is told)
     fedcare audit-log STATE_DIR verify a site's hash-chained audit log
     fedcare audit RUN_DIR       membership-inference audit of a finished simulation
+    fedcare console             read-only browser views: runs folder, site state dir
+    fedcare perf-web            prediction API before/after FastAPI, console render time
 
   at a hospital, with the global model and the site's own state dir:
     fedcare predict             risk scores + explanations for a CSV of new patients
     fedcare validation-report   the model on the site's held-out rows (HTML, PNG, JSON)
     fedcare drift               a new batch against the site's training distribution
-    fedcare serve               a prediction API (localhost; token needed beyond it)
+    fedcare serve               a prediction API (localhost; token needed beyond it; TLS)
 
   deployment (docs/runbook-consortium.md, docs/runbook-hospital.md):
     fedcare certs ...           consortium CA, SuperLink certificate, site keys, status
@@ -251,12 +253,11 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from fedcare.client.api import serve
-    from fedcare.common.safe_read import read_secret_file
+    from fedcare.common.web import read_token
 
-    token = os.environ.get(TOKEN_ENV) or None
-    if args.token_file:
-        token = read_secret_file(args.token_file)  # UnreadableFile: a message, rc 2
-    serve(_bundle(args), host=args.host, port=args.port, token=token)
+    token = read_token(args.token_file, TOKEN_ENV)  # owner-only file, else a message, rc 2
+    serve(_bundle(args), host=args.host, port=args.port, token=token,
+          ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     return EXIT_OK
 
 
@@ -472,11 +473,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     srv = sub.add_parser("serve", help="prediction API: /predict, /health, /model")
     bundle_flags(srv)
-    srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=int, default=8080)
-    srv.add_argument("--token-file", help=f"API token file (or set {TOKEN_ENV}); required "
-                                          "when --host is not loopback")
+    from fedcare.common.web import add_server_flags
+
+    add_server_flags(srv, port=8080, token_env=TOKEN_ENV)
     srv.set_defaults(func=cmd_serve)
+    from fedcare.console.commands import add_parsers as add_console_parsers
+
+    add_console_parsers(sub)  # console
+    from fedcare.simulations.web_bench import add_parsers as add_web_bench_parsers
+
+    add_web_bench_parsers(sub)  # perf-web
 
     audit = sub.add_parser("audit", help="membership-inference audit of a finished simulation")
     audit.add_argument("run_dir")

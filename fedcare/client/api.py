@@ -1,8 +1,9 @@
-"""A small prediction service on the hospital's own premises (standard library only).
+"""A small prediction service on the hospital's own premises (FastAPI, served by uvicorn).
 
-    GET  /health   200 {"status": "ok"}                      never needs the token
-    GET  /model    200 predictor.describe()
-    POST /predict  {"patients": [{feature: value, ...}, ...]} -> 200 {"predictions": [...]}
+    GET  /health        200 {"status": "ok"}                      never needs the token
+    GET  /model         200 predictor.describe()
+    POST /predict       {"patients": [{feature: value, ...}, ...]} -> 200 {"predictions": [...]}
+    GET  /openapi.json  the OpenAPI schema of the three above
 
 Every reply is JSON (``application/json; charset=utf-8``); every error is
 ``{"error": <short>, "detail": <sentence>}`` or, for per-record findings,
@@ -11,49 +12,50 @@ Every reply is JSON (``application/json; charset=utf-8``); every error is
 numbers them), or null for a problem with the whole request.
 
 Fail closed: the service binds to 127.0.0.1 by default, and binding anywhere else
-requires a bearer token (``Authorization: Bearer <token>``, compared in constant time).
-Bodies are size-capped and checked before they are read; JSON is parsed strictly (no
+requires a bearer token (``Authorization: Bearer <token>``, compared in constant time);
+TLS with ``ssl_certfile``/``ssl_keyfile`` (``fedcare.common.web``). Path, token, method,
+content type and size are checked before a byte of the body is read (an oversized body is
+refused unread, also under ``Expect: 100-continue``); JSON is parsed strictly (no
 NaN/Infinity, no duplicate keys) and nothing is ever evaluated or unpickled. Unexpected
 failures answer 500 with an incident id, the traceback goes to the server log only. The
 log holds method, path, status, record count and timing, never a patient value.
 
 Calls into the predictor are serialized with a lock (a Keras model is not guaranteed to
-be safe under concurrent ``predict``); requests are otherwise handled on their own threads.
-Traffic is plain HTTP: off the loopback interface, put a TLS-terminating proxy in front.
+be safe under concurrent ``predict``) and run on a worker thread, so ``/health`` answers
+while a prediction runs. SIGTERM drains in-flight requests, then the service exits 0.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hmac
-import ipaddress
+import asyncio
 import json
 import logging
-import socket
-import socketserver
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NoReturn, Protocol
-from urllib.parse import urlsplit
 
-from fedcare.common.errors import ConfigError, DataValidationError, describe_value
+from fastapi import FastAPI, Request, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from fedcare.common.errors import DataValidationError, describe_value
+from fedcare.common.web import JSON_CONTENT_TYPE, SECURITY_HEADERS, BearerToken, WebServer, bind
+from fedcare.common.web import json_bytes as _dumps
+from fedcare.common.web import send_json as _send_json
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1_000_000
 MAX_RECORDS = 1000
-MIN_TOKEN_CHARS = 16
 REQUEST_TIMEOUT_S = 10.0
-"""A client that stalls longer than this while sending a request is disconnected."""
+"""A client that stalls longer than this while sending a request body gets a 408."""
 MAX_LISTED_PROBLEMS = 200
 """At most this many per-record problems are listed in one reply; ``total`` counts all."""
 
-JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 WHERE = "serve"
 
 
@@ -74,7 +76,7 @@ class Predictor(Protocol):
 
 @dataclass
 class _HttpError(Exception):
-    """A reply with an error status, raised anywhere in a handler and sent once."""
+    """A reply with an error status, raised anywhere while answering and sent once."""
 
     status: HTTPStatus
     error: str
@@ -148,19 +150,6 @@ def _parse_json(body: bytes) -> object:
         _bad_request(f"request: body must be valid JSON; {err}", "invalid JSON")
 
 
-def _json_default(value: object) -> object:
-    """numpy scalars and arrays (a model's outputs) as plain JSON; anything else is a bug."""
-    for method in ("item", "tolist"):
-        convert = getattr(value, method, None)
-        if callable(convert):
-            return convert()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _dumps(payload: object) -> bytes:
-    return json.dumps(payload, allow_nan=False, default=_json_default,
-                      ensure_ascii=False).encode("utf-8")
-
 
 # --------------------------------------------------------------------------- request shape
 
@@ -212,345 +201,287 @@ def _problem_json(problem: object) -> dict[str, object]:
             "message": message if isinstance(message, str) else str(problem)}
 
 
-# --------------------------------------------------------------------------- configuration
+# --------------------------------------------------------------------------- OpenAPI models
+# They document the contract in /openapi.json. Bodies are parsed by the strict reader above
+# (duplicate keys, NaN and row-numbered problems are beyond a schema), replies are sent as
+# the predictor made them.
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name, or "" (all interfaces)
-        return False
+class PredictRequest(BaseModel):
+    """Up to MAX_RECORDS patients, each mapping every feature column to its raw value."""
+
+    patients: list[dict[str, float | str | bool | None]] = Field(
+        min_length=1, max_length=MAX_RECORDS,
+        description="one object per patient; null or \"\" = not recorded (optional columns)")
 
 
-def _check_settings(host: str, port: int, token: str | None) -> list[str]:
-    problems = []
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        problems.append(f"{WHERE}: port must be an integer in 0..65535; got {describe_value(port)}")
-    if token is not None:
-        # Never echo the token itself in a message.
-        if len(token) < MIN_TOKEN_CHARS:
-            problems.append(f"{WHERE}: token must be at least {MIN_TOKEN_CHARS} characters; "
-                            f"got {len(token)} characters")
-        if not all("!" <= ch <= "~" for ch in token):
-            problems.append(f"{WHERE}: token must be printable ASCII without spaces; "
-                            "got other characters")
-    elif not _is_loopback(host):
-        problems.append(f"{WHERE}: token must be set to bind to a non-loopback address; "
-                        f"got host {describe_value(host)} and no token")
-    return problems
+class PredictResponse(BaseModel):
+    predictions: list[dict[str, Any]] = Field(
+        description="one per patient, in order: risk, label, threshold, baseline_risk, "
+                    "pushed_up and pushed_down (the top features each way)")
 
 
-# --------------------------------------------------------------------------- server
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
 
 
-class PredictionServer(ThreadingHTTPServer):
-    """A ``ThreadingHTTPServer`` that holds the predictor, the token and the predict lock."""
-
-    daemon_threads = True
-    request_queue_size = 32
-
-    def __init__(self, host: str, port: int, predictor: Predictor, token: str | None) -> None:
-        self.predictor = predictor
-        self.token_required = token is not None
-        self._token = b"" if token is None else token.encode("ascii")
-        self.predict_lock = threading.Lock()
-        try:
-            is_v6 = ipaddress.ip_address(host).version == 6
-        except ValueError:
-            is_v6 = False
-        self.address_family = socket.AF_INET6 if is_v6 else socket.AF_INET
-        super().__init__((host, port), _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind also does a reverse-DNS lookup (getfqdn) we do not need.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
-
-    def token_matches(self, presented: bytes) -> bool:
-        return hmac.compare_digest(presented, self._token)
-
-    @property
-    def url(self) -> str:
-        host = self.server_name
-        return f"http://[{host}]:{self.server_port}/" if ":" in host else \
-            f"http://{host}:{self.server_port}/"
+class Problem(BaseModel):
+    row: int | None = Field(description="the patient's position in patients, from 1")
+    column: str | None
+    message: str
 
 
-def make_server(predictor: Predictor, *, host: str = "127.0.0.1", port: int = 0,
-                token: str | None = None) -> PredictionServer:
-    """Bind (not yet serve) the prediction service; ``port=0`` picks a free port.
-
-    Raises ``ConfigError`` for a non-loopback host without a token, a token shorter than
-    16 characters or not printable ASCII, a bad port, or an address that cannot be bound.
-    """
-    problems = _check_settings(host, port, token)
-    if problems:
-        raise ConfigError(problems)
-    try:
-        server = PredictionServer(host, port, predictor, token)
-    except OSError as err:
-        raise ConfigError([f"{WHERE}: address must be free and local to this machine; got "
-                           f"{describe_value(host)} port {port} ({err.strerror or err})"]) from err
-    if token is None:
-        logger.warning("no API token: any process that can reach %s can query the model",
-                       server.url)
-    elif not _is_loopback(host):
-        logger.warning("serving plain HTTP on %s: put a TLS-terminating proxy in front so "
-                       "patient data and the token are encrypted on the network", server.url)
-    return server
+class ErrorReply(BaseModel):
+    error: str
+    detail: str | None = None
+    problems: list[Problem] | None = None
+    total: int | None = None
 
 
-def serve(predictor: Predictor, *, host: str, port: int, token: str | None) -> None:
-    """Serve until Ctrl-C (KeyboardInterrupt), then close the socket and return."""
-    server = make_server(predictor, host=host, port=port, token=token)
-    logger.info("prediction service listening on %s (token %s); Ctrl-C stops it", server.url,
-                "required" if token is not None else "not required")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        logger.info("prediction service stopping")
-    finally:
-        server.server_close()
-    logger.info("prediction service stopped")
+def _errors(*statuses: HTTPStatus) -> dict[int | str, dict[str, Any]]:
+    return {int(s): {"model": ErrorReply, "description": s.phrase} for s in statuses}
 
 
-# --------------------------------------------------------------------------- handler
+_GUARDED = (HTTPStatus.UNAUTHORIZED, HTTPStatus.METHOD_NOT_ALLOWED,
+            HTTPStatus.INTERNAL_SERVER_ERROR)
+
+
+class _JsonReply(Response):
+    media_type = JSON_CONTENT_TYPE
+
+    def render(self, content: Any) -> bytes:
+        return _dumps(content)  # before any header goes out, so a failure is still a 500
+
+
+# --------------------------------------------------------------------------- the app
 
 
 @dataclass(frozen=True)
 class _Route:
     method: str
-    action: Callable[[_Handler], None]
     needs_token: bool
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: PredictionServer
-    server_version = "fedcare"
-    # HTTP/1.1 for "Expect: 100-continue" (a refused body is then never sent), but one
-    # request per connection: every reply says "Connection: close", so no idle threads.
-    protocol_version = "HTTP/1.1"
-    timeout = REQUEST_TIMEOUT_S
+_ROUTES: dict[str, _Route] = {
+    "/health": _Route("GET", needs_token=False),
+    "/model": _Route("GET", needs_token=True),
+    "/predict": _Route("POST", needs_token=True),
+    "/openapi.json": _Route("GET", needs_token=True),
+}
 
-    _status: int = 0
-    _records: int | None = None
-    _body_pending: bool = True  # a declared body nobody has read (or discarded) yet
 
-    # Every method goes through one dispatcher, so unknown paths get 404 and known paths
-    # 405 with an Allow header, whatever the method.
-    def do_GET(self) -> None:
-        self._dispatch()
+def create_app(predictor: Predictor, *, token: str | None = None) -> FastAPI:
+    """The ASGI app: three endpoints behind :class:`_Gate` (checks before any body byte)."""
+    app = FastAPI(title="fedcare prediction service", version="1",
+                  description=__doc__.split("\n\n")[1], docs_url=None, redoc_url=None,
+                  openapi_url=None, default_response_class=_JsonReply)
+    predict_lock = threading.Lock()
 
-    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
+    @app.get("/health", response_model=Health)
+    async def health() -> Response:
+        return _JsonReply({"status": "ok"})
 
-    # -- endpoints
+    @app.get("/model", responses={200: {"description": "provenance, inputs, threshold and "
+                                                       "privacy statement of the model"},
+                                  **_errors(*_GUARDED)})
+    async def model() -> Response:
+        return _JsonReply(predictor.describe())
 
-    def _health(self) -> None:
-        self._send_json(HTTPStatus.OK, {"status": "ok"})
-
-    def _model(self) -> None:
-        self._send_json(HTTPStatus.OK, self.server.predictor.describe())
-
-    def _predict(self) -> None:
-        records = _records_from(_parse_json(self._read_body(self._checked_body_length())))
-        self._records = len(records)
+    @app.post("/predict", responses={
+        200: {"model": PredictResponse, "description": "one prediction per patient"},
+        **_errors(HTTPStatus.BAD_REQUEST, HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.LENGTH_REQUIRED,
+                  HTTPStatus.REQUEST_ENTITY_TOO_LARGE, HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                  *_GUARDED)},
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": PredictRequest.model_json_schema()}}}})
+    async def predict(request: Request) -> Response:
         try:
-            with self.server.predict_lock:
-                predictions = self.server.predictor.predict_records(records)
-        except DataValidationError as err:
-            listed = [_problem_json(p) for p in err.problems[:MAX_LISTED_PROBLEMS]]
-            raise _HttpError(HTTPStatus.BAD_REQUEST, "invalid patient records", problems=listed,
-                             total=max(err.total, len(listed))) from None
-        if not isinstance(predictions, list) or len(predictions) != len(records):
-            got = len(predictions) if isinstance(predictions, list) else type(predictions)
-            raise RuntimeError(f"predictor must return one prediction per record; "
-                               f"got {got} for {len(records)}")
-        self._send_json(HTTPStatus.OK, {"predictions": predictions})
+            body = await asyncio.wait_for(request.body(), REQUEST_TIMEOUT_S)
+        except TimeoutError:
+            raise _HttpError(HTTPStatus.REQUEST_TIMEOUT, "request timeout", "request: body "
+                             f"must arrive within {REQUEST_TIMEOUT_S:.0f} s") from None
+        records = _records_from(_parse_json(body))
+        request.state.records = len(records)
+        predictions = await run_in_threadpool(_predict_locked, predictor, predict_lock, records)
+        return _JsonReply({"predictions": predictions})
 
-    # -- request checks (all of them run before any body byte is read)
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> Response:  # served here for the same headers as every reply
+        return _JsonReply(app.openapi())
 
-    def _checked_route(self, path: str) -> _Route:
+    app.add_middleware(_Gate, token=BearerToken(token))
+    return app
+
+
+def _predict_locked(predictor: Predictor, lock: threading.Lock,
+                    records: list[dict[str, object]]) -> list[dict[str, Any]]:
+    try:
+        with lock:
+            predictions = predictor.predict_records(records)
+    except DataValidationError as err:
+        listed = [_problem_json(p) for p in err.problems[:MAX_LISTED_PROBLEMS]]
+        raise _HttpError(HTTPStatus.BAD_REQUEST, "invalid patient records", problems=listed,
+                         total=max(err.total, len(listed))) from None
+    if not isinstance(predictions, list) or len(predictions) != len(records):
+        got = len(predictions) if isinstance(predictions, list) else type(predictions)
+        raise RuntimeError(f"predictor must return one prediction per record; "
+                           f"got {got} for {len(records)}")
+    return predictions
+
+
+class _Gate:
+    """ASGI middleware in front of the routes: every check that needs no body byte (path,
+    token, method, content type, length), error replies, the 500 for anything unexpected,
+    security headers and the one log line per request."""
+
+    def __init__(self, app: Any, token: BearerToken) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        # Leading slashes collapse ("//predict" is /predict), as http.server did.
+        path = "/" + scope["path"].lstrip("/")
+        scope = {**scope, "path": path}
+        method = scope["method"]
+        shown = path if path in _ROUTES else "<unknown path>"  # a stray path may hold values
+        status = 0
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        try:
+            headers = _Headers(scope["headers"])
+            self._check(method, path, headers)
+            await self.app(scope, receive, send_with_headers)
+        except _HttpError as err:
+            if not status:
+                if err.status != HTTPStatus.REQUEST_TIMEOUT:
+                    await _discard_small_body(scope, receive)
+                status = err.status
+                await _send_json(send, err.status, err.payload(),
+                                 {**err.headers, "Connection": "close"})
+        except ClientDisconnect:
+            logger.info("%s %s: client went away", method, shown)
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            logger.exception("%s %s failed (incident %s)", method, shown, incident)
+            if not status:  # else a reply has started: the connection just closes
+                status = HTTPStatus.INTERNAL_SERVER_ERROR
+                await _send_json(send, status, {
+                    "error": "internal error",
+                    "detail": f"the server could not answer; quote incident {incident} "
+                              "to its operator"}, {"Connection": "close"})
+        finally:
+            ms = (time.monotonic() - started) * 1000.0
+            records = scope.get("state", {}).get("records")
+            shown_records = "" if records is None else f" ({records} records)"
+            logger.log(logging.INFO if status < 500 else logging.ERROR, "%s %s -> %s%s in %.1f ms",
+                       method, shown, status or "-", shown_records, ms)
+
+    def _check(self, method: str, path: str, headers: _Headers) -> None:
         route = _ROUTES.get(path)
-        if (route is None or route.needs_token) and not self._authorized():
+        if (route is None or route.needs_token) and not self.token.admits(headers.raw):
             raise _HttpError(HTTPStatus.UNAUTHORIZED, "unauthorized",
                              "request: Authorization must be 'Bearer <token>'",
                              headers={"WWW-Authenticate": 'Bearer realm="fedcare"'})
         if route is None:
             raise _HttpError(HTTPStatus.NOT_FOUND, "not found",
                              "request: path must be one of " + ", ".join(_ROUTES))
-        if self.command != route.method:
+        if method != route.method:
             raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed",
                              f"request: method must be {route.method} for {path}",
                              headers={"Allow": route.method})
-        return route
+        if method == "POST":
+            _check_body_headers(headers)
 
-    def _checked_body_length(self) -> int:
-        media_type, _, params = (self.headers.get("Content-Type") or "").partition(";")
-        charset = next((v.strip().strip('"').lower() for k, _, v in
-                        (p.strip().partition("=") for p in params.split(";"))
-                        if k.strip().lower() == "charset"), "utf-8")
-        if media_type.strip().lower() != "application/json" or charset not in ("utf-8", "utf8"):
-            raise _HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "unsupported media type",
-                             f"request: Content-Type must be {JSON_CONTENT_TYPE}")
-        if "Transfer-Encoding" in self.headers:
+
+@dataclass(frozen=True)
+class _Headers:
+    raw: list[tuple[bytes, bytes]]
+
+    def all(self, name: bytes) -> list[str]:
+        return [v.decode("latin-1") for k, v in self.raw if k == name]
+
+
+def _check_body_headers(headers: _Headers) -> None:
+    media_type, _, params = (headers.all(b"content-type") or [""])[0].partition(";")
+    charset = next((v.strip().strip('"').lower() for k, _, v in
+                    (p.strip().partition("=") for p in params.split(";"))
+                    if k.strip().lower() == "charset"), "utf-8")
+    if media_type.strip().lower() != "application/json" or charset not in ("utf-8", "utf8"):
+        raise _HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "unsupported media type",
+                         f"request: Content-Type must be {JSON_CONTENT_TYPE}")
+    if headers.all(b"transfer-encoding"):
+        raise _HttpError(HTTPStatus.LENGTH_REQUIRED, "length required",
+                         "request: body must be sent with Content-Length, not chunked")
+    length = _declared_length(headers)
+    if length is None:
+        if not headers.all(b"content-length"):
             raise _HttpError(HTTPStatus.LENGTH_REQUIRED, "length required",
-                             "request: body must be sent with Content-Length, not chunked")
-        length = self._declared_length()
-        if length is None:
-            if not self.headers.get_all("Content-Length"):
-                raise _HttpError(HTTPStatus.LENGTH_REQUIRED, "length required",
-                                 "request: Content-Length must be set")
-            _bad_request("request: Content-Length must be one non-negative integer")
-        if length > MAX_BODY_BYTES:  # refused unread
-            raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large",
-                             f"request: body must be at most {MAX_BODY_BYTES} bytes; "
-                             f"got {length}")
-        return length
-
-    def _declared_length(self) -> int | None:
-        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
-        if len(values) != 1 or "Transfer-Encoding" in self.headers:
-            return None
-        text = values.pop()
-        return int(text) if text.isascii() and text.isdigit() else None
-
-    def _read_body(self, length: int) -> bytes:
-        self._body_pending = False
-        body = self.rfile.read(length)
-        if len(body) != length:
-            _bad_request(f"request: body must be {length} bytes as Content-Length says; "
-                         f"got {len(body)}")
-        return body
-
-    def _discard_unread_body(self) -> None:
-        """Drain a small body an error reply did not need, so the client sees the reply
-        instead of a connection reset. Bodies over MAX_BODY_BYTES are never read."""
-        length = self._declared_length() if self._body_pending else None
-        self._body_pending = False
-        if not length or length > MAX_BODY_BYTES:
-            return
-        deadline = time.monotonic() + 2.0
-        with contextlib.suppress(OSError):
-            while length > 0 and time.monotonic() < deadline:
-                chunk = self.rfile.read1(min(length, 65536))
-                if not chunk:
-                    break
-                length -= len(chunk)
-
-    def _authorized(self) -> bool:
-        if not self.server.token_required:
-            return True
-        values = self.headers.get_all("Authorization") or []
-        if len(values) != 1:
-            return False
-        scheme, _, credentials = values[0].strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        # Header values arrive decoded as latin-1, so this round-trips the client's bytes.
-        return self.server.token_matches(credentials.strip().encode("latin-1", "replace"))
-
-    def handle_expect_100(self) -> bool:
-        """Answer "Expect: 100-continue" with the final error if the body would be refused."""
-        path = urlsplit(self.path).path
-        try:
-            if self._checked_route(path).method == "POST":
-                self._checked_body_length()
-        except _HttpError as err:
-            self._body_pending = False  # the client waits and never sends it
-            self._send_json(err.status, err.payload(), err.headers)
-            self._log(path if path in _ROUTES else "<unknown path>", time.monotonic())
-            return False
-        return super().handle_expect_100()
-
-    # -- dispatch and replies
-
-    def _dispatch(self) -> None:
-        started = time.monotonic()
-        path = urlsplit(self.path).path
-        shown = path if path in _ROUTES else "<unknown path>"  # a stray path may hold values
-        try:
-            self._checked_route(path).action(self)
-        except _HttpError as err:
-            self._send_json(err.status, err.payload(), err.headers)
-        except TimeoutError:
-            logger.warning("%s %s: client stalled for %ss; disconnected", self.command, shown,
-                           self.timeout)
-            self._body_pending = False
-            self._send_error_safely(HTTPStatus.REQUEST_TIMEOUT, "request timeout",
-                                    "request: body must arrive within the timeout")
-        except (BrokenPipeError, ConnectionResetError):
-            logger.info("%s %s: client went away", self.command, shown)
-            self._body_pending = False
-        except Exception:
-            incident = uuid.uuid4().hex[:12]
-            logger.exception("%s %s failed (incident %s)", self.command, shown, incident)
-            self._send_error_safely(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error",
-                                    f"the server could not answer; quote incident {incident} "
-                                    "to its operator")
-        finally:
-            self._log(shown, started)
-            self._discard_unread_body()
-
-    def _send_error_safely(self, status: HTTPStatus, error: str, detail: str) -> None:
-        if self._status:  # a reply has already started: the connection just closes
-            return
-        with contextlib.suppress(OSError):
-            self._send_json(status, {"error": error, "detail": detail})
-
-    def _send_json(self, status: HTTPStatus | int, payload: object,
-                   headers: dict[str, str] | None = None) -> None:
-        body = _dumps(payload)  # before any header goes out, so a failure can still be a 500
-        self._status = int(status)
-        self.close_connection = True
-        self.send_response(status)
-        self.send_header("Content-Type", JSON_CONTENT_TYPE)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Connection", "close")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _log(self, path: str, started: float) -> None:
-        ms = (time.monotonic() - started) * 1000.0
-        records = "" if self._records is None else f" ({self._records} records)"
-        level = logging.INFO if self._status < 500 else logging.ERROR
-        logger.log(level, "%s %s -> %s%s in %.1f ms", self.command, path, self._status or "-",
-                   records, ms)
-
-    # -- the base class's own replies and logging (malformed requests, stderr lines)
-
-    def version_string(self) -> str:
-        return self.server_version  # no Python version in the Server header
-
-    def send_error(self, code: int, message: str | None = None,
-                   explain: str | None = None) -> None:
-        # Called by the base class for malformed request lines, oversized headers and
-        # unknown methods. Its message may quote the raw request line: not echoed or logged.
-        try:
-            phrase = HTTPStatus(code).phrase.lower()
-        except ValueError:
-            phrase = "error"
-        logger.info("rejected a malformed request -> %d", code)
-        self._body_pending = False
-        with contextlib.suppress(OSError):
-            self._send_json(code, {"error": phrase,
-                                   "detail": "request: must be a well-formed HTTP/1.x request"})
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass  # _log writes one line per request instead
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # never stderr; never the raw request line (it may carry patient values)
+                             "request: Content-Length must be set")
+        _bad_request("request: Content-Length must be one non-negative integer")
+    if length > MAX_BODY_BYTES:  # refused unread
+        raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large",
+                         f"request: body must be at most {MAX_BODY_BYTES} bytes; got {length}")
 
 
-_ROUTES: dict[str, _Route] = {
-    "/health": _Route("GET", _Handler._health, needs_token=False),
-    "/model": _Route("GET", _Handler._model, needs_token=True),
-    "/predict": _Route("POST", _Handler._predict, needs_token=True),
-}
+def _declared_length(headers: _Headers) -> int | None:
+    values = {v.strip() for v in headers.all(b"content-length")}
+    if len(values) != 1:
+        return None
+    text = values.pop()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+async def _discard_small_body(scope: dict[str, Any], receive: Any) -> None:
+    """Read a small body an error reply did not need, so the client sees the reply instead
+    of a connection reset. Bodies over MAX_BODY_BYTES, and bodies a client holds back
+    until "100 Continue", are never asked for."""
+    headers = _Headers(scope["headers"])
+    length = _declared_length(headers)
+    if not length or length > MAX_BODY_BYTES or headers.all(b"expect"):
+        return
+    try:
+        async with asyncio.timeout(2.0):
+            while (await receive()).get("more_body", False):
+                pass
+    except (TimeoutError, ClientDisconnect):
+        return
+
+
+# --------------------------------------------------------------------------- serving
+
+
+def make_server(predictor: Predictor, *, host: str = "127.0.0.1", port: int = 0,
+                token: str | None = None, ssl_certfile: str | None = None,
+                ssl_keyfile: str | None = None) -> WebServer:
+    """Bind (not yet serve) the prediction service; ``port=0`` picks a free port.
+
+    Raises ``ConfigError`` for a non-loopback host without a token, a token shorter than
+    16 characters or not printable ASCII, a bad port, half a TLS pair, or an address that
+    cannot be bound.
+    """
+    return bind(create_app(predictor, token=token), WHERE, host=host, port=port, token=token,
+                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+
+
+def serve(predictor: Predictor, *, host: str, port: int, token: str | None,
+          ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:
+    """Serve until SIGTERM or Ctrl-C; finish in-flight requests, close, and return."""
+    server = make_server(predictor, host=host, port=port, token=token,
+                         ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+    logger.info("prediction service listening on %s (token %s); Ctrl-C or SIGTERM stops it",
+                server.url, "required" if token is not None else "not required")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    logger.info("prediction service stopped")

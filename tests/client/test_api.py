@@ -6,6 +6,7 @@ The predictor is a fake (risk = age / 100) so these tests need no model; the rea
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -25,9 +26,10 @@ from typing import Any
 
 import pytest
 
-from fedcare.client.api import MAX_BODY_BYTES, MAX_RECORDS, PredictionServer, make_server
+from fedcare.client.api import MAX_BODY_BYTES, MAX_RECORDS, make_server
 from fedcare.common.data import DataProblem
 from fedcare.common.errors import ConfigError, DataValidationError, describe_value
+from fedcare.common.web import WebServer
 
 TOKEN = "test-token-0123456789abcdef"
 TIMEOUT_S = 5.0
@@ -105,7 +107,7 @@ class Reply:
 
 @dataclass
 class Api:
-    server: PredictionServer
+    server: WebServer
     predictor: FakePredictor
 
     @property
@@ -145,22 +147,14 @@ class Api:
 @pytest.fixture
 def start_api() -> Iterator[Callable[..., Api]]:
     """Factory: a live server on 127.0.0.1:<free port>, shut down after the test."""
-    running: list[tuple[PredictionServer, threading.Thread]] = []
+    with contextlib.ExitStack() as running:
 
-    def start(predictor: FakePredictor | None = None, *, token: str | None = None) -> Api:
-        fake = predictor if predictor is not None else FakePredictor()
-        server = make_server(fake, host="127.0.0.1", port=0, token=token)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                  daemon=True)
-        thread.start()
-        running.append((server, thread))
-        return Api(server, fake)
+        def start(predictor: FakePredictor | None = None, *, token: str | None = None) -> Api:
+            fake = predictor if predictor is not None else FakePredictor()
+            server = make_server(fake, host="127.0.0.1", port=0, token=token)
+            return Api(running.enter_context(server.in_thread(TIMEOUT_S)), fake)
 
-    yield start
-    for server, thread in running:
-        server.shutdown()
-        server.server_close()
-        thread.join(TIMEOUT_S)
+        yield start
 
 
 @pytest.fixture
@@ -545,6 +539,21 @@ def test_logs_name_method_path_and_status_but_never_patient_values(
 # --------------------------------------------------------------------------- serve()
 
 
+def _spawn(script: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+    """A Python process running ``script``, and a queue of its stderr lines."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for text in proc.stderr or ():
+            lines.put(text)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return proc, lines
+
+
 _SERVE_SCRIPT = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
@@ -558,16 +567,7 @@ serve(P(), host="127.0.0.1", port=0, token=None)
 
 @pytest.mark.slow
 def test_serve_logs_its_url_and_stops_cleanly_on_ctrl_c() -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", _SERVE_SCRIPT], stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=REPO)
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        for text in proc.stderr or ():
-            lines.put(text)
-
-    threading.Thread(target=pump, daemon=True).start()
+    proc, lines = _spawn(_SERVE_SCRIPT)
     try:
         line = ""
         while "listening on" not in line:
@@ -590,3 +590,144 @@ def test_serve_logs_its_url_and_stops_cleanly_on_ctrl_c() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(TIMEOUT_S)
+
+
+# --------------------------------------------------------------------------- FastAPI additions
+
+
+def test_openapi_schema_documents_the_three_endpoints(api: Api) -> None:
+    reply = api.request("GET", "/openapi.json")
+
+    assert reply.status == 200
+    paths = reply.body["paths"]
+    assert sorted(paths) == ["/health", "/model", "/predict"]
+    predict = paths["/predict"]["post"]
+    body_schema = predict["requestBody"]["content"]["application/json"]["schema"]
+    assert body_schema["properties"]["patients"]["maxItems"] == MAX_RECORDS
+    assert {"200", "400", "401", "411", "413", "415"} <= set(predict["responses"])
+
+
+def test_openapi_schema_needs_the_token_when_one_is_set(start_api: Callable[..., Api]) -> None:
+    api = start_api(token=TOKEN)
+
+    assert api.request("GET", "/openapi.json").status == 401
+    assert api.request("GET", "/openapi.json", token=TOKEN).status == 200
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_no_documentation_page_that_would_load_scripts_from_a_cdn(api: Api, path: str) -> None:
+    assert api.request("GET", path).status == 404
+
+
+def test_leading_slashes_collapse_as_before(api: Api) -> None:
+    assert api.request("GET", "//health").status == 200
+
+
+def test_a_malformed_request_line_is_a_json_400_that_does_not_quote_it(api: Api) -> None:
+    with socket.create_connection(("127.0.0.1", api.port), timeout=TIMEOUT_S) as sock:
+        sock.sendall(b"GET /patients/Jane Roe HTTP/1.1 extra\r\nHost: x\r\n\r\n")
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"content-type: application/json; charset=utf-8" in head.lower()
+    assert json.loads(body)["error"] == "bad request"
+    assert b"Jane" not in raw
+
+
+def test_replies_carry_no_server_header(api: Api) -> None:
+    reply = api.request("GET", "/health")
+
+    assert "Server" not in reply.headers
+    assert reply.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_half_a_tls_pair_is_refused(tmp_path: Path) -> None:
+    cert = tmp_path / "server.pem"
+    cert.write_text("not used")
+
+    with pytest.raises(ConfigError, match="ssl-certfile and ssl-keyfile must be given together"):
+        make_server(FakePredictor(), ssl_certfile=str(cert))
+
+
+def test_a_missing_tls_file_is_refused_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ssl-keyfile must be a readable file"):
+        make_server(FakePredictor(), ssl_certfile=__file__,
+                    ssl_keyfile=str(tmp_path / "absent.key"))
+
+
+def test_tls_serves_https_that_a_client_trusting_the_ca_can_verify(tmp_path: Path) -> None:
+    import ssl
+
+    from fedcare.deploy.certs import CA_CERT, SERVER_CERT, SERVER_KEY, create_ca, issue_server_cert
+
+    create_ca(tmp_path)
+    issue_server_cert(tmp_path, hosts=["127.0.0.1"])
+    server = make_server(FakePredictor(), ssl_certfile=str(tmp_path / SERVER_CERT),
+                         ssl_keyfile=str(tmp_path / SERVER_KEY))
+    with server.in_thread(TIMEOUT_S):
+        context = ssl.create_default_context(cafile=str(tmp_path / CA_CERT))
+        conn = http.client.HTTPSConnection("127.0.0.1", int(server.server_address[1]),
+                                           timeout=TIMEOUT_S, context=context)
+        conn.request("GET", "/health")
+        response = conn.getresponse()
+
+        assert server.url.startswith("https://127.0.0.1:")
+        assert (response.status, json.loads(response.read())) == (200, {"status": "ok"})
+        conn.close()
+
+
+_DRAIN_SCRIPT = """
+import logging, sys, time
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+from fedcare.client.api import serve
+class Slow:
+    def predict_records(self, records):
+        print("predicting", file=sys.stderr, flush=True)
+        time.sleep(1.0)
+        return [{"risk": 0.5} for _ in records]
+    def describe(self): return {"model": "slow"}
+serve(Slow(), host="127.0.0.1", port=0, token=None)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_lets_the_in_flight_prediction_finish_then_exits_0() -> None:
+    proc, lines = _spawn(_DRAIN_SCRIPT)
+
+    def wait_line(text: str) -> str:
+        line = ""
+        while text not in line:
+            line = lines.get(timeout=PROCESS_TIMEOUT_S)
+        return line
+
+    try:
+        url = wait_line("listening on").split("listening on ")[1].split()[0]
+        host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(_predict_on, host, int(port))
+            wait_line("predicting")
+
+            proc.send_signal(signal.SIGTERM)
+
+            status, body = pending.result(PROCESS_TIMEOUT_S)
+        assert (status, body) == (200, {"predictions": [{"risk": 0.5}]})
+        assert proc.wait(timeout=PROCESS_TIMEOUT_S) == 0
+        wait_line("prediction service stopped")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(TIMEOUT_S)
+
+
+def _predict_on(host: str, port: int) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection(host, port, timeout=PROCESS_TIMEOUT_S)
+    try:
+        conn.request("POST", "/predict", json.dumps({"patients": [{"age": 1}]}),
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
