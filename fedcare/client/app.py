@@ -25,11 +25,13 @@ from fedcare.client.site import (
     evaluate_personalised,
     evaluate_round,
     finetune_site,
+    record_refusal,
     resolve_site,
     train_round,
     withhold_metrics,
 )
 from fedcare.common.config import RunConfig
+from fedcare.common.errors import LedgerCorrupted, PolicyRefused
 from fedcare.common.preflight import ANSWER_RECORD, KNOWN_RECORD, REQUEST_RECORD
 from fedcare.common.wire import decode_arrays
 
@@ -43,30 +45,35 @@ def _site(msg: Message, context: Context) -> tuple[RunConfig, SiteSpec, Any]:
     return config, site, round_config
 
 
-def _read(msg: Message, context: Context) -> tuple[RunConfig, SiteSpec, Any, list[Any]]:
-    """The run, the site and the global model, once the site's policy admits the run
-    (before any data file is opened; raises ``PolicyRefused`` otherwise)."""
-    config, site, round_config = _site(msg, context)
+def _weights(msg: Message, config: RunConfig, site: SiteSpec) -> list[Any]:
+    """The global model, once the site's policy admits the run (before any data file is
+    opened; raises ``PolicyRefused`` otherwise)."""
     admit(config, site)
     # Numbers only: an object array or pickle from the server is refused, never loaded.
-    weights = decode_arrays(msg.content.array_records["arrays"], where="global model")
-    return config, site, round_config, weights
+    return decode_arrays(msg.content.array_records["arrays"], where="global model")
+
+
+def _refuse(err: Exception, msg: Message, site: SiteSpec, round_config: Any,
+            phase: str) -> Message:
+    """An error reply with the reasons, also written to a deployed site's audit log."""
+    if not isinstance(err, LedgerCorrupted):  # a broken log is not extended
+        reasons = err.reasons if isinstance(err, PolicyRefused) else (str(err),)
+        record_refusal(site, run_id=ledger_run_id(round_config), phase=phase, reasons=reasons)
+    return refusal(err, msg)
 
 
 @app.train(mods=[secure_aggregation_mod])  # SecAgg+ rounds; plain ones pass
 def train(msg: Message, context: Context) -> Message:
-    try:
-        config, site, round_config, weights = _read(msg, context)
-    except REFUSABLE as err:
-        return refusal(err, msg)
+    config, site, round_config = _site(msg, context)
     server_round = int(round_config["server-round"])
-    maybe_fail(config, site, server_round)  # simulation only (fail-sites)
     try:
+        weights = _weights(msg, config, site)
+        maybe_fail(config, site, server_round)  # simulation only (fail-sites)
         outcome = train_round(config, site, weights, run_id=ledger_run_id(round_config),
                               server_round=server_round,
                               proximal_mu=float(round_config.get("proximal-mu", 0.0)))
     except REFUSABLE as err:
-        return refusal(err, msg)
+        return _refuse(err, msg, site, round_config, "round")
     sent = maybe_attack(config, site, outcome.weights, weights, server_round)  # simulation only
     return Message(train_content(site, outcome, sent), reply_to=msg)
 
@@ -74,23 +81,25 @@ def train(msg: Message, context: Context) -> Message:
 @app.train("finetune")
 def finetune(msg: Message, context: Context) -> Message:
     """After the last round: personalise at the site under DP; reply with scores only."""
+    config, site, round_config = _site(msg, context)
     try:
-        config, site, round_config, weights = _read(msg, context)
+        weights = _weights(msg, config, site)
         outcome, personal = finetune_site(config, site, weights,
                                           run_id=ledger_run_id(round_config),
                                           server_round=int(round_config["server-round"]))
     except REFUSABLE as err:
-        return refusal(err, msg)
+        return _refuse(err, msg, site, round_config, "finetune")
     return Message(finetune_content(site, outcome, personal), reply_to=msg)
 
 
 @app.evaluate(mods=[legacy_format_mod])
 def evaluate(msg: Message, context: Context) -> Message:
+    config, site, round_config = _site(msg, context)
     try:
-        config, site, round_config, weights = _read(msg, context)
+        weights = _weights(msg, config, site)
         withhold_metrics(site)
     except REFUSABLE as err:
-        return refusal(err, msg)
+        return _refuse(err, msg, site, round_config, "evaluate")
     result = evaluate_round(config, site, weights)
     personal = evaluate_personalised(config, site, weights, run_id=run_name_of(round_config))
     return Message(evaluate_content(site, result, personal), reply_to=msg)
@@ -105,4 +114,7 @@ def preflight(msg: Message, context: Context) -> Message:
                                                                          config.num_rounds)),
                               run_id=ledger_run_id(round_config),
                               known={str(k): str(v) for k, v in known.items()})
+    if not answer.accepted:
+        record_refusal(site, run_id=ledger_run_id(round_config), phase="preflight",
+                       reasons=answer.reasons)
     return Message(RecordDict({ANSWER_RECORD: ConfigRecord(answer.to_record())}), reply_to=msg)

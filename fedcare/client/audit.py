@@ -73,10 +73,12 @@ from fedcare.common.privacy.ledger import ResetEntry
 __all__ = [
     "AUDIT_FILENAME",
     "GENESIS_HASH",
+    "REFUSAL_KIND",
     "RESET_KIND",
     "SPEND_KIND",
     "AnyRecord",
     "AuditRecord",
+    "RefusalRecord",
     "ResetRecord",
     "SiteAuditLog",
     "SpendRecord",
@@ -449,10 +451,55 @@ class ResetRecord(_Line):
 
 
 
+#: ``kind`` of a refusal record: the site said no (pre-flight or a request), with reasons.
+REFUSAL_KIND = "refusal"
+REFUSAL_PHASES = ("preflight", "round", "finetune", "evaluate")
+MAX_REFUSAL_REASONS = 50
+MAX_REASON_CHARS = 2000
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefusalRecord(_Line):
+    """One line of a site's audit log: the site refused what the server asked, and why.
+
+    Nothing was trained or spent for it; ``reasons`` are the site's own words (policy,
+    budget, bundle or state checks: counts, keys and hashes, never a patient value).
+    """
+
+    index: int
+    recorded_at: str
+    site: str
+    kind: str
+    run_id: str
+    phase: str
+    reasons: list[str]
+    prev_hash: str
+    hash: str
+
+    def __post_init__(self) -> None:
+        check = _Checker(self.__dict__)
+        check.header(REFUSAL_KIND)
+        check.text("run_id")
+        check.choice("phase", REFUSAL_PHASES)
+        reasons = self.reasons
+        if (not isinstance(reasons, list) or not 1 <= len(reasons) <= MAX_REFUSAL_REASONS
+                or not all(isinstance(r, str) and 0 < len(r) <= MAX_REASON_CHARS
+                           for r in reasons)):
+            check.problems.append(f"reasons must be 1 to {MAX_REFUSAL_REASONS} non-empty "
+                                  f"strings of at most {MAX_REASON_CHARS} characters; "
+                                  f"got {_describe(reasons)}")
+        if check.problems:
+            raise ValueError("RefusalRecord: " + "; ".join(check.problems))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RefusalRecord:
+        return cls._from(data, "refusal record")
+
+
 #: Any line of the log. Round records keep the format of fedcare before spend records
 #: (no ``kind`` key), so logs written then read unchanged.
-AnyRecord = AuditRecord | SpendRecord | ResetRecord
-_R = TypeVar("_R", AuditRecord, SpendRecord, ResetRecord)
+AnyRecord = AuditRecord | SpendRecord | ResetRecord | RefusalRecord
+_R = TypeVar("_R", AuditRecord, SpendRecord, ResetRecord, RefusalRecord)
 
 
 def parse_record(data: Any) -> AnyRecord:
@@ -463,8 +510,10 @@ def parse_record(data: Any) -> AnyRecord:
             return SpendRecord.from_dict(data)
         if kind == RESET_KIND:
             return ResetRecord.from_dict(data)
-        raise ValueError(f"kind must be one of {SPEND_KIND}, {RESET_KIND} (or absent for a "
-                         f"round record); got {_describe(kind)}")
+        if kind == REFUSAL_KIND:
+            return RefusalRecord.from_dict(data)
+        raise ValueError(f"kind must be one of {SPEND_KIND}, {RESET_KIND}, {REFUSAL_KIND} (or "
+                         f"absent for a round record); got {_describe(kind)}")
     return AuditRecord.from_dict(data)
 
 
@@ -736,6 +785,26 @@ class SiteAuditLog:
                     "%d, lifetime eps %.4g at delta=%g, %s), hash %s", self._path,
                     record.index, run_id, server_round, origin, ledger_index, epsilon_total,
                     delta, accountant, _short(record.hash))
+        return record
+
+    def append_refusal(self, *, run_id: str, phase: str,
+                       reasons: Sequence[str]) -> RefusalRecord:
+        """Verify the chain, then append one refusal record (reasons capped and trimmed).
+
+        Raises:
+            LedgerCorrupted: the existing log fails verification; it is not extended.
+        """
+        kept = [r[:MAX_REASON_CHARS] for r in reasons if r][:MAX_REFUSAL_REASONS]
+        values: dict[str, Any] = {
+            "index": 0, "recorded_at": _utc_now_iso(), "site": self._site,
+            "kind": REFUSAL_KIND, "run_id": run_id or "unnamed-run", "phase": phase,
+            "reasons": kept or ["(no reason given)"], "prev_hash": GENESIS_HASH,
+            "hash": GENESIS_HASH}
+        RefusalRecord(**values)  # ValueError before the lock, nothing written
+        record = self._append(lambda previous: None, lambda index, prev: RefusalRecord(
+            **{**values, "index": index, "prev_hash": prev}))
+        logger.info("site audit log %s: entry %d: refused %s of run %s (%d reason(s)), hash %s",
+                    self._path, record.index, phase, run_id, len(kept), _short(record.hash))
         return record
 
     def start_after_reset(self, reset: ResetEntry) -> ResetRecord:

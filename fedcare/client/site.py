@@ -36,7 +36,7 @@ from fedcare.client.site_state import check_site_state, record_spend
 from fedcare.client.training import DPSettings, EvalResult, derive_seed, get_trainer, secure_seed
 from fedcare.common.config import RunConfig
 from fedcare.common.datasets import SiteData, load_federated_site, load_site_from_csv
-from fedcare.common.errors import ConfigError, PolicyRefused
+from fedcare.common.errors import ConfigError, LedgerCorrupted, PolicyRefused
 from fedcare.common.files import write_json_atomic
 from fedcare.common.privacy import (
     LedgerEntry,
@@ -190,6 +190,18 @@ def site_display_name(config: RunConfig, partition_id: int) -> str:
 
         return SITES[partition_id] if 0 <= partition_id < len(SITES) else f"site-{partition_id}"
     return f"site-{partition_id}"
+
+
+def record_refusal(site: SiteSpec, *, run_id: str, phase: str, reasons: Sequence[str]) -> None:
+    """Write a deployed site's refusal, with its reasons, to the site's own audit log (a
+    log that does not verify is reported, never extended; the refusal stands either way)."""
+    if not site.deployed:
+        return
+    try:
+        SiteAuditLog(site.state_dir, site=site.name).append_refusal(
+            run_id=run_id, phase=phase, reasons=list(reasons))
+    except (LedgerCorrupted, OSError, ValueError) as err:
+        logger.error("site %s: refusal not written to the audit log: %s", site.name, err)
 
 
 def withhold_metrics(site: SiteSpec) -> None:
