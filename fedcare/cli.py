@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "seeds; tidy CSV and privacy-utility plots")
     run_flags(sweep)
     sweep.add_argument("--epsilons", default="none,1,3,10",
-                       help="whole-run target epsilons per site; 'none' = no DP")
+                       help="target epsilons per site for each run (this run); 'none' = no DP")
     sweep.add_argument("--strategies", default="fedavg")
     sweep.add_argument("--partitionings", default="iid",
                        help="natural, iid, dirichlet:ALPHA (comma-separated)")

@@ -268,7 +268,7 @@ def noise_multiplier_for(config: RunConfig, num_examples: int) -> float:
         extra_epochs=config.finetune_epochs,  # the final fine-tuning is planned in
         extra_share=config.finetune_budget_share)
     logger.info("calibrated noise multiplier %.4f for %d rows, %d rounds + %d fine-tuning "
-                "epochs (%s), target eps %.3g (whole run)", sigma, num_examples,
+                "epochs (%s), target eps %.3g (this run)", sigma, num_examples,
                 config.num_rounds, config.finetune_epochs,
                 f"{config.finetune_budget_share:g} of the budget" if config.finetune_budget_share
                 else "same noise", privacy.target_epsilon)

@@ -72,7 +72,7 @@ def site_level_statement(config: RunConfig, rounds: int) -> dict[str, Any]:
             "clip-norm": config.site_clip_norm, "sites-per-round": config.min_sites,
             "adjacency": "add/remove one site's whole contribution (a removed site counts as a "
                          "zero update, so the denominator stays at sites-per-round)",
-            "short": f"site-level eps={epsilon:.3f} at delta={config.site_delta:g} (whole run, "
+            "short": f"site-level eps={epsilon:.3f} at delta={config.site_delta:g} (this run, "
                      f"{rounds} aggregated rounds, {config.accountant.upper()}, one whole site "
                      "added/removed, every site every round: no sampling amplification)"}
 

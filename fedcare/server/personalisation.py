@@ -86,7 +86,7 @@ def personalisation_section(config: RunConfig, report: Mapping[str, Any],
                 "Fed-Heart-Disease metric); personalised = the shared model plus the site's "
                 "private part (a logit offset trained in the same DP steps"
                 + (", then fine-tuned under DP" if finetune else "") + "), which never leaves "
-                "the site. Each site's epsilon covers both (whole run, incl. fine-tuning).",
+                "the site. Each site's epsilon covers both (this run, incl. fine-tuning).",
     }
 
 

@@ -1,7 +1,7 @@
 """The run report: what every site spent and scored, round by round.
 
 ``report.json`` is the record; ``global-metrics.png`` and ``site-epsilon.png`` are
-for people. Each site's epsilon is its own whole-run figure (the composition of all
+for people. Each site's epsilon is its own figure, this run's and lifetime at the site (the composition of all
 its recorded rounds) at the stated delta; it is never averaged across sites.
 """
 
@@ -196,7 +196,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def site_table(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per site: its latest training figures (rows, whole-run eps) and latest evaluation."""
+    """Per site: its latest training figures (rows, eps this run and lifetime at the site)
+    and latest evaluation."""
     table: dict[str, dict[str, Any]] = {}
     for rnd in rounds:
         for site, m in rnd["train"].items():
@@ -266,7 +267,7 @@ def write_report(run_dir: Path, report: Mapping[str, Any], *, plots: bool = True
 
 
 def plot_report(run_dir: Path, report: Mapping[str, Any]) -> None:
-    """Global accuracy/AUC by round, and each site's whole-run epsilon by round."""
+    """Global accuracy/AUC by round, and each site's lifetime epsilon by round."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -300,7 +301,7 @@ def plot_report(run_dir: Path, report: Mapping[str, Any]) -> None:
         ax.axhline(budget, color="red", linestyle="--", label="site budget")
     delta = report["config"].get("delta")
     ax.set(xlabel="round", ylabel=f"epsilon spent so far (delta={delta})",
-           title="each site's whole-run epsilon")
+           title="each site's epsilon, lifetime at the site")
     ax.grid(alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)

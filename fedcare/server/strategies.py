@@ -37,14 +37,14 @@ WEIGHT_KEY = "num-examples"
 
 def aggregate_train_metrics(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:
     """What Flower logs after a training round. Epsilon is never averaged across sites:
-    only the largest site's whole-run figure is given, under a name that says so."""
+    only the largest site's lifetime figure is given, under a name that says so."""
     metrics = [next(iter(r.metric_records.values())) for r in replies]
     out: dict[str, Any] = {
         "sites": len(metrics),
         WEIGHT_KEY: int(sum(_number(m[WEIGHT_KEY]) for m in metrics))}
     epsilons = [_number(m["epsilon"]) for m in metrics if "epsilon" in m]
     if epsilons:
-        out["epsilon-of-most-spent-site"] = max(epsilons)
+        out["epsilon-lifetime-most-spent-site"] = max(epsilons)
     return MetricRecord(out)
 
 

@@ -413,7 +413,7 @@ def plot_all(out_dir: Path, rows: Sequence[Mapping[str, Any]],
             ax.axhline(_mean(r[metric] for r in local) or math.nan, color="grey", linestyle=":",
                        label="local only (own site, mean)")
         ax.set_xscale("log")
-        ax.set_xlabel("epsilon per site, whole run (target)")
+        ax.set_xlabel("epsilon per site, this run (target)")
         ax.set_ylabel(f"mean site {'accuracy' if metric == 'accuracy' else 'ROC AUC'}")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)

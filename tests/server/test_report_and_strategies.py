@@ -68,7 +68,7 @@ def test_train_aggregate_reports_the_largest_site_epsilon_not_an_average() -> No
 
     out = aggregate_train_metrics(replies, "num-examples")
 
-    assert out["epsilon-of-most-spent-site"] == 0.9
+    assert out["epsilon-lifetime-most-spent-site"] == 0.9
     assert out["num-examples"] == 400
     assert "epsilon" not in out
 
