@@ -1,8 +1,9 @@
 """The run report: what every site spent and scored, round by round.
 
 ``report.json`` is the record; ``global-metrics.png`` and ``site-epsilon.png`` are
-for people. Each site's epsilon is its own figure, this run's and lifetime at the site (the composition of all
-its recorded rounds) at the stated delta; it is never averaged across sites.
+for people. Each site's epsilon is its own figure, this run's and lifetime at the site
+(the composition of all its recorded rounds) at the stated delta; it is never averaged
+across sites.
 """
 
 from __future__ import annotations
