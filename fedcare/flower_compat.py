@@ -29,6 +29,7 @@ import hashlib
 import io
 import logging
 import sys
+import threading
 import time
 import tomllib
 import zipfile
@@ -54,6 +55,11 @@ PACKAGE = "fedcare"
 #: Files that carry code in a bundle (Flower ships **/*.py, **/*.toml, **/*.md).
 CODE_SUFFIX = ".py"
 MAX_LISTED_FILES = 5
+#: Bounds of the site's poll interval (Flower's SuperNode sleeps a fixed 3 s).
+MIN_POLL_INTERVAL = 0.01
+MAX_POLL_INTERVAL = 3.0
+TENSORFLOW = "tensorflow"
+TELEMETRY_ENV = "FLWR_TELEMETRY_ENABLED"
 
 
 class FlowerVersionError(RuntimeError):
@@ -196,7 +202,7 @@ def serve_one_message(clientappio_address: str, token: str, app: Any,
         context.node_config.update(verdict.node_config())
         try:
             reply = app(message=message, context=context)
-        except Exception as err:  # noqa: BLE001 - the reply must name the failure
+        except Exception as err:
             logger.exception("the site's ClientApp raised")
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                   reason=f"{type(err).__name__}: {err}"), reply_to=message)
@@ -207,27 +213,118 @@ def serve_one_message(clientappio_address: str, token: str, app: Any,
         channel.close()
 
 
-def run_site_worker(clientappio_address: str, app_loader: Callable[[], Any]) -> None:
-    """Serve this site's messages in this process, one at a time, until stopped.
-
-    Flower's own SuperExec loop (poll the SuperNode's ClientAppIo API for a token) with a
-    plugin that answers each message with ``app_loader()`` (the installed ClientApp),
-    in this process: TensorFlow is imported and the training step compiled once per site.
-    """
+def _serve_messages(clientappio_address: str, app: Any, interval: float,
+                    stopping: threading.Event) -> None:
+    """Flower's SuperExec loop (ask the SuperNode's ClientAppIo API for a run to serve and
+    a token) every ``interval`` seconds instead of every 1 s, answering each message with
+    the installed ``app``, until ``stopping`` is set."""
+    from flwr.common.grpc import create_channel
+    from flwr.common.retry_invoker import _make_simple_grpc_retry_invoker, _wrap_stub
+    from flwr.proto.appio_pb2 import ListAppsToLaunchRequest, RequestTokenRequest
     from flwr.proto.clientappio_pb2_grpc import ClientAppIoStub
-    from flwr.supercore.superexec.plugin import ClientAppExecPlugin
-    from flwr.supercore.superexec.run_superexec import run_superexec
 
+    verdicts = _VerdictCache({})
+    channel = create_channel(server_address=clientappio_address, insecure=True)
+    try:
+        stub = ClientAppIoStub(channel)
+        _wrap_stub(stub, _make_simple_grpc_retry_invoker())
+        while not stopping.is_set():
+            listed = stub.ListAppsToLaunch(ListAppsToLaunchRequest())
+            if listed.run_ids:
+                token = stub.RequestToken(RequestTokenRequest(run_id=listed.run_ids[0])).token
+                if token:
+                    serve_one_message(clientappio_address, token, app, verdicts)
+                    continue
+            stopping.wait(interval)
+    finally:
+        channel.close()
+
+
+def run_site_worker(clientappio_address: str, app_loader: Callable[[], Any],
+                    interval: float = 1.0) -> None:
+    """Serve this site's messages in this process, one at a time, until stopped (for a
+    SuperNode running in another process; :func:`run_site` runs both in one)."""
     check_flower_version()
     app = app_loader()  # warm: TensorFlow and the app, once
-    verdicts = _VerdictCache({})
+    _serve_messages(clientappio_address, app, interval, threading.Event())
 
-    class InstalledClientApp(ClientAppExecPlugin):  # type: ignore[misc]
-        def launch_app(self, token: str, run_id: int) -> None:
-            serve_one_message(clientappio_address, token, app, verdicts)
 
-    run_superexec(plugin_class=InstalledClientApp, stub_class=ClientAppIoStub,
-                  appio_api_address=clientappio_address)
+class _PollClock:
+    """Stands in for the ``time`` module inside Flower's SuperNode main loop: every sleep
+    there is a poll (3 s between pulls from the SuperLink, 0.5 s waiting for the reply),
+    so each is capped at fedcare's interval. Everything else is the real ``time``."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(seconds, self.interval))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def check_poll_interval(interval: float) -> float:
+    if not MIN_POLL_INTERVAL <= interval <= MAX_POLL_INTERVAL:
+        raise ValueError(f"supernode: poll-interval must be in [{MIN_POLL_INTERVAL}, "
+                         f"{MAX_POLL_INTERVAL}] seconds; got {interval}")
+    return interval
+
+
+def load_node_key(private_key: Path) -> tuple[Any, Any]:
+    """The site's SuperNode authentication key pair (an EC key in OpenSSH format)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    key = load_ssh_private_key(private_key.read_bytes(), None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"supernode: private key must be an EC key; got "
+                         f"{type(key).__name__} in {private_key}")
+    return key, key.public_key()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteNode:
+    """What Flower's SuperNode needs, and fedcare's settings for it."""
+
+    superlink: str
+    node_config: Mapping[str, str]
+    clientappio_address: str
+    root_certificates: bytes | None  # None only when insecure
+    private_key: Path | None         # None only when insecure
+    poll_interval: float
+    max_connect_attempts: int
+
+
+def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
+    """A whole site in this one process: Flower's SuperNode in the main thread (it
+    installs signal handlers, which only the main thread may) with its sleeps capped at
+    ``poll_interval``, and the installed ClientApp served by a thread, so the site pays
+    one TensorFlow import. Returns (or raises) when the SuperNode stops: it gave up
+    connecting after ``max_connect_attempts``, was refused, or was told to stop."""
+    check_flower_version()
+    check_poll_interval(node.poll_interval)
+    import flwr.supernode.start_client_internal as supernode
+    from flwr.common.constant import ISOLATION_MODE_PROCESS, TRANSPORT_TYPE_GRPC_RERE
+
+    app = app_loader()  # TensorFlow and the app, once, before the site connects
+    stopping = threading.Event()
+    worker = threading.Thread(
+        target=_serve_messages, name="fedcare-site-worker", daemon=True,
+        args=(node.clientappio_address, app, node.poll_interval, stopping))
+    supernode.time = _PollClock(node.poll_interval)  # type: ignore[assignment]
+    keys = None if node.private_key is None else load_node_key(node.private_key)
+    worker.start()
+    try:
+        supernode.start_client_internal(
+            server_address=node.superlink, node_config=dict(node.node_config),
+            root_certificates=node.root_certificates,
+            insecure=node.root_certificates is None, transport=TRANSPORT_TYPE_GRPC_RERE,
+            authentication_keys=keys, max_retries=max(0, node.max_connect_attempts - 1),
+            isolation=ISOLATION_MODE_PROCESS,
+            clientappio_api_address=node.clientappio_address)
+    finally:
+        stopping.set()
 
 
 class ReplyPoller:
@@ -277,8 +374,21 @@ def _register_objects_first(push_messages: Callable[..., Any]) -> Callable[..., 
     return push_registered
 
 
+def block_tensorflow() -> None:
+    """Make ``import tensorflow`` fail in this process (ModuleNotFoundError).
+
+    Flower imports TensorFlow opportunistically (``flwr/server/utils/tensorboard.py``:
+    ``try: import tensorflow``), ~550 MB, in every process that imports ``flwr.server``:
+    the SuperLink and ``flwr run``, which never train. Call before importing Flower.
+    """
+    if sys.modules.get(TENSORFLOW) is None:
+        sys.modules[TENSORFLOW] = None  # type: ignore[assignment]
+
+
 def run_superlink(argv: Sequence[str]) -> None:
-    """``flower-superlink ARGV`` in this process, with the reply-ordering fix above."""
+    """``flower-superlink ARGV`` in this process, with the reply-ordering fix above and
+    without TensorFlow."""
+    block_tensorflow()
     check_flower_version()
     from flwr.server.app import run_superlink as flower_superlink
     from flwr.server.superlink.fleet.message_handler import message_handler
@@ -289,8 +399,37 @@ def run_superlink(argv: Sequence[str]) -> None:
     flower_superlink()
 
 
-if __name__ == "__main__":  # python -m fedcare.flower_compat superlink ARGS
-    if sys.argv[1:2] != ["superlink"]:
-        raise SystemExit("usage: python -m fedcare.flower_compat superlink [flower-superlink "
-                         "arguments]")
-    run_superlink(sys.argv[2:])
+def run_flwr_cli(argv: Sequence[str]) -> int:
+    """Flower's ``flwr`` command (``flwr run``, ``flwr ls``, ...) without TensorFlow and
+    with telemetry off unless the caller turned it on."""
+    import os
+
+    block_tensorflow()
+    os.environ.setdefault(TELEMETRY_ENV, "0")
+    check_flower_version()
+    from flwr.cli.app import app as flwr_app
+
+    sys.argv = ["flwr", *argv]
+    try:
+        flwr_app()
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    return 0
+
+
+USAGE = ("usage: python -m fedcare.flower_compat superlink [flower-superlink arguments]\n"
+         "       python -m fedcare.flower_compat flwr [flwr arguments, e.g. run . deployment]")
+
+
+def main(argv: Sequence[str]) -> int:
+    if argv[:1] == ["superlink"]:
+        run_superlink(argv[1:])
+        return 0
+    if argv[:1] == ["flwr"]:
+        return run_flwr_cli(argv[1:])
+    sys.stderr.write(USAGE + "\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

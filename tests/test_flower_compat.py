@@ -176,3 +176,75 @@ def test_module_has_no_side_effects_on_import(tmp_path: Path) -> None:
     from flwr.server.superlink.fleet.message_handler import message_handler
 
     assert message_handler.push_messages.__module__.startswith("flwr.")
+
+
+_IMPORTS_WITHOUT_TF = """
+import sys
+from fedcare import flower_compat
+code = flower_compat.main(["flwr", "--version"])
+import flwr.server.app, flwr.supernode.start_client_internal  # the SuperLink's imports
+loaded = [m for m, mod in sys.modules.items() if m.startswith("tensorflow") and mod]
+print("LOADED", loaded, "CODE", code)
+"""
+
+
+def test_flwr_cli_and_superlink_imports_never_load_tensorflow() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _IMPORTS_WITHOUT_TF], capture_output=True,
+                          text=True, timeout=120, cwd=PROJECT_ROOT, check=False)
+
+    assert "LOADED [] CODE 0" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert "Flower version: 1.23.0" in done.stdout
+
+
+def test_without_the_block_flower_does_import_tensorflow() -> None:
+    """The check above can fail: Flower's server package does pull TensorFlow in."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import sys, flwr.server.app; "
+                           "print('TF', 'tensorflow' in sys.modules)"],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+    assert "TF True" in done.stdout, done.stderr[-2000:]
+
+
+def test_unknown_subcommand_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    assert flower_compat.main(["supernode"]) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_poll_clock_caps_flowers_sleeps_at_the_interval(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(flower_compat.time, "sleep", slept.append)
+    clock = flower_compat._PollClock(0.1)
+
+    clock.sleep(3)    # Flower's pull interval
+    clock.sleep(0.5)  # Flower's wait for the reply
+    clock.sleep(0.05)
+
+    assert slept == [0.1, 0.1, 0.05]
+    assert clock.monotonic is flower_compat.time.monotonic  # the rest is the real module
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.001, 3.5, -1.0])
+def test_poll_interval_out_of_bounds_is_refused(interval: float) -> None:
+    with pytest.raises(ValueError, match=f"poll-interval must be in .*; got {interval}"):
+        flower_compat.check_poll_interval(interval)
+
+
+def test_node_key_must_be_an_ec_key(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    path = tmp_path / "auth.key"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()))
+    with pytest.raises(ValueError, match="private key must be an EC key; got Ed25519"):
+        flower_compat.load_node_key(path)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -131,14 +130,12 @@ def cmd_superlink(args: argparse.Namespace) -> int:
 
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(EXIT_FAILED)
+    raise SystemExit(EXIT_OK)  # asked to stop: a clean stop
 
 
 def cmd_supernode(args: argparse.Namespace) -> int:
-    from fedcare.common.errors import DataValidationError
-
     from fedcare.client.policy import describe, load_policy, policy_path_for, policy_warnings
-    from fedcare.common.errors import ConfigError
+    from fedcare.common.errors import ConfigError, DataValidationError
 
     certs = Path(args.certs)
     policy_path = policy_path_for(Path(args.state_dir),
@@ -149,7 +146,8 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         root_cert=Path(args.root_cert) if args.root_cert else certs / certs_mod.CA_CERT,
         private_key=(Path(args.private_key) if args.private_key
                      else certs_mod.site_key_path(certs, args.site)),
-        clientappio_address=args.clientappio_address, insecure=args.insecure)
+        clientappio_address=args.clientappio_address, insecure=args.insecure,
+        poll_interval=args.poll_interval, max_connect_attempts=args.max_connect_attempts)
     try:
         summary = launch.check_site(plan)
     except DataValidationError as err:
@@ -168,32 +166,42 @@ def cmd_supernode(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     if args.insecure:
         sys.stderr.write(f"WARNING: {launch.INSECURE_WARNING}\n")
-    # Until Flower's worker loop installs its own handlers (after the TensorFlow import),
-    # a stop signal must still unwind through the `finally` below, not kill us outright:
-    # otherwise a SuperNode refused within seconds left this command dead by SIGTERM.
+    # Until Flower's SuperNode installs its own handlers (after the TensorFlow import),
+    # a stop signal must still unwind through `finally` blocks, not kill us outright.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGINT, _exit_on_signal)
-    proc = launch.start_supernode(plan)
-    node_gave_up = threading.Event()
+    from fedcare.deploy.probe import ConnectError, wait_for_superlink
 
-    def _watch() -> None:  # the SuperNode gave up (refused, removed): stop the worker too
-        code = proc.wait()
-        if not stopping.is_set():
-            node_gave_up.set()
-            logger.error("flower-supernode exited with code %s (refused, removed or "
-                         "unreachable: see above); stopping this site", code)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    stopping = threading.Event()
-    threading.Thread(target=_watch, daemon=True).start()
+    node = plan.site_node()
     try:
-        launch.run_clientapp_worker(plan.clientappio_address)
-    except SystemExit:  # Flower's signal handler exits; we decide the exit code
-        pass
-    finally:
-        stopping.set()
-        launch.stop(proc)
-    return EXIT_FAILED if node_gave_up.is_set() else EXIT_OK
+        wait_for_superlink(plan.superlink, node.root_certificates, plan.max_connect_attempts)
+    except ConnectError as err:
+        sys.stderr.write(f"{err}\nnot starting: the site could not reach its SuperLink\n")
+        return EXIT_FAILED
+    try:
+        launch.run_site(plan)
+    except SystemExit as done:  # Flower's handler: a stop signal is a clean stop
+        return EXIT_OK if done.code in (None, EXIT_OK) else EXIT_FAILED
+    except Exception as err:
+        logger.error("the SuperNode stopped: %s: %s", type(err).__name__, err)
+    sys.stderr.write("the SuperNode gave up (refused, removed or unreachable: see the log "
+                     "above); this site stopped\n")
+    return EXIT_FAILED
+
+
+def _poll_interval(text: str) -> float:
+    from fedcare.flower_compat import check_poll_interval
+
+    try:
+        return check_poll_interval(float(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}")
+    return int(text)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -271,6 +279,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     node.add_argument("--root-cert", help="CA certificate (default CERTS/ca/ca.pem)")
     node.add_argument("--private-key", help="site key (default CERTS/sites/SITE/auth.key)")
     node.add_argument("--clientappio-address", default=launch.CLIENTAPPIO_ADDRESS)
+    node.add_argument("--poll-interval", type=_poll_interval, default=launch.POLL_INTERVAL,
+                      help="seconds between polls of the SuperLink (default "
+                           f"{launch.POLL_INTERVAL}; Flower's own: 3)")
+    node.add_argument("--max-connect-attempts", type=_positive_int,
+                      default=launch.MAX_CONNECT_ATTEMPTS,
+                      help="TLS/connection attempts before the site exits 1 (default "
+                           f"{launch.MAX_CONNECT_ATTEMPTS})")
     node.add_argument("--insecure", action="store_true",
                       help="plain text, no authentication (test beds only; warns)")
     node.set_defaults(func=cmd_supernode)

@@ -4,9 +4,11 @@ Secure by default: TLS, SuperNode authentication and a persistent state database
 SuperLink; the CA root certificate and the site's own key for a SuperNode. Plain text only
 with ``insecure=True``, which logs a warning naming what is lost.
 
-A SuperNode runs with ``--isolation process`` and this module runs the site's ClientApp
-in ONE long-lived process (:func:`run_clientapp_worker`): Flower 1.23's default starts a
-new ``flwr-clientapp`` process, importing TensorFlow, for every message.
+A site is ONE process (:func:`run_site`): Flower's SuperNode and the site's installed
+ClientApp, so TensorFlow is imported once per site (Flower 1.23's default is a
+``flower-supernode`` process, a ``flower-superexec`` and a new ``flwr-clientapp`` process,
+each importing TensorFlow, for every message), polling every ``poll_interval`` seconds
+instead of Flower's fixed 3 s.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +23,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedcare.common.errors import FedcareError
 from fedcare.deploy import certs as certs_mod
+
+if TYPE_CHECKING:
+    from fedcare.flower_compat import SiteNode
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +38,10 @@ CONTROL_ADDRESS = "127.0.0.1:9093"      # flwr run / node registration: operator
 SERVERAPPIO_ADDRESS = "127.0.0.1:9091"  # SuperLink <-> ServerApp: never leaves the host
 CLIENTAPPIO_ADDRESS = "127.0.0.1:9094"  # SuperNode <-> ClientApp: never leaves the host
 SYNC_TIMEOUT = 120.0
+#: Seconds between a site's polls of the SuperLink (Flower's SuperNode: a fixed 3 s).
+POLL_INTERVAL = 0.1
+#: Connection attempts (TLS, authentication) before a site gives up and exits 1.
+MAX_CONNECT_ATTEMPTS = 5
 INSECURE_WARNING = ("INSECURE: plain-text gRPC, no TLS and no SuperNode authentication. "
                     "Model updates travel unencrypted and ANY process that reaches the port "
                     "can join as a site. Use only on a private test bed.")
@@ -40,14 +49,6 @@ INSECURE_WARNING = ("INSECURE: plain-text gRPC, no TLS and no SuperNode authenti
 
 class LaunchError(FedcareError):
     """A SuperLink or SuperNode cannot be started as asked."""
-
-
-def _executable(name: str) -> str:
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if not found:
-        raise LaunchError(f"launch: {name} must be installed (pip install flwr); not found")
-    return found
 
 
 def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -199,21 +200,28 @@ class SuperNodePlan:
     private_key: Path | None = None
     clientappio_address: str = CLIENTAPPIO_ADDRESS
     insecure: bool = False
+    poll_interval: float = POLL_INTERVAL
+    max_connect_attempts: int = MAX_CONNECT_ATTEMPTS
+
+    def node_config_items(self) -> dict[str, str]:
+        return {"site-name": self.site, "data-path": str(self.csv.resolve()),
+                "state-dir": str(self.state_dir.resolve()), "superlink": self.superlink,
+                "policy-path": str(self.policy.resolve()) if self.policy else ""}
 
     def node_config(self) -> str:
-        items = {"site-name": self.site, "data-path": str(self.csv.resolve()),
-                 "state-dir": str(self.state_dir.resolve()), "superlink": self.superlink,
-                 "policy-path": str(self.policy.resolve()) if self.policy else ""}
-        return " ".join(f'{key}="{value}"' for key, value in items.items())
+        """The node config as ``flower-supernode --node-config`` takes it."""
+        return " ".join(f'{key}="{value}"' for key, value in self.node_config_items().items())
 
-    def command(self) -> list[str]:
-        cmd = [_executable("flower-supernode"), "--superlink", self.superlink,
-               "--node-config", self.node_config(), "--isolation", "process",
-               "--clientappio-api-address", self.clientappio_address]
-        if self.insecure:
-            return [*cmd, "--insecure"]
-        return [*cmd, "--root-certificates", str(self.root_cert),
-                "--auth-supernode-private-key", str(self.private_key)]
+    def site_node(self) -> SiteNode:
+        from fedcare.flower_compat import SiteNode
+
+        return SiteNode(
+            superlink=self.superlink, node_config=self.node_config_items(),
+            clientappio_address=self.clientappio_address,
+            root_certificates=(None if self.insecure or self.root_cert is None
+                               else self.root_cert.read_bytes()),
+            private_key=None if self.insecure else self.private_key,
+            poll_interval=self.poll_interval, max_connect_attempts=self.max_connect_attempts)
 
 
 def check_site(plan: SuperNodePlan) -> str:
@@ -224,7 +232,7 @@ def check_site(plan: SuperNodePlan) -> str:
     from fedcare.common.datasets import schema_for
     from fedcare.common.errors import ConfigError
 
-    problems = []
+    problems: list[str] = []
     try:
         load_policy(plan.policy)
     except ConfigError as err:
@@ -240,31 +248,22 @@ def check_site(plan: SuperNodePlan) -> str:
     return table.report.summary()
 
 
-def start_supernode(plan: SuperNodePlan, *, env: Mapping[str, str] | None = None
-                    ) -> subprocess.Popen[bytes]:
+def run_site(plan: SuperNodePlan) -> None:
+    """The whole site in this process: Flower's SuperNode and the installed ClientApp
+    (:func:`fedcare.flower_compat.run_site`). The bundle the run names is hashed and
+    inspected, never installed or imported."""
+    from fedcare.flower_compat import run_site as run_in_process
+
     if plan.insecure:
         logger.warning(INSECURE_WARNING)
     plan.state_dir.mkdir(parents=True, exist_ok=True)
-    cmd = plan.command()
-    logger.info("starting: %s", shlex.join(cmd))
-    return subprocess.Popen(cmd, env=child_env(env))
-
-
-def run_clientapp_worker(clientappio_address: str) -> None:
-    """Serve this site's ClientApp messages in this process, one at a time, until stopped.
-
-    The ClientApp that runs is the fedcare installed at the site, whatever the run's
-    bundle names or carries (:func:`fedcare.flower_compat.run_site_worker`): the bundle is
-    hashed and inspected, never installed or imported.
-    """
-    from fedcare.flower_compat import run_site_worker
 
     def installed_app() -> object:
         from fedcare.client.app import app
 
         return app
 
-    run_site_worker(clientappio_address, installed_app)
+    run_in_process(plan.site_node(), installed_app)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
