@@ -520,7 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from fedcare.deploy.commands import add_parsers as add_deploy_parsers
 
-    add_deploy_parsers(sub)  # certs ..., superlink, supernode
+    add_deploy_parsers(sub)  # certs ..., superlink, supernode, submit
+    from fedcare.deploy import perf as perf_deploy
+
+    perf_deploy.add_parsers(sub)  # perf-deploy (benchmark)
     policy_commands.add_parsers(sub)  # policy check|show|hash
 
     led = sub.add_parser("ledger", help="show a site's privacy ledger")

@@ -13,11 +13,17 @@ What lives here, and why:
   file is opened.
 * :class:`ReplyPoller`: a ``send_and_receive`` with a short pull interval (Flower's gRPC
   grid sleeps a fixed 3 s between pulls).
-* :func:`run_superlink`: Flower's SuperLink with one ordering fix. Its Fleet API stores a
-  site's reply in the link state *before* it registers the reply's object tree; a
+* :func:`run_superlink`: Flower's SuperLink with two ordering fixes. Its Fleet API stores
+  a site's reply in the link state *before* it registers the reply's object tree; a
   ServerApp pull that falls between the two loses the reply for good (the SuperLink
-  deletes the instruction and answers "Message Unavailable"). Flower's 3 s pull makes
-  that rare; fedcare's short pull made it visible. The fix registers the tree first.
+  deletes the instruction and answers "Message Unavailable"). Its ServerAppIo API does the
+  same with the ServerApp's instructions, which a site polling every 0.1 s can pull in
+  that window. Flower's 3 s polls make both rare; fedcare's short polls made them
+  visible. The fixes register the tree first. The SuperExec the SuperLink starts runs
+  through :func:`run_superexec` (no TensorFlow, a short poll).
+* :func:`run_site`: a whole site in one process (Flower's SuperNode, its sleeps capped at
+  a fedcare poll interval, and the site worker).
+* :func:`run_flwr_cli`: Flower's ``flwr`` command without TensorFlow.
 
 Everything else in fedcare uses Flower's public API. On another Flower version
 :func:`check_flower_version` fails loudly instead of misbehaving quietly.
@@ -60,6 +66,9 @@ MIN_POLL_INTERVAL = 0.01
 MAX_POLL_INTERVAL = 3.0
 TENSORFLOW = "tensorflow"
 TELEMETRY_ENV = "FLWR_TELEMETRY_ENABLED"
+SUPEREXEC = "flower-superexec"
+#: Seconds between the consortium SuperExec's looks for a new run (Flower's own: 1 s).
+SUPEREXEC_POLL_INTERVAL = 0.2
 
 
 class FlowerVersionError(RuntimeError):
@@ -385,18 +394,72 @@ def block_tensorflow() -> None:
         sys.modules[TENSORFLOW] = None  # type: ignore[assignment]
 
 
+def _register_instruction_objects_first(push_messages: Callable[..., Any]
+                                        ) -> Callable[..., Any]:
+    """The same fix on the ServerApp side: Flower's ServerAppIo ``PushMessages`` stores an
+    instruction in the link state before it registers the instruction's object tree; a
+    site pulling in between gets "Object ... not found", the SuperLink deletes the
+    instruction and the ServerApp later reads "Message Unavailable" from node 1 (the
+    SuperLink). A site polling every 0.1 s hits that window; Flower's 3 s rarely did."""
+    from flwr.supercore.object_store.utils import store_mapping_and_register_objects
+
+    def push_registered(servicer: Any, request: Any, context: Any) -> Any:
+        store_mapping_and_register_objects(servicer.objectstore_factory.store(),
+                                           request=request)
+        return push_messages(servicer, request, context)
+
+    return push_registered
+
+
 def run_superlink(argv: Sequence[str]) -> None:
     """``flower-superlink ARGV`` in this process, with the reply-ordering fix above and
     without TensorFlow."""
     block_tensorflow()
     check_flower_version()
+    import flwr.server.app as superlink_app
     from flwr.server.app import run_superlink as flower_superlink
     from flwr.server.superlink.fleet.message_handler import message_handler
+    from flwr.server.superlink.serverappio.serverappio_servicer import ServerAppIoServicer
 
     message_handler.push_messages = _register_objects_first(  # type: ignore[assignment]
         message_handler.push_messages)
+    ServerAppIoServicer.PushMessages = _register_instruction_objects_first(  # type: ignore[method-assign]
+        ServerAppIoServicer.PushMessages)
+    superlink_app.subprocess = _OwnSuperExec()  # type: ignore[assignment]
     sys.argv = ["flower-superlink", *argv]
     flower_superlink()
+
+
+class _OwnSuperExec:
+    """Stands in for the ``subprocess`` module inside Flower's SuperLink: the SuperExec it
+    starts (``flower-superexec ...``, which starts each run's ServerApp) becomes
+    ``python -m fedcare.flower_compat superexec ...``: no TensorFlow, short poll."""
+
+    def Popen(self, args: Sequence[str], *rest: Any, **kwargs: Any) -> Any:
+        import subprocess
+
+        if list(args[:1]) == [SUPEREXEC]:
+            args = [sys.executable, "-m", "fedcare.flower_compat",
+                    "superexec", *args[1:]]
+        return subprocess.Popen(args, *rest, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        import subprocess
+
+        return getattr(subprocess, name)
+
+
+def run_superexec(argv: Sequence[str]) -> None:
+    """``flower-superexec ARGV`` without TensorFlow, polling every
+    :data:`SUPEREXEC_POLL_INTERVAL` seconds for a new run (Flower's own: 1 s)."""
+    block_tensorflow()
+    check_flower_version()
+    import flwr.supercore.superexec.run_superexec as superexec
+    from flwr.supercore.cli import flower_superexec
+
+    superexec.time = _PollClock(SUPEREXEC_POLL_INTERVAL)  # type: ignore[assignment]
+    sys.argv = [SUPEREXEC, *argv]
+    flower_superexec()
 
 
 def run_flwr_cli(argv: Sequence[str]) -> int:
@@ -424,6 +487,9 @@ USAGE = ("usage: python -m fedcare.flower_compat superlink [flower-superlink arg
 def main(argv: Sequence[str]) -> int:
     if argv[:1] == ["superlink"]:
         run_superlink(argv[1:])
+        return 0
+    if argv[:1] == ["superexec"]:
+        run_superexec(argv[1:])
         return 0
     if argv[:1] == ["flwr"]:
         return run_flwr_cli(argv[1:])

@@ -169,6 +169,29 @@ def test_superlink_fix_registers_the_reply_tree_before_the_state_sees_the_reply(
     assert calls == ["register", "state"]
 
 
+def test_superlink_fix_registers_the_instruction_tree_before_the_state_sees_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    import flwr.supercore.object_store.utils as store_utils
+
+    monkeypatch.setattr(store_utils, "store_mapping_and_register_objects",
+                        lambda store, request: calls.append(f"register in {store}"))
+
+    class Servicer:
+        class objectstore_factory:
+            @staticmethod
+            def store() -> str:
+                return "the store"
+
+    def flower_push(servicer: Any, request: Any, context: Any) -> str:
+        calls.append("state")
+        return "response"
+
+    push = flower_compat._register_instruction_objects_first(flower_push)
+    assert push(Servicer(), "request", "context") == "response"
+    assert calls == ["register in the store", "state"]
+
+
 def test_module_has_no_side_effects_on_import(tmp_path: Path) -> None:
     import importlib
 
@@ -182,7 +205,7 @@ _IMPORTS_WITHOUT_TF = """
 import sys
 from fedcare import flower_compat
 code = flower_compat.main(["flwr", "--version"])
-import flwr.server.app, flwr.supernode.start_client_internal  # the SuperLink's imports
+import flwr.server.app, flwr.supercore.cli  # the SuperLink and SuperExec imports
 loaded = [m for m, mod in sys.modules.items() if m.startswith("tensorflow") and mod]
 print("LOADED", loaded, "CODE", code)
 """
@@ -248,3 +271,22 @@ def test_node_key_must_be_an_ec_key(tmp_path: Path) -> None:
                                        serialization.NoEncryption()))
     with pytest.raises(ValueError, match="private key must be an EC key; got Ed25519"):
         flower_compat.load_node_key(path)
+
+
+def test_the_superlinks_superexec_runs_through_fedcare_and_nothing_else_changes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda args, *a, **k: started.append(list(args)))
+    shim = flower_compat._OwnSuperExec()
+
+    shim.Popen(["flower-superexec", "--insecure", "--plugin-type", "serverapp"])
+    shim.Popen(["flwr-serverapp", "--token", "t"])
+
+    assert started == [
+        [sys.executable, "-m", "fedcare.flower_compat", "superexec", "--insecure",
+         "--plugin-type", "serverapp"],
+        ["flwr-serverapp", "--token", "t"]]
+    assert shim.PIPE is subprocess.PIPE

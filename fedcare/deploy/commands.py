@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -189,6 +190,15 @@ def cmd_supernode(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    """``flwr run ARGS`` in a process that never imports TensorFlow, telemetry off."""
+    argv = [sys.executable, "-m", "fedcare.flower_compat", "flwr", "run", *args.flwr_args]
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": os.environ.get("FLWR_TELEMETRY_ENABLED",
+                                                                  "0")}
+    sys.stdout.flush()
+    os.execve(sys.executable, argv, env)  # replaces this process: nothing after runs
+
+
 def _poll_interval(text: str) -> float:
     from fedcare.flower_compat import check_poll_interval
 
@@ -289,3 +299,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     node.add_argument("--insecure", action="store_true",
                       help="plain text, no authentication (test beds only; warns)")
     node.set_defaults(func=cmd_supernode)
+
+    submit = sub.add_parser(
+        "submit", help="operator: `flwr run` without TensorFlow and with telemetry off",
+        description="Submit a run: the arguments go to `flwr run` unchanged, e.g. "
+                    "`fedcare submit . deployment --stream --run-config 'num-rounds=5'`.")
+    submit.add_argument("flwr_args", nargs=argparse.REMAINDER,
+                        help="arguments of `flwr run` (project folder, federation, options)")
+    submit.set_defaults(func=cmd_submit)

@@ -38,6 +38,7 @@ CONTROL_ADDRESS = "127.0.0.1:9093"      # flwr run / node registration: operator
 SERVERAPPIO_ADDRESS = "127.0.0.1:9091"  # SuperLink <-> ServerApp: never leaves the host
 CLIENTAPPIO_ADDRESS = "127.0.0.1:9094"  # SuperNode <-> ClientApp: never leaves the host
 SYNC_TIMEOUT = 120.0
+NODE_ONLINE = "online"  # a SuperNode's status in the SuperLink's ListNodes
 #: Seconds between a site's polls of the SuperLink (Flower's SuperNode: a fixed 3 s).
 POLL_INTERVAL = 0.1
 #: Connection attempts (TLS, authentication) before a site gives up and exits 1.
@@ -145,6 +146,19 @@ def _control_stub(certs: Path, control_address: str, timeout: float) -> tuple[ob
                 raise LaunchError(f"launch: the SuperLink Control API at {address} must answer "
                                   f"within {timeout:g}s; got {err.code()}") from err
             time.sleep(0.5)
+
+
+def online_nodes(certs: Path, control_address: str = CONTROL_ADDRESS,
+                 timeout: float = 10.0) -> int:
+    """How many SuperNodes the SuperLink sees online now (Control API ``ListNodes``)."""
+    from flwr.proto.control_pb2 import ListNodesRequest
+
+    channel, stub = _control_stub(certs, control_address, timeout)
+    try:
+        nodes = stub.ListNodes(ListNodesRequest()).nodes_info  # type: ignore[attr-defined]
+    finally:
+        channel.close()  # type: ignore[attr-defined]
+    return sum(1 for node in nodes if node.status == NODE_ONLINE)
 
 
 def sync_sites(certs: Path, *, control_address: str = CONTROL_ADDRESS,
