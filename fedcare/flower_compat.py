@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import sys
 import threading
 import time
@@ -64,9 +65,16 @@ MAX_LISTED_FILES = 5
 #: Bounds of the site's poll interval (Flower's SuperNode sleeps a fixed 3 s).
 MIN_POLL_INTERVAL = 0.01
 MAX_POLL_INTERVAL = 3.0
+#: A site with no message for ACTIVE_WINDOW seconds polls every IDLE_POLL_INTERVAL.
+IDLE_POLL_INTERVAL = 1.0
+ACTIVE_WINDOW = 60.0
+#: Sleeps this long or longer in Flower's loops are polls for new work.
+IDLE_SLEEP = 1.0
 TENSORFLOW = "tensorflow"
 TELEMETRY_ENV = "FLWR_TELEMETRY_ENABLED"
 SUPEREXEC = "flower-superexec"
+#: The node id Flower's SuperLink uses for the errors it writes itself.
+SUPERLINK_NODE_ID = 1
 #: Seconds between the consortium SuperExec's looks for a new run (Flower's own: 1 s).
 SUPEREXEC_POLL_INTERVAL = 0.2
 
@@ -222,11 +230,32 @@ def serve_one_message(clientappio_address: str, token: str, app: Any,
         channel.close()
 
 
-def _serve_messages(clientappio_address: str, app: Any, interval: float,
+class PollPace:
+    """How long a site waits between polls: ``fast`` while a run is active (a message
+    handled within the last ``window`` seconds), ``idle`` otherwise, so that short polls
+    cost CPU (the site's and the SuperLink's) only while there is work."""
+
+    def __init__(self, fast: float, idle: float = IDLE_POLL_INTERVAL,
+                 window: float = ACTIVE_WINDOW,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.fast = fast
+        self.idle = max(idle, fast)
+        self.window = window
+        self._clock = clock
+        self._last = -math.inf
+
+    def mark(self) -> None:
+        self._last = self._clock()
+
+    def current(self) -> float:
+        return self.fast if self._clock() - self._last < self.window else self.idle
+
+
+def _serve_messages(clientappio_address: str, app: Any, pace: PollPace,
                     stopping: threading.Event) -> None:
     """Flower's SuperExec loop (ask the SuperNode's ClientAppIo API for a run to serve and
-    a token) every ``interval`` seconds instead of every 1 s, answering each message with
-    the installed ``app``, until ``stopping`` is set."""
+    a token) at ``pace`` instead of every 1 s, answering each message with the installed
+    ``app``, until ``stopping`` is set."""
     from flwr.common.grpc import create_channel
     from flwr.common.retry_invoker import _make_simple_grpc_retry_invoker, _wrap_stub
     from flwr.proto.appio_pb2 import ListAppsToLaunchRequest, RequestTokenRequest
@@ -243,8 +272,9 @@ def _serve_messages(clientappio_address: str, app: Any, interval: float,
                 token = stub.RequestToken(RequestTokenRequest(run_id=listed.run_ids[0])).token
                 if token:
                     serve_one_message(clientappio_address, token, app, verdicts)
+                    pace.mark()
                     continue
-            stopping.wait(interval)
+            stopping.wait(pace.current())
     finally:
         channel.close()
 
@@ -255,19 +285,26 @@ def run_site_worker(clientappio_address: str, app_loader: Callable[[], Any],
     SuperNode running in another process; :func:`run_site` runs both in one)."""
     check_flower_version()
     app = app_loader()  # warm: TensorFlow and the app, once
-    _serve_messages(clientappio_address, app, interval, threading.Event())
+    _serve_messages(clientappio_address, app, PollPace(interval, interval),
+                    threading.Event())
 
 
 class _PollClock:
-    """Stands in for the ``time`` module inside Flower's SuperNode main loop: every sleep
-    there is a poll (3 s between pulls from the SuperLink, 0.5 s waiting for the reply),
-    so each is capped at fedcare's interval. Everything else is the real ``time``."""
+    """Stands in for the ``time`` module inside a Flower loop. A sleep of
+    :data:`IDLE_SLEEP` seconds or more is a poll for new work (the SuperNode's 3 s pull,
+    the SuperExec's 1 s): it lasts ``pace.current()``. A shorter one is a wait inside
+    work (the SuperNode's 0.5 s wait for the reply): it marks the pace active and lasts
+    at most ``pace.fast``. Everything else is the real ``time``."""
 
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
+    def __init__(self, pace: PollPace) -> None:
+        self.pace = pace
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self.interval))
+        if seconds >= IDLE_SLEEP:
+            time.sleep(min(seconds, self.pace.current()))
+        else:
+            self.pace.mark()
+            time.sleep(min(seconds, self.pace.fast))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
@@ -318,10 +355,11 @@ def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
 
     app = app_loader()  # TensorFlow and the app, once, before the site connects
     stopping = threading.Event()
+    pace = PollPace(node.poll_interval)
     worker = threading.Thread(
         target=_serve_messages, name="fedcare-site-worker", daemon=True,
-        args=(node.clientappio_address, app, node.poll_interval, stopping))
-    supernode.time = _PollClock(node.poll_interval)  # type: ignore[assignment]
+        args=(node.clientappio_address, app, pace, stopping))
+    supernode.time = _PollClock(pace)  # type: ignore[assignment]
     keys = None if node.private_key is None else load_node_key(node.private_key)
     worker.start()
     try:
@@ -352,16 +390,31 @@ class ReplyPoller:
 
     def send_and_receive(self, messages: Iterable[Any], *,
                          timeout: float | None = None) -> list[Any]:
-        pending = set(self._grid.push_messages(messages))
+        messages = list(messages)
+        ids = list(self._grid.push_messages(messages))
+        destination = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages,
+                                                                     strict=False)}
+        pending = set(ids)
         end = None if timeout is None else time.monotonic() + timeout
         replies: list[Any] = []
         while pending and (end is None or time.monotonic() < end):
-            got = list(self._grid.pull_messages(pending))
+            got = [_from_its_site(m, destination) for m in self._grid.pull_messages(pending)]
             replies.extend(got)
             pending.difference_update(m.metadata.reply_to_message_id for m in got)
             if pending:
                 time.sleep(self._interval)
         return replies
+
+
+def _from_its_site(reply: Any, destination: Mapping[str, int]) -> Any:
+    """An error the SuperLink writes for a site (node gone, message lost) comes from node
+    1, the SuperLink itself; name the site it stands for, so that reports never show an
+    invented ``node-1`` site and the site's failure carries Flower's reason."""
+    if reply.metadata.src_node_id == SUPERLINK_NODE_ID and reply.has_error():
+        site = destination.get(reply.metadata.reply_to_message_id)
+        if site is not None:
+            reply.metadata.__dict__["_src_node_id"] = site
+    return reply
 
 
 def deployment_poller(grid: Any, interval: float) -> ReplyPoller | None:
@@ -457,7 +510,7 @@ def run_superexec(argv: Sequence[str]) -> None:
     import flwr.supercore.superexec.run_superexec as superexec
     from flwr.supercore.cli import flower_superexec
 
-    superexec.time = _PollClock(SUPEREXEC_POLL_INTERVAL)  # type: ignore[assignment]
+    superexec.time = _PollClock(PollPace(SUPEREXEC_POLL_INTERVAL, SUPEREXEC_POLL_INTERVAL))  # type: ignore[assignment]
     sys.argv = [SUPEREXEC, *argv]
     flower_superexec()
 

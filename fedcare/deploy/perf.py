@@ -33,6 +33,7 @@ RUN_TIMEOUT = 900.0
 DEAD_SITE_ROUNDS = 3
 DEAD_SITE_TIMEOUT = 30.0  # round-timeout of the dead-site run (seconds)
 MB = 1024.0
+ROUND_DONE = "aggregate_evaluate: Received"  # Flower's line at the end of each round
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -210,7 +211,7 @@ def _dead_site(bed: Testbed, out: Path, names: list[str]) -> tuple[float | None,
     victim = names[-1]
     run = bed.submit(_run_config(out, "dead-site", len(names) - 1, DEAD_SITE_ROUNDS,
                                  f"round-timeout={DEAD_SITE_TIMEOUT}"))
-    wait_until("round 1 to finish", lambda: run.first("round 1:") is not None
+    wait_until("round 1 to finish", lambda: run.first(ROUND_DONE) is not None
                or run.proc.poll() is not None, RUN_TIMEOUT)
     killed = time.monotonic()
     bed.kill(victim)
