@@ -339,15 +339,14 @@ class SiteNode:
     root_certificates: bytes | None  # None only when insecure
     private_key: Path | None         # None only when insecure
     poll_interval: float
-    max_connect_attempts: int
 
 
 def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
     """A whole site in this one process: Flower's SuperNode in the main thread (it
     installs signal handlers, which only the main thread may) with its sleeps capped at
     ``poll_interval``, and the installed ClientApp served by a thread, so the site pays
-    one TensorFlow import. Returns (or raises) when the SuperNode stops: it gave up
-    connecting after ``max_connect_attempts``, was refused, or was told to stop."""
+    one TensorFlow import. Returns (or raises) when the SuperNode stops: it was refused
+    (e.g. its key is not registered) or told to stop."""
     check_flower_version()
     check_poll_interval(node.poll_interval)
     import flwr.supernode.start_client_internal as supernode
@@ -367,7 +366,9 @@ def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
             server_address=node.superlink, node_config=dict(node.node_config),
             root_certificates=node.root_certificates,
             insecure=node.root_certificates is None, transport=TRANSPORT_TYPE_GRPC_RERE,
-            authentication_keys=keys, max_retries=max(0, node.max_connect_attempts - 1),
+            # retries without limit once started: a site rides out a SuperLink restart
+            # (the bounded attempts at start are fedcare.deploy.probe's)
+            authentication_keys=keys, max_retries=None,
             isolation=ISOLATION_MODE_PROCESS,
             clientappio_api_address=node.clientappio_address)
     finally:

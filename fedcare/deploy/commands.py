@@ -190,6 +190,18 @@ def cmd_supernode(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """The per-site summary of a run folder (the same as summary.txt), at any time."""
+    from fedcare.server.summary import status_text
+
+    try:
+        sys.stdout.write(status_text(Path(args.run_dir)))
+    except (FileNotFoundError, ValueError) as err:
+        sys.stderr.write(f"{err}\n")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """``flwr run ARGS`` in a process that never imports TensorFlow, telemetry off."""
     argv = [sys.executable, "-m", "fedcare.flower_compat", "flwr", "run", *args.flwr_args]
@@ -307,3 +319,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     submit.add_argument("flwr_args", nargs=argparse.REMAINDER,
                         help="arguments of `flwr run` (project folder, federation, options)")
     submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="operator: per-site summary of a run folder")
+    status.add_argument("run_dir", help="runs/NAME (holds report.json)")
+    status.set_defaults(func=cmd_status)

@@ -235,7 +235,7 @@ class SuperNodePlan:
             root_certificates=(None if self.insecure or self.root_cert is None
                                else self.root_cert.read_bytes()),
             private_key=None if self.insecure else self.private_key,
-            poll_interval=self.poll_interval, max_connect_attempts=self.max_connect_attempts)
+            poll_interval=self.poll_interval)
 
 
 def check_site(plan: SuperNodePlan) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -184,7 +185,10 @@ def run_perf(root: Path, *, sites: int, rounds: int, poll_interval: float | None
             bed.start_site(site, csv_path, poll_interval=poll_interval)
         sampler.roots.update({p.pid: n for n, p in bed.procs.items()})
         sampler.start()
-        wait_until(f"{sites} sites online", lambda: bed.online_nodes() == sites, 300.0, 1.0)
+        wait_until(f"{sites} sites online", lambda: bed.online_nodes() == sites
+                   or bed.exited(), 300.0, 1.0)
+        if bed.exited():
+            raise RuntimeError(f"perf-deploy: {', '.join(bed.exited())} exited; logs in {root}")
         time.sleep(SETTLE)
         idle = idle_cpu({p.pid: n for n, p in bed.procs.items()}, IDLE_WINDOW)
         out = root / "runs"
@@ -223,7 +227,12 @@ def _dead_site(bed: Testbed, out: Path, names: list[str]) -> tuple[float | None,
     return None, ""
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(1)
+
+
 def cmd_perf_deploy(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _stop)  # unwind: stop the test bed's processes
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedcare-perf-"))
     root.mkdir(parents=True, exist_ok=True)
     result = run_perf(root, sites=args.sites, rounds=args.rounds,

@@ -157,6 +157,9 @@ class Testbed:
             args += ["--poll-interval", str(poll_interval)]
         return self.start(site, args)
 
+    def exited(self) -> list[str]:
+        return [name for name, proc in self.procs.items() if proc.poll() is not None]
+
     def online_nodes(self) -> int:
         from fedcare.deploy.launch import online_nodes
 

@@ -42,7 +42,7 @@ def test_supernode_node_config_carries_the_keys_the_clientapp_reads(tmp_path: Pa
     node = plan.site_node()
     assert node.node_config == parsed
     assert node.root_certificates == b"CA" and node.private_key == tmp_path / "k"
-    assert node.poll_interval == 0.1 and node.max_connect_attempts == 5
+    assert node.poll_interval == 0.1 and plan.max_connect_attempts == 5
 
 
 def test_insecure_site_has_neither_ca_nor_key(tmp_path: Path) -> None:
