@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2
+STATUS_TIMEOUT = 5.0
 DEFAULT_CERTS = "certs"
 
 
@@ -118,6 +120,8 @@ def _wait(procs: list[launch.subprocess.Popen[bytes]]) -> int:
 
 
 def cmd_superlink(args: argparse.Namespace) -> int:
+    if args.action == "status":
+        return cmd_superlink_status(args)
     state = Path(args.database).parent
     plan = launch.SuperLinkPlan(
         certs=Path(args.certs), database=Path(args.database),
@@ -134,7 +138,67 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(EXIT_OK)  # asked to stop: a clean stop
 
 
+def _listening(address: str) -> bool:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.replace("0.0.0.0", "127.0.0.1"), int(port)),
+                                      timeout=STATUS_TIMEOUT):
+            return True
+    except OSError:
+        return False
+
+
+def cmd_supernode_status(args: argparse.Namespace) -> int:
+    """Health of this site for monitoring: its process answers on the local ClientAppIo
+    port, its policy loads, its ledger is readable; prints spend and budget left."""
+    from fedcare.client.policy import load_policy, policy_path_for
+    from fedcare.client.policy_commands import spend_lines
+    from fedcare.common.errors import FedcareError
+
+    state = Path(args.state_dir)
+    problems: list[str] = []
+    running = _listening(args.clientappio_address)
+    sys.stdout.write(f"site {args.site}: {'running' if running else 'NOT RUNNING'} "
+                     f"(local port {args.clientappio_address})\n")
+    if not running:
+        problems.append("the site process does not answer")
+    try:
+        policy = load_policy(policy_path_for(state, Path(args.policy) if args.policy
+                                             else None))
+        sys.stdout.write("\n".join(spend_lines(state, policy)) + "\n")
+    except (FedcareError, OSError, ValueError) as err:
+        problems.append(str(err))
+    for problem in problems:
+        sys.stdout.write(f"PROBLEM: {problem}\n")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def cmd_superlink_status(args: argparse.Namespace) -> int:
+    """Health of the SuperLink for monitoring: its Control API answers over TLS."""
+    import grpc
+
+    try:
+        online = launch.online_nodes(Path(args.certs), args.control_address,
+                                     timeout=STATUS_TIMEOUT)
+    except (launch.LaunchError, OSError, grpc.RpcError) as err:
+        sys.stdout.write(f"SuperLink: NOT ANSWERING ({err})\n")
+        return EXIT_FAILED
+    sys.stdout.write(f"SuperLink: answering at {args.control_address}; {online} site(s) "
+                     "online\n")
+    return EXIT_OK
+
+
 def cmd_supernode(args: argparse.Namespace) -> int:
+    if args.action == "status":
+        return cmd_supernode_status(args)
+    missing = [flag for flag, value in (("--csv", args.csv), ("--superlink", args.superlink))
+               if not value]
+    if missing:
+        sys.stderr.write(f"supernode: {' and '.join(missing)} must be given to run a site; "
+                         "got none\n")
+        return EXIT_USAGE
     from fedcare.client.policy import describe, load_policy, policy_path_for, policy_warnings
     from fedcare.common.errors import ConfigError, DataValidationError
 
@@ -271,7 +335,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--warn-days", type=int, default=certs_mod.WARN_DAYS)
     p.set_defaults(func=cmd_certs_status)
 
-    link = sub.add_parser("superlink", help="consortium: start the SuperLink (TLS, node auth)")
+    link = sub.add_parser("superlink", help="consortium: start the SuperLink (TLS, node auth); "
+                                            "`superlink status`: health check, exit 0/1")
+    link.add_argument("action", nargs="?", choices=("run", "status"), default="run")
     link.add_argument("--certs", default=DEFAULT_CERTS)
     link.add_argument("--database", default="state/superlink.db",
                       help="persistent SuperLink state (SQLite)")
@@ -285,12 +351,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                       help="plain text, no node authentication (test beds only; warns)")
     link.set_defaults(func=cmd_superlink)
 
-    node = sub.add_parser("supernode", help="hospital: check the CSV, then start the SuperNode")
+    node = sub.add_parser("supernode", help="hospital: check the CSV, then start the site; "
+                                            "`supernode status`: health check, exit 0/1")
+    node.add_argument("action", nargs="?", choices=("run", "status"), default="run")
     node.add_argument("--site", required=True, help="this site's name (as on the list)")
-    node.add_argument("--csv", required=True, help="this site's training CSV")
+    node.add_argument("--csv", help="this site's training CSV (to run)")
     node.add_argument("--state-dir", required=True,
                       help="ledger, audit log, preprocessing (keep and back up)")
-    node.add_argument("--superlink", required=True, help="SuperLink fleet address host:9092")
+    node.add_argument("--superlink", help="SuperLink fleet address host:9092 (to run)")
     node.add_argument("--dataset", default="heart-disease",
                       choices=("breast-cancer", "heart-disease"), help="schema of the CSV")
     node.add_argument("--policy",

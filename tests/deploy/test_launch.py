@@ -147,3 +147,38 @@ def test_supernode_rejects_bad_poll_and_attempt_settings(flag: list[str]) -> Non
         main(["supernode", "--site", "a", "--csv", "a.csv", "--state-dir", "s",
               "--superlink", "h:1", *flag])
     assert exited.value.code == 2
+
+
+def _status(tmp_path: Path, address: str) -> int:
+    return main(["supernode", "status", "--site", "alpha", "--state-dir", str(tmp_path / "s"),
+                 "--clientappio-address", address])
+
+
+def test_site_status_is_1_when_its_process_does_not_answer(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+
+    assert _status(tmp_path, address) == 1
+    out = capsys.readouterr().out
+    assert "site alpha: NOT RUNNING" in out and "PROBLEM: the site process does not answer" in out
+
+
+def test_site_status_is_0_for_a_running_site_and_shows_its_budget(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        code = _status(tmp_path, f"127.0.0.1:{sock.getsockname()[1]}")
+
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "site alpha: running" in out and "all of it left" in out
+
+
+def test_running_a_site_needs_its_csv_and_superlink(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["supernode", "--site", "alpha", "--state-dir", "s"]) == 2
+    assert "--csv and --superlink must be given" in capsys.readouterr().err
