@@ -524,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fedcare.deploy import perf as perf_deploy
 
     perf_deploy.add_parsers(sub)  # perf-deploy (benchmark)
+    from fedcare.deploy import service
+
+    service.add_parsers(sub)  # service install-unit
     policy_commands.add_parsers(sub)  # policy check|show|hash
 
     led = sub.add_parser("ledger", help="show a site's privacy ledger")

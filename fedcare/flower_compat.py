@@ -66,7 +66,7 @@ MAX_LISTED_FILES = 5
 MIN_POLL_INTERVAL = 0.01
 MAX_POLL_INTERVAL = 3.0
 #: A site with no message for ACTIVE_WINDOW seconds polls every IDLE_POLL_INTERVAL.
-IDLE_POLL_INTERVAL = 1.0
+IDLE_POLL_INTERVAL = 3.0
 ACTIVE_WINDOW = 60.0
 #: Sleeps this long or longer in Flower's loops are polls for new work.
 IDLE_SLEEP = 1.0
@@ -75,8 +75,9 @@ TELEMETRY_ENV = "FLWR_TELEMETRY_ENABLED"
 SUPEREXEC = "flower-superexec"
 #: The node id Flower's SuperLink uses for the errors it writes itself.
 SUPERLINK_NODE_ID = 1
-#: Seconds between the consortium SuperExec's looks for a new run (Flower's own: 1 s).
-SUPEREXEC_POLL_INTERVAL = 0.2
+#: Seconds between the consortium SuperExec's looks for a new run (Flower's own: 1 s;
+#: shorter costs the SuperLink CPU all day for a second saved once per run).
+SUPEREXEC_POLL_INTERVAL = 1.0
 
 
 class FlowerVersionError(RuntimeError):
@@ -349,9 +350,15 @@ def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
     (e.g. its key is not registered) or told to stop."""
     check_flower_version()
     check_poll_interval(node.poll_interval)
+    import faulthandler
+    import signal
+
     import flwr.supernode.start_client_internal as supernode
     from flwr.common.constant import ISOLATION_MODE_PROCESS, TRANSPORT_TYPE_GRPC_RERE
 
+    # `kill -USR1 PID` writes every thread's stack to stderr (the site's log): a site
+    # that stops polling can be diagnosed without stopping it
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     app = app_loader()  # TensorFlow and the app, once, before the site connects
     stopping = threading.Event()
     pace = PollPace(node.poll_interval)

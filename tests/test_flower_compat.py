@@ -288,7 +288,7 @@ def test_poll_clock_is_fast_while_a_run_is_active_and_slow_when_idle(
     now[0] = 61.0
     clock.sleep(3)    # a minute without work: idle again
 
-    assert slept == [1.0, 0.1, 0.1, 1.0]
+    assert slept == [1.0, 0.1, 0.1, 1.0]  # idle=1.0 here; the default is 3.0
     assert clock.monotonic is flower_compat.time.monotonic  # the rest is the real module
 
 

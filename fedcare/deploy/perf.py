@@ -197,6 +197,10 @@ def run_perf(root: Path, *, sites: int, rounds: int, poll_interval: float | None
         report = _wait_report(bed, run, out / "perf" / "report.json")
         seconds = tuple(float(r["seconds"]) for r in report["rounds"])  # type: ignore[attr-defined]
         dead_seconds, dead_line = None, ""
+        sys.stdout.write(f"s/round: {', '.join(f'{x:.2f}' for x in seconds)}; peak RSS so far "
+                         f"{sampler.peak_total_kb / MB / MB:.2f} GB; idle CPU "
+                         f"{ {k: round(v, 1) for k, v in idle.items()} }\n")
+        sys.stdout.flush()
         if dead_site:
             dead_seconds, dead_line = _dead_site(bed, out, names)
         sampler.sample()
