@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from fedcare.client.app import _read
+from fedcare.client.app import _site, _weights
 from fedcare.common.config import RunConfig
 from fedcare.common.errors import UnsafePayload
 from fedcare.common.wire import decode_array, decode_arrays
@@ -83,7 +83,9 @@ def test_a_site_refuses_a_global_model_carrying_a_pickle(tmp_path: pathlib.Path)
                       state=RecordDict(), run_config=RunConfig(
                           output_dir=str(tmp_path)).to_run_config())
 
+    config, site, _ = _site(msg, context)
+
     with pytest.raises(UnsafePayload, match="global model"):
-        _read(msg, context)
+        _weights(msg, config, site)
 
     assert not marker.exists()
