@@ -95,7 +95,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         overrides.setdefault("min-sites", sites)  # site-level DP's fixed denominator
     config = RunConfig.from_mapping(overrides)
     report = run_simulation(config, num_sites=sites)
-    if report.get("status") == "refused":
+    from fedcare.server.report import STATUS_REFUSED
+
+    if report.get("status") == STATUS_REFUSED:
         if "refusals" in report:  # accepted in pre-flight, then no site trained in the rounds
             _print_summary(report)
         else:
@@ -119,14 +121,14 @@ def _print_refusal(report: dict[str, Any]) -> None:
 
 
 def _print_summary(report: dict[str, Any]) -> None:
-    from fedcare.server.report import format_global, format_site_table
+    from fedcare.server.report import STATUS_REFUSED, format_global, format_site_table
 
     config = report["config"]
     out = sys.stdout
     out.write(f"\nfedcare run {report['run']}: {config['dataset']}, {len(report['sites'])} sites, "
               f"{config['num-rounds']} rounds, {config['strategy']}\n\n")
     out.write(format_site_table(report) + "\n\n")
-    if report.get("status") == "refused":
+    if report.get("status") == STATUS_REFUSED:
         out.write(f"RUN REFUSED: {report['refusal-reason']}\n")
         for site, reasons in report.get("refusals", {}).items():
             out.write(f"  {site}: {'; '.join(reasons)}\n")

@@ -33,6 +33,7 @@ from fedcare.server.preflight import (
     screen_history,
 )
 from fedcare.server.report import (
+    STATUS_REFUSED,
     RunRecorder,
     format_global,
     format_site_table,
@@ -54,9 +55,6 @@ from fedcare.server.strategies import RecordingStrategy, make_strategy
 from fedcare.server.validation import UpdateValidator
 
 logger = logging.getLogger(__name__)
-
-
-STATUS_REFUSED = "refused"  # as refuse_run (pre-flight) writes it
 
 
 def default_run_name() -> str:
@@ -81,7 +79,7 @@ def refuse_run(run_dir: Path, recorder: RunRecorder, preflight: Preflight,
                min_sites: int) -> None:
     """Too few sites accepted: write a report that says so (no model) and stop."""
     report = recorder.to_dict(final={})
-    report["status"] = "refused"
+    report["status"] = STATUS_REFUSED
     path = write_report(run_dir, report, plots=False)  # nothing trained: nothing to plot
     accepted = preflight.sites()
     raise RunRefused(f"run: at least min-sites={min_sites} site(s) must accept in pre-flight; "

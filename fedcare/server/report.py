@@ -28,6 +28,10 @@ REPORT_FORMAT = "fedcare-run-report"
 REPORT_VERSION = 1
 PLOT_GLOBAL = "global-metrics.png"
 PLOT_EPSILON = "site-epsilon.png"
+#: ``report["status"]`` of a run in which no site trained (refused in pre-flight, or every
+#: site refused or failed in every round): no model is written.
+STATUS_REFUSED = "refused"
+STATUS_COMPLETED = "completed"
 
 
 def _number(value: Any) -> float:
@@ -181,7 +185,7 @@ class RunRecorder:
                                 **{k: v for k, v in f.items() if k not in ("node", "site")}}
                                for f in rnd["failures"]]
         out = {"format": REPORT_FORMAT, "version": REPORT_VERSION, "run": self.run_name,
-               "status": "completed", "seconds": time.time() - self.started,
+               "status": STATUS_COMPLETED, "seconds": time.time() - self.started,
                "config": self.run_config, "sites": site_table(rounds),
                "privacy": dict(sorted(self.site_privacy.items())), "final": dict(final),
                "rounds": rounds}

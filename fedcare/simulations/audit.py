@@ -21,7 +21,7 @@ from fedcare.common.datasets.heart_disease import SITES as HEART_SITES
 from fedcare.common.errors import ConfigError, FedcareError
 from fedcare.common.privacy.empirical import audit_membership
 from fedcare.server.checkpoint import FINAL_MODEL
-from fedcare.server.report import REPORT_FILENAME, write_json_atomic
+from fedcare.server.report import REPORT_FILENAME, STATUS_REFUSED, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def audit_run(run_dir: Path, *, num_sites: int | None = None,
     report_path = run_dir / REPORT_FILENAME
     report = json.loads(report_path.read_text())
     sites = run_sites(report, num_sites)
-    if report.get("status") == "refused":
+    if report.get("status") == STATUS_REFUSED:
         raise ConfigError([f"audit: run {report.get('run')!r} must have trained a model; got "
                            "a refused run (no site trained, no model saved)"])
     config = RunConfig.from_mapping(report["config"])

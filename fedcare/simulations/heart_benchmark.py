@@ -24,6 +24,7 @@ from fedcare.common.config import RunConfig
 from fedcare.common.datasets import SiteData, load_federated_site
 from fedcare.common.datasets.heart_disease import SITES
 from fedcare.common.errors import ConfigError
+from fedcare.server.report import STATUS_REFUSED
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def federated_row(config: RunConfig, setting: str) -> dict[str, Any]:
 
     report = run_simulation(config, num_sites=len(SITES))
     sites = report["sites"]
-    refused = report.get("status") == "refused"  # an untrained model's scores are no result
+    refused = report.get("status") == STATUS_REFUSED  # an untrained model's scores are no result
 
     def number(value: Any) -> float:
         return math.nan if value is None or refused else float(value)

@@ -22,7 +22,7 @@ from fedcare.common.errors import ConfigError
 from fedcare.common.files import write_json_atomic
 from fedcare.common.site_check import preflight_simulation
 from fedcare.server.federation import default_run_name
-from fedcare.server.report import REPORT_FILENAME
+from fedcare.server.report import REPORT_FILENAME, STATUS_REFUSED
 from fedcare.simulations.engine import FAST_POLL_SECONDS, fast_polling
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def run_simulation(config: RunConfig, *, num_sites: int, workers: int | None = N
     report = dict(json.loads(report_path.read_text()))
     report[SITES_KEY] = num_sites  # so a later `fedcare audit` uses the run's own sites
     write_json_atomic(report_path, report)
-    if not audit or report.get("status") == "refused":  # a refused run trained nothing
+    if not audit or report.get("status") == STATUS_REFUSED:  # a refused run trained nothing
         return report
     # Virtual sites' data is at hand here, so each site's membership audit joins the report.
     return audit_run(run_dir, num_sites=num_sites)
@@ -122,7 +122,7 @@ def _refusal_is_a_result(report_path: Path) -> Iterator[None]:
         yield
     except RuntimeError:
         if not (report_path.is_file() and
-                json.loads(report_path.read_text()).get("status") == "refused"):
+                json.loads(report_path.read_text()).get("status") == STATUS_REFUSED):
             raise
 
 
