@@ -13,7 +13,8 @@ import dp_accounting
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
-from fedcare.client.audit import SiteAuditLog
+from fedcare.client.audit import AuditRecord, SiteAuditLog
+from fedcare.client.site_state import check_site_state, record_spend
 from fedcare.common.config import RunConfig
 from fedcare.common.datasets.heart_disease import data_available
 from fedcare.common.privacy import LedgerEntry, PrivacyLedger, RoundSpend
@@ -54,7 +55,7 @@ def test_two_sites_two_rounds_with_dp_report_model_and_ledgers_agree(tmp_path: P
         # The site's hash-chained audit log verifies, and the server holds its hashes.
         audit = SiteAuditLog(run_dir / "sites" / site, site=site)
         assert audit.verify().ok
-        assert [r.hash for r in audit.records()] == [
+        assert [r.hash for r in audit.records() if isinstance(r, AuditRecord)] == [
             rnd["train"][site]["audit-hash"] for rnd in report["rounds"]]
         ledger = PrivacyLedger(run_dir / "sites" / site, site=site)
         assert len(ledger.entries) == 2
@@ -87,13 +88,18 @@ def test_two_sites_two_rounds_with_dp_report_model_and_ledgers_agree(tmp_path: P
 
 def test_site_over_budget_refuses_in_preflight_and_the_run_goes_on(tmp_path: Path) -> None:
     # Arrange: site-0's ledger already holds more than its budget allows.
+    # The spend is recorded the way the site's own training path records it (ledger entry,
+    # audit spend record, marker), so the state dir passes the site's cross-check.
     state = tmp_path / "state"
+    check_site_state(state / "site-0", site="site-0")
     exhausted = PrivacyLedger(state / "site-0", site="site-0")
     big = RoundSpend(sampling_rate=1.0, noise_multiplier=0.5, steps=50)
-    exhausted.record(LedgerEntry(run_id="earlier-study", server_round=1,
-                                 recorded_at="2026-01-01T00:00:00+00:00", spend=big,
-                                 clip_norm=1.0, num_examples=213),
-                     delta=DELTA, budget=1e9)
+    earlier = LedgerEntry(run_id="earlier-study", server_round=1,
+                          recorded_at="2026-01-01T00:00:00+00:00", spend=big,
+                          clip_norm=1.0, num_examples=213)
+    exhausted.record(earlier, delta=DELTA, budget=1e9)
+    record_spend(state / "site-0", site="site-0", entry=earlier, phase="round", delta=DELTA,
+                 accountant="rdp")
     before = (state / "site-0" / "privacy-ledger.json").read_bytes()
     config = small_run(tmp_path, state_dir=str(state), epsilon_budget=2.0, min_sites=1)
 
