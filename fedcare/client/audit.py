@@ -69,6 +69,8 @@ from fedcare.common.files import (
     strict_json_loads,
 )
 from fedcare.common.privacy.ledger import ResetEntry
+from fedcare.common.values import is_int as _is_int
+from fedcare.common.values import is_real as _is_real
 
 __all__ = [
     "AUDIT_FILENAME",
@@ -100,14 +102,6 @@ _DP_FIELDS = ("epsilon_round", "epsilon_total", "delta", "accountant")
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_finite(value: object) -> bool:
@@ -346,7 +340,6 @@ class AuditRecord(_Line):
         return cls._from(data, "record")
 
 
-
 #: ``kind`` of a spend record: a privacy spend, written right after its ledger entry.
 SPEND_KIND = "spend"
 #: ``kind`` of a reset record: the first record of the chain after ``fedcare ledger reset``.
@@ -412,8 +405,6 @@ class SpendRecord(_Line):
         return cls._from(data, "spend record")
 
 
-
-
 @dataclass(frozen=True, kw_only=True)
 class ResetRecord(_Line):
     """The first line of a site's audit log after ``fedcare ledger reset``.
@@ -448,7 +439,6 @@ class ResetRecord(_Line):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ResetRecord:
         return cls._from(data, "reset record")
-
 
 
 #: ``kind`` of a refusal record: the site said no (pre-flight or a request), with reasons.
@@ -546,8 +536,6 @@ class Verification:
 class _Scan:
     records: tuple[AnyRecord, ...]
     verification: Verification
-
-
 
 
 def _record_key(record: AnyRecord) -> tuple[str, str, str, int] | None:

@@ -33,6 +33,7 @@ from typing import Any
 from fedcare.common.config import STRATEGIES, RunConfig
 from fedcare.common.errors import ConfigError
 from fedcare.common.privacy.statement import format_delta, format_epsilon
+from fedcare.common.values import is_real as _is_real
 
 __all__ = [
     "ANY_BUNDLE",
@@ -404,10 +405,6 @@ def project_hash(folder: Path) -> str:
 
 def _field(key: str) -> str:
     return key.replace("-", "_")
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _number(rule: str, ok: Callable[[float], bool]) -> Callable[[object], tuple[Any, str]]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedcare.common.privacy.statement import format_delta, format_epsilon
+from fedcare.common.values import is_int, is_real
 
 #: Flower message type of the pre-flight query ("<category>.<action>").
 PREFLIGHT_MESSAGE = "query.preflight"
@@ -79,8 +80,7 @@ class PreflightAnswer:
         hostile or broken reply can never count as an acceptance)."""
         def real(key: str) -> float:
             value = record.get(key, math.nan)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            return float(value) if ok else math.nan
+            return float(value) if is_real(value) else math.nan
 
         site = record.get("site")
         accepted = record.get("accepted")
@@ -100,13 +100,13 @@ class PreflightAnswer:
         return cls(
             site=site, accepted=bool(accepted is True and not problems),
             reasons=tuple(reasons) + tuple(problems), kind=str(record.get("kind", "")),
-            rows=rows if isinstance(rows, int) and not isinstance(rows, bool) else 0,
+            rows=rows if is_int(rows) else 0,
             noise_multiplier=real("noise-multiplier"), epsilon_run=real("epsilon-run"),
             epsilon_lifetime_before=real("epsilon-lifetime-before"),
             epsilon_lifetime_after=real("epsilon-lifetime-after"),
             lifetime_budget=real("lifetime-budget"), delta=real("delta"),
             accountant=str(record.get("accountant", "")),
-            runs_at_site=runs if isinstance(runs, int) and not isinstance(runs, bool) else 0,
+            runs_at_site=runs if is_int(runs) else 0,
             policy=str(record.get("policy", "")), bundle_hash=str(record.get("bundle-hash", "")),
             history={k[len(HISTORY_PREFIX):]: v for k, v in record.items()
                      if k.startswith(HISTORY_PREFIX)})

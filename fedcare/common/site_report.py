@@ -19,6 +19,8 @@ from typing import Any
 
 from fedcare.common.errors import describe_value
 from fedcare.common.files import is_sha256_hex
+from fedcare.common.values import is_int as _is_int
+from fedcare.common.values import is_real as _is_real
 
 __all__ = [
     "AUDIT_EXTENDS_NO",
@@ -32,7 +34,6 @@ __all__ = [
 AUDIT_EXTENDS_YES = 1
 AUDIT_EXTENDS_NO = 0
 AUDIT_EXTENDS_NOT_ASKED = -1
-
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,14 +111,6 @@ class SiteReport:
 
 def _key(name: str) -> str:
     return name.replace("_", "-")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 #: Every key a report may carry, and those it must carry.

@@ -43,6 +43,8 @@ import numpy as np
 from dp_accounting import mechanism_calibration
 
 from fedcare.common.privacy.config import ACCOUNTANTS, describe_value
+from fedcare.common.values import is_int as _is_int
+from fedcare.common.values import is_real as _is_real
 
 __all__ = [
     "MAX_CALIBRATED_NOISE_MULTIPLIER",
@@ -77,14 +79,6 @@ EPSILON_CACHE_SIZE = 1024
 SAMPLINGS = ("poisson", "shuffle")
 #: Ledger mechanism names, by sampling scheme.
 MECHANISMS = {"poisson": MECHANISM, "shuffle": "shuffled-gaussian-no-amplification"}
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_delta(where: str, delta: object) -> float:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from fedcare.common.errors import ConfigError, describe_value
+from fedcare.common.values import is_int as _is_int
+from fedcare.common.values import is_real as _is_real
 
 __all__ = ["ACCOUNTANTS", "PrivacyConfig", "describe_value"]
 
@@ -25,15 +27,6 @@ __all__ = ["ACCOUNTANTS", "PrivacyConfig", "describe_value"]
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "pld")
 
 _WHERE = "privacy"
-
-
-def _is_real(value: object) -> bool:
-    """True for int and float, False for bool (``True`` is an ``int`` in Python)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -74,6 +74,8 @@ from fedcare.common.files import (
 from fedcare.common.privacy.accounting import RoundSpend, compose_epsilon
 from fedcare.common.privacy.config import ACCOUNTANTS, describe_value
 from fedcare.common.privacy.statement import format_delta, format_epsilon
+from fedcare.common.values import is_int as _is_int
+from fedcare.common.values import is_real as _is_real
 
 __all__ = [
     "LEDGER_FILENAME",
@@ -104,14 +106,6 @@ _RESET_KEYS = ("reset_at", "reason", "archived_epsilon", "delta", "accountant",
 def utc_now_iso() -> str:
     """The current time as UTC ISO 8601, e.g. ``2026-11-24T09:30:00.123456+00:00``."""
     return datetime.now(UTC).isoformat()
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_utc_iso(value: object, name: str = "recorded_at") -> str | None:
@@ -532,7 +526,5 @@ class PrivacyLedger:
 
     def _locked(self) -> contextlib.AbstractContextManager[None]:
         return file_lock(self._dir / f"{LEDGER_FILENAME}.lock")
-
-
 
 
