@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from fedcare.common.errors import ConfigError
-from fedcare.common.privacy.config import ACCOUNTANTS, PrivacyConfig
+from fedcare.privacy.config import ACCOUNTANTS, PrivacyConfig
 
 DATASETS = ("breast-cancer", "heart-disease")
 PARTITIONINGS = ("natural", "iid", "dirichlet")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from fedcare.common.errors import ConfigError
-from fedcare.common.privacy import ACCOUNTANTS, PrivacyConfig
+from fedcare.privacy import ACCOUNTANTS, PrivacyConfig
 
 
 def make_config_kwargs(**overrides: Any) -> dict[str, Any]:
