@@ -18,8 +18,8 @@ from typing import Any
 from fedcare.common.errors import ConfigError
 from fedcare.privacy.config import ACCOUNTANTS, PrivacyConfig
 
-DATASETS = ("breast-cancer", "heart-disease")
-PARTITIONINGS = ("natural", "iid", "dirichlet")
+DATASETS: tuple[str, ...] = ("breast-cancer", "heart-disease")
+PARTITIONINGS: tuple[str, ...] = ("natural", "iid", "dirichlet")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum")
 DP_MODES = ("target-epsilon", "noise-multiplier", "off")
 DP_BACKENDS = ("bookkeeping", "tfp-fast-clipping")

@@ -43,6 +43,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from fedcare.common.errors import DataValidationError, describe_value
+from fedcare.common.files import strict_json_loads
 from fedcare.common.web import JSON_CONTENT_TYPE, SECURITY_HEADERS, BearerToken, WebServer, bind
 from fedcare.common.web import json_bytes as _dumps
 from fedcare.common.web import send_json as _send_json
@@ -102,10 +103,6 @@ def _bad_request(detail: str, error: str = "invalid request") -> NoReturn:
 # --------------------------------------------------------------------------- JSON
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
 def _json_type(value: object) -> str:
     if value is None:
         return "null"
@@ -122,23 +119,9 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(f"key {key!r} must appear once per object")
-        out[key] = value
-    return out
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not valid JSON; send null for a value not recorded")
-
-
 def _parse_json(body: bytes) -> object:
     try:
-        return json.loads(body.decode("utf-8"), object_pairs_hook=_object_without_duplicates,
-                          parse_constant=_reject_constant)
+        return strict_json_loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         _bad_request("request: body must be UTF-8 encoded JSON", "invalid JSON")
     except json.JSONDecodeError as err:

@@ -10,15 +10,14 @@ split 43 only) for every row. Cells are the sweep's: cached, so a rerun resumes.
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedcare.common.config import RunConfig
 from fedcare.common.files import write_json_atomic, write_text_atomic
 from fedcare.data.datasets.heart_disease import SITES
-from fedcare.research.heart_benchmark import PROTOCOL, TUNED
+from fedcare.research.heart_benchmark import PROTOCOL, TUNED, mean_std
 from fedcare.research.sweep import (
     BASELINES,
     FEDERATED,
@@ -29,6 +28,7 @@ from fedcare.research.sweep import (
     round_rows,
     run_cells,
     tidy_rows,
+    with_privacy,
     write_csv,
 )
 
@@ -49,22 +49,18 @@ FLAMBY = {"pooled training": "0.747", "local only: cleveland": "0.735",
 def table_cells(overrides: Mapping[str, Any], *, split_seeds: Sequence[int],
                 seeds: Sequence[int]) -> list[Cell]:
     cells = []
-    base = {**PROTOCOL, **TUNED, **overrides}
-    budget = float(base.get("epsilon-budget", 5.0))
+    base = RunConfig.from_mapping({**PROTOCOL, **TUNED, **overrides})
     for split_seed in split_seeds:
         for seed in seeds:
-            data = {"split-seed": split_seed, "seed": seed}
-            labels = {"partitioning": "natural", "dirichlet-alpha": None, **data}
-            cells.append(Cell(BASELINES, {**base, **data, "dp-mode": "off"}, len(SITES), labels))
+            data = base.replace(split_seed=split_seed, seed=seed)
+            labels = {"partitioning": "natural", "dirichlet-alpha": None,
+                      "split-seed": split_seed, "seed": seed}
+            cells.append(Cell(BASELINES, data.replace(dp_mode="off"), len(SITES), labels))
             for strategy in STRATEGIES:
-                cells.append(Cell(FEDERATED, {**base, **data, "strategy": strategy,
-                                              "dp-mode": "off"}, len(SITES),
-                                  {**labels, "strategy": strategy, "epsilon": None}))
+                cells.append(Cell(FEDERATED, with_privacy(data.replace(strategy=strategy), None),
+                                  len(SITES), {**labels, "strategy": strategy, "epsilon": None}))
             for eps in DP_EPSILONS:
-                cells.append(Cell(FEDERATED, {**base, **data, "strategy": "fedavg",
-                                              "dp-mode": "target-epsilon",
-                                              "target-epsilon": eps,
-                                              "epsilon-budget": max(budget, eps)},
+                cells.append(Cell(FEDERATED, with_privacy(data.replace(strategy="fedavg"), eps),
                                   len(SITES), {**labels, "strategy": "fedavg", "epsilon": eps}))
     return cells
 
@@ -112,15 +108,6 @@ def collect(results: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, An
     return ordered
 
 
-def _stat(values: Sequence[Any]) -> str:
-    kept = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not kept:
-        return "n/a"
-    if len(kept) == 1:
-        return f"{kept[0]:.3f}"
-    return f"{statistics.fmean(kept):.3f} ± {statistics.stdev(kept):.3f}"
-
-
 def format_table(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
     header = ("| setting | FLamby | fedcare: mean site acc | " + " | ".join(SITES) +
               " | mean site AUC | own-site acc | max site eps | runs |")
@@ -130,10 +117,10 @@ def format_table(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
         eps = [r["max-site-epsilon"] for r in runs if r.get("max-site-epsilon") is not None]
         lines.append(
             f"| {setting} | {FLAMBY.get(setting, '-')} | "
-            f"**{_stat([r['mean-site-accuracy'] for r in runs])}** | "
-            + " | ".join(_stat([r["site-accuracy"].get(s) for r in runs]) for s in SITES)
-            + f" | {_stat([r['mean-site-auc'] for r in runs])} | "
-            f"{_stat(own) if own else '-'} | {f'{max(eps):.3f}' if eps else '-'} | "
+            f"**{mean_std([r['mean-site-accuracy'] for r in runs])}** | "
+            + " | ".join(mean_std([r["site-accuracy"].get(s) for r in runs]) for s in SITES)
+            + f" | {mean_std([r['mean-site-auc'] for r in runs])} | "
+            f"{mean_std(own) if own else '-'} | {f'{max(eps):.3f}' if eps else '-'} | "
             f"{len(runs)} |")
     return "\n".join(lines)
 

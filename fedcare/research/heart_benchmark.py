@@ -60,18 +60,26 @@ def _row(setting: str, per_site_acc: Mapping[str, float], per_site_auc: Mapping[
             "pooled-accuracy": pooled, "epsilon": dict(epsilon or {})}
 
 
+def fresh_trainer(config: RunConfig, *, input_dim: int) -> tuple[Any, list[Any]]:
+    """A local trainer for ``config``'s model and the run seed's initial weights (every
+    baseline starts from these, as the federated run does)."""
+    from fedcare.common.model import build_model, weights_of
+    from fedcare.site.training import get_trainer
+
+    trainer = get_trainer(input_dim=input_dim, hidden_units=config.hidden_layer_sizes,
+                          local_optimizer=config.local_optimizer, dp_backend=config.dp_backend)
+    init = weights_of(build_model(input_dim=input_dim, hidden_units=config.hidden_layer_sizes,
+                                  seed=config.seed))
+    return trainer, init
+
+
 def centralized_rows(config: RunConfig, sites: Sequence[SiteData]) -> list[dict[str, Any]]:
     """Pooled and local-only baselines: plain (non-private) training, same model and steps."""
     import numpy as np
 
-    from fedcare.common.model import build_model, weights_of
-    from fedcare.site.training import derive_seed, get_trainer
+    from fedcare.site.training import derive_seed
 
-    trainer = get_trainer(input_dim=sites[0].x_train.shape[1],
-                          hidden_units=config.hidden_layer_sizes,
-                          local_optimizer=config.local_optimizer, dp_backend=config.dp_backend)
-    init = weights_of(build_model(input_dim=sites[0].x_train.shape[1],
-                                  hidden_units=config.hidden_layer_sizes, seed=config.seed))
+    trainer, init = fresh_trainer(config, input_dim=sites[0].x_train.shape[1])
     epochs = config.num_rounds * config.local_epochs
 
     def fit_and_score(x: np.ndarray, y: np.ndarray, name: str) -> dict[str, Any]:
@@ -157,9 +165,9 @@ def run_benchmark(overrides: Mapping[str, Any], *, split_seed: int, seeds: Seque
     return result
 
 
-def mean_std(values: Sequence[float]) -> str:
+def mean_std(values: Sequence[float | None]) -> str:
     """``mean ± sample std`` of the finite values (one value alone; ``n/a`` for none)."""
-    kept = [v for v in values if math.isfinite(v)]
+    kept = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not kept:
         return "n/a"
     if len(kept) == 1:

@@ -76,15 +76,11 @@ def federated_rows(config: RunConfig) -> list[dict[str, Any]]:
 
 def local_dp_row(config: RunConfig, sites: Sequence[SiteData]) -> dict[str, Any]:
     """Each site alone, DP-SGD at the same calibrated noise and steps as in the run."""
-    from fedcare.common.model import build_model, weights_of
+    from fedcare.research.heart_benchmark import fresh_trainer
     from fedcare.site.site import noise_multiplier_for
-    from fedcare.site.training import DPSettings, derive_seed, get_trainer
+    from fedcare.site.training import DPSettings, derive_seed
 
-    trainer = get_trainer(input_dim=sites[0].x_train.shape[1],
-                          hidden_units=config.hidden_layer_sizes,
-                          local_optimizer=config.local_optimizer, dp_backend=config.dp_backend)
-    init = weights_of(build_model(input_dim=sites[0].x_train.shape[1],
-                                  hidden_units=config.hidden_layer_sizes, seed=config.seed))
+    trainer, init = fresh_trainer(config, input_dim=sites[0].x_train.shape[1])
     acc, auc = {}, {}
     # The whole target spent on the local model's own steps (no fine-tuning to pay for).
     alone = config.replace(finetune_epochs=0, finetune_budget_share=0.0)

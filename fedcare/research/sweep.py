@@ -39,7 +39,7 @@ from fedcare.common.files import strict_json_loads, write_json_atomic, write_tex
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a cell's settings are its whole run config
 FEDERATED = "federated"
 BASELINES = "baselines"
 MEAN_SITE = "(mean)"
@@ -58,9 +58,14 @@ class Cell:
     """One unit of work: its complete run-config overrides and what to run."""
 
     kind: str
-    settings: Mapping[str, Any]
+    config: RunConfig
     num_sites: int
     labels: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The cell's whole run config, kebab-case (as cached and reported)."""
+        return self.config.to_run_config()
 
     @property
     def key(self) -> str:
@@ -124,28 +129,29 @@ def expand_grid(base: Mapping[str, Any], *, epsilons: Sequence[float | None],
                             f"{base[key]!r}")
     if problems:
         raise ConfigError(problems)
-    budget = float(base.get("epsilon-budget", RunConfig().epsilon_budget))
+    config = RunConfig.from_mapping(base)  # every problem of --set at once, before any cell
     cells: list[Cell] = []
     for part_text, split_seed, seed in itertools.product(partitionings, split_seeds, seeds):
         partitioning, alpha = parse_partitioning(part_text)
-        data = {"partitioning": partitioning, "split-seed": split_seed, "seed": seed,
-                **({"dirichlet-alpha": alpha} if alpha is not None else {})}
+        data = config.replace(partitioning=partitioning, split_seed=split_seed, seed=seed,
+                              **({"dirichlet_alpha": alpha} if alpha is not None else {}))
         labels = {"partitioning": partitioning, "dirichlet-alpha": alpha,
                   "split-seed": split_seed, "seed": seed}
         if baselines:
-            settings = {**base, **data, "dp-mode": "off"}
-            RunConfig.from_mapping(settings)
-            cells.append(Cell(BASELINES, settings, num_sites, labels))
+            cells.append(Cell(BASELINES, data.replace(dp_mode="off"), num_sites, labels))
         for strategy, eps in itertools.product(strategies, epsilons):
-            privacy: dict[str, Any] = ({"dp-mode": "off"} if eps is None else
-                                   {"dp-mode": "target-epsilon", "target-epsilon": eps,
-                                    # a virtual site's ledger must allow the spend asked for
-                                    "epsilon-budget": max(budget, eps)})
-            settings = {**base, **data, "strategy": strategy, **privacy}
-            RunConfig.from_mapping(settings)  # fail before the first cell runs
-            cells.append(Cell(FEDERATED, settings, num_sites,
-                              {**labels, "strategy": strategy, "epsilon": eps}))
+            cells.append(Cell(FEDERATED, with_privacy(data.replace(strategy=strategy), eps),
+                              num_sites, {**labels, "strategy": strategy, "epsilon": eps}))
     return cells
+
+
+def with_privacy(config: RunConfig, epsilon: float | None) -> RunConfig:
+    """``config`` without DP (``None``) or calibrated to ``epsilon`` per site for the run; a
+    virtual site's ledger budget is raised to allow the spend asked for."""
+    if epsilon is None:
+        return config.replace(dp_mode="off")
+    return config.replace(dp_mode="target-epsilon", target_epsilon=epsilon,
+                          epsilon_budget=max(config.epsilon_budget, epsilon))
 
 
 def load_cached(cache_dir: Path, cell: Cell) -> dict[str, Any] | None:
@@ -162,13 +168,13 @@ def load_cached(cache_dir: Path, cell: Cell) -> dict[str, Any] | None:
 
 def run_cell(cell: Cell, cache_dir: Path, *, keep_runs: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
-    config = RunConfig.from_mapping(cell.settings)
+    config = cell.config
     if cell.kind == BASELINES:
         body = _baselines(config, cell.num_sites)
     else:
         body = _federated(config, cell, cache_dir, keep_runs=keep_runs)
     return {"key": cell.key, "kind": cell.kind, "labels": dict(cell.labels),
-            "num-sites": cell.num_sites, "settings": dict(cell.settings),
+            "num-sites": cell.num_sites, "settings": cell.settings,
             "seconds": time.perf_counter() - started, **body}
 
 

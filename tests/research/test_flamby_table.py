@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from fedcare.common.config import RunConfig
 from fedcare.data.datasets.heart_disease import SITES
 from fedcare.research.flamby_table import (
     DP_EPSILONS,
@@ -27,13 +26,13 @@ def test_cells_cover_every_row_of_the_flamby_table_for_each_split() -> None:
 
     per_split = 1 + len(STRATEGIES) + len(DP_EPSILONS)
     assert len(cells) == 5 * per_split
-    dp = [RunConfig.from_mapping(c.settings) for c in cells
+    dp = [c.config for c in cells
           if c.kind == FEDERATED and c.labels["epsilon"] is not None]
     assert sorted({(c.target_epsilon, c.delta, c.strategy) for c in dp}) == [
         (0.1, 1e-3, "fedavg"), (1.0, 1e-3, "fedavg"), (3.0, 1e-3, "fedavg"),
         (10.0, 1e-3, "fedavg")]
     assert all(c.epsilon_budget >= c.target_epsilon for c in dp)
-    assert {RunConfig.from_mapping(c.settings).partitioning for c in cells} == {"natural"}
+    assert {c.config.partitioning for c in cells} == {"natural"}
 
 
 def _table_rows() -> dict[str, list[dict[str, object]]]:

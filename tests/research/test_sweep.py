@@ -62,7 +62,7 @@ def test_cells_carry_their_privacy_and_data_settings() -> None:
 def test_a_target_epsilon_above_the_default_budget_raises_the_virtual_sites_budget() -> None:
     cells = expand_grid({}, **{**GRID, "epsilons": [10.0]})
 
-    assert all(RunConfig.from_mapping(c.settings).epsilon_budget == 10.0
+    assert all(c.config.epsilon_budget == 10.0
                for c in cells if c.kind == FEDERATED)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from fedcare.common.config import DATASETS, PARTITIONINGS
 from fedcare.common.errors import ConfigError, DataValidationError
 from fedcare.data.datasets import breast_cancer, heart_disease
 from fedcare.data.partition import dirichlet_partition, iid_partition
@@ -24,8 +25,6 @@ from fedcare.data.validate import LoadReport, SiteTable, load_site_csv
 
 logger = logging.getLogger(__name__)
 
-DATASETS: tuple[str, ...] = ("breast-cancer", "heart-disease")
-PARTITIONINGS: tuple[str, ...] = ("natural", "iid", "dirichlet")
 
 
 @dataclass(frozen=True)
