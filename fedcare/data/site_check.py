@@ -45,17 +45,16 @@ def train_rows(config: RunConfig, rows: int) -> int:
 
 def readiness_for(config: RunConfig, *, site: str, rows: int) -> DpReadiness | None:
     """The noise a site of ``rows`` kept rows will get under ``config`` (``None``: DP off)."""
-    if not config.dp_enabled:
+    privacy = config.privacy
+    if privacy is None:
         return None
     schema = schema_for(config.dataset)
-    calibrate = config.dp_mode == "target-epsilon"
     return assess_readiness(
         site=site, train_rows=train_rows(config, rows),
-        target_epsilon=config.target_epsilon if calibrate else None,
-        noise_multiplier=None if calibrate else config.noise_multiplier,
-        delta=config.delta, rounds=config.num_rounds, batch_size=config.batch_size,
-        local_epochs=config.local_epochs, clip_norm=config.clip_norm,
-        accountant=config.accountant, sampling=config.sampling,
+        target_epsilon=privacy.target_epsilon, noise_multiplier=privacy.noise_multiplier,
+        delta=privacy.delta, rounds=config.num_rounds, batch_size=config.batch_size,
+        local_epochs=config.local_epochs, clip_norm=privacy.clip_norm,
+        accountant=privacy.accountant, sampling=config.sampling,
         parameters=model_parameters(len(schema.encoded_feature_names()),
                                     config.hidden_layer_sizes))
 

@@ -1,53 +1,57 @@
-"""The site's differential-privacy settings: one frozen, validated object.
+"""The DP settings of a run at a site: one frozen object, validated once, where it is parsed.
 
-A :class:`PrivacyConfig` is parsed once (from ``[tool.flwr.app.config]``, CLI flags
-or a test) and then passed around read-only. Validation collects every problem and
-raises a single :class:`~fedcare.common.errors.ConfigError`, so a user fixes the
-whole config in one pass.
+A run's ``[tool.flwr.app.config]`` (or CLI flags) holds the privacy keys flat:
+``dp-mode``, ``target-epsilon``, ``noise-multiplier``, ``clip-norm``, ``delta``,
+``epsilon-budget``, ``accountant``. :class:`~fedcare.common.config.RunConfig` parses them
+once into a :class:`PrivacyConfig` (``RunConfig.privacy``; ``None`` when DP is off), and
+every consumer reads that object. As in Opacus there are two ways in, and exactly one is
+taken: a fixed noise (:meth:`PrivacyConfig.with_noise`) or a target epsilon from which the
+noise is calibrated per site (:meth:`PrivacyConfig.with_target_epsilon`).
 
-Nothing here weakens privacy silently: a partial DP config (neither a noise
-multiplier nor a target epsilon, or both) is an error, and so is a noise
-multiplier that is zero, negative, NaN or infinite.
+Every problem is collected and raised as one :class:`~fedcare.common.errors.ConfigError`
+naming the config key (kebab-case, as the user wrote it) and the value. Nothing weakens
+privacy silently: neither or both ways in is an error, and so is a noise multiplier that is
+zero, negative, NaN or infinite.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from fedcare.common.errors import ConfigError, describe_value
-from fedcare.common.values import is_int as _is_int
-from fedcare.common.values import is_real as _is_real
+from fedcare.common.values import is_real
 
 __all__ = ["ACCOUNTANTS", "PrivacyConfig", "describe_value"]
 
 #: Privacy accountants fedcare knows how to run (both from ``dp_accounting``).
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "pld")
 
-_WHERE = "privacy"
+_WHERE = "config"
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
 
 
 @dataclass(frozen=True, kw_only=True)
 class PrivacyConfig:
     """DP-SGD settings for one site.
 
-    Give exactly one of ``noise_multiplier`` (train with this noise) or
-    ``target_epsilon`` (calibrate the noise multiplier per site so that the planned
-    rounds, on top of what the ledger already holds, end at or below this epsilon).
+    Exactly one of ``noise_multiplier`` (train with this noise) or ``target_epsilon``
+    (calibrate the noise multiplier per site so that the planned rounds, on top of what the
+    ledger already holds, end at or below this epsilon: the whole run's figure).
 
-    ``epsilon_budget`` is the hard per-site cap across everything the site's
-    privacy ledger holds, over all runs; ``delta`` is the delta every epsilon is
-    stated at. Float fields accept ints (TOML ``10`` arrives as ``int``) and store
-    them as ``float``.
+    ``epsilon_budget`` is the hard per-site cap across everything the site's privacy ledger
+    holds, over all runs; ``delta`` is the delta every epsilon is stated at; ``clip_norm``
+    bounds each example's gradient. Float fields accept ints (TOML ``10`` arrives as
+    ``int``) and store them as ``float``.
     """
 
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
     clip_norm: float
-    batch_size: int
-    local_epochs: int
     delta: float
     epsilon_budget: float
     accountant: str = "rdp"
@@ -59,42 +63,29 @@ class PrivacyConfig:
             value = getattr(self, name)
             if value is None and optional:
                 return
-            if not _is_real(value) or not math.isfinite(value) or value <= 0:
-                problems.append(
-                    f"{_WHERE}: {name} must be a finite number > 0; got {describe_value(value)}"
-                )
+            if not is_real(value) or not math.isfinite(value) or value <= 0:
+                problems.append(f"{_WHERE}: {_key(name)} must be a finite number > 0; "
+                                f"got {describe_value(value)}")
                 return
             object.__setattr__(self, name, float(value))
 
-        def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                problems.append(
-                    f"{_WHERE}: {name} must be an integer >= 1; got {describe_value(value)}"
-                )
-
         if self.noise_multiplier is None and self.target_epsilon is None:
             problems.append(
-                f"{_WHERE}: exactly one of noise_multiplier or target_epsilon must be set "
-                "(a partial DP config must not train without noise); got neither"
-            )
+                f"{_WHERE}: exactly one of noise-multiplier or target-epsilon must be set "
+                "(a partial DP config must not train without noise); got neither")
         elif self.noise_multiplier is not None and self.target_epsilon is not None:
             problems.append(
-                f"{_WHERE}: exactly one of noise_multiplier or target_epsilon must be set; "
-                f"got both (noise_multiplier={describe_value(self.noise_multiplier)}, "
-                f"target_epsilon={describe_value(self.target_epsilon)})"
-            )
+                f"{_WHERE}: exactly one of noise-multiplier or target-epsilon must be set; "
+                f"got both (noise-multiplier={describe_value(self.noise_multiplier)}, "
+                f"target-epsilon={describe_value(self.target_epsilon)})")
         positive_finite("noise_multiplier", optional=True)
         positive_finite("target_epsilon", optional=True)
         positive_finite("clip_norm", optional=False)
-        positive_int("batch_size")
-        positive_int("local_epochs")
 
         delta = self.delta
-        if not _is_real(delta) or not math.isfinite(delta) or not 0 < delta < 1:
-            problems.append(
-                f"{_WHERE}: delta must be a number with 0 < delta < 1; got {describe_value(delta)}"
-            )
+        if not is_real(delta) or not math.isfinite(delta) or not 0 < delta < 1:
+            problems.append(f"{_WHERE}: delta must be a number with 0 < delta < 1; "
+                            f"got {describe_value(delta)}")
         else:
             object.__setattr__(self, "delta", float(delta))
 
@@ -102,53 +93,29 @@ class PrivacyConfig:
 
         # Compare only once both are known to be valid numbers (now floats).
         target, budget = self.target_epsilon, self.epsilon_budget
-        if (
-            isinstance(target, float)
-            and isinstance(budget, float)
-            and math.isfinite(target)
-            and math.isfinite(budget)
-            and target > 0
-            and budget > 0
-            and target > budget
-        ):
-            problems.append(
-                f"{_WHERE}: target_epsilon must be <= epsilon_budget ({budget}); got {target}"
-            )
+        if (isinstance(target, float) and isinstance(budget, float) and math.isfinite(target)
+                and math.isfinite(budget) and 0 < budget < target):
+            problems.append(f"{_WHERE}: target-epsilon must be <= epsilon-budget ({budget:g}, "
+                            f"lifetime at this site); got {target:g}")
 
         if not isinstance(self.accountant, str) or self.accountant not in ACCOUNTANTS:
-            problems.append(
-                f"{_WHERE}: accountant must be one of {', '.join(ACCOUNTANTS)}; "
-                f"got {describe_value(self.accountant)}"
-            )
+            problems.append(f"{_WHERE}: accountant must be one of {', '.join(ACCOUNTANTS)}; "
+                            f"got {describe_value(self.accountant)}")
 
         if problems:
             raise ConfigError(problems)
+
+    @classmethod
+    def with_noise(cls, noise_multiplier: Any, **common: Any) -> PrivacyConfig:
+        """Train with this noise multiplier (noise std / clip norm) at every site."""
+        return cls(noise_multiplier=noise_multiplier, **common)
+
+    @classmethod
+    def with_target_epsilon(cls, target_epsilon: Any, **common: Any) -> PrivacyConfig:
+        """Calibrate each site's noise so the whole run spends at most ``target_epsilon``."""
+        return cls(target_epsilon=target_epsilon, **common)
 
     @property
     def calibrate(self) -> bool:
         """True when the noise multiplier is to be calibrated from ``target_epsilon``."""
         return self.noise_multiplier is None
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> PrivacyConfig:
-        """Build a config from a flat mapping (a TOML table, a Flower run config).
-
-        Unknown keys, missing keys and bad values are all reported together in one
-        :class:`ConfigError` (a missing key reads as ``got nothing``).
-        """
-        known = [f.name for f in fields(cls)]
-        problems = [
-            f"{_WHERE}: {key} must be one of the known keys ({', '.join(known)}); "
-            f"got unknown key {key!r}"
-            for key in sorted(str(k) for k in data if k not in known)
-        ]
-        required = ("clip_norm", "batch_size", "local_epochs", "delta", "epsilon_budget")
-        kwargs: dict[str, Any] = {key: None for key in required}
-        kwargs.update({key: value for key, value in data.items() if key in known})
-        try:
-            config = cls(**kwargs)
-        except ConfigError as err:
-            raise ConfigError([*problems, *err.problems]) from None
-        if problems:
-            raise ConfigError(problems)
-        return config

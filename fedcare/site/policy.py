@@ -265,20 +265,21 @@ def check_run(policy: SitePolicy, config: RunConfig, *, bundle_hash: str) -> lis
                        + (_show(bundle_hash) if bundle_hash else '"" (no bundle hash: unknown)'))
     if policy.require_dp and not config.dp_enabled:
         refuse("dp-mode", "not be off", "require-dp", config.dp_mode)
-    if config.dp_enabled:
-        if (config.dp_mode == "noise-multiplier"
-                and not config.noise_multiplier >= policy.min_noise_multiplier):
+    privacy = config.privacy
+    if privacy is not None:
+        if (privacy.noise_multiplier is not None
+                and not privacy.noise_multiplier >= policy.min_noise_multiplier):
             refuse("noise-multiplier", f"be >= {policy.min_noise_multiplier:g}",
-                   "min-noise-multiplier", config.noise_multiplier)
-        if (config.dp_mode == "target-epsilon"
-                and not config.target_epsilon <= policy.max_epsilon_per_run):
+                   "min-noise-multiplier", privacy.noise_multiplier)
+        if (privacy.target_epsilon is not None
+                and not privacy.target_epsilon <= policy.max_epsilon_per_run):
             cap = policy.max_epsilon_per_run
             reasons.append(f"policy: target-epsilon must be <= {cap:g} (max-epsilon-per-run = "
-                           f"{_show(cap)}); got {_show(config.target_epsilon)} (this run, "
-                           f"delta={format_delta(config.delta)}, "
-                           f"{config.accountant.upper()})")
-        if not config.delta <= policy.max_delta:
-            refuse("delta", f"be <= {policy.max_delta:g}", "max-delta", config.delta)
+                           f"{_show(cap)}); got {_show(privacy.target_epsilon)} (this run, "
+                           f"delta={format_delta(privacy.delta)}, "
+                           f"{privacy.accountant.upper()})")
+        if not privacy.delta <= policy.max_delta:
+            refuse("delta", f"be <= {policy.max_delta:g}", "max-delta", privacy.delta)
     if config.num_rounds > policy.max_rounds:
         refuse("num-rounds", f"be <= {policy.max_rounds}", "max-rounds", config.num_rounds)
     if config.strategy not in policy.allowed_strategies:

@@ -47,7 +47,7 @@ def answer_preflight(config: RunConfig, site: SiteSpec, *, rounds: int, run_id: 
         admit(config, site)  # before any data file is opened
     except PolicyRefused as err:
         return PreflightAnswer(accepted=False, reasons=err.reasons, **base)  # type: ignore[arg-type]
-    privacy = config.privacy()
+    privacy = config.privacy
     if privacy is None:
         return PreflightAnswer(accepted=True, reasons=(DP_OFF_NOTE,), **base)  # type: ignore[arg-type]
     head = parse_known_head((known or {}).get(site.name, ""))

@@ -252,7 +252,7 @@ def _save_preprocessor(state_dir: Path, data: SiteData) -> None:
 @functools.lru_cache(maxsize=64)
 def noise_multiplier_for(config: RunConfig, num_examples: int) -> float:
     """The noise this site uses: given, or calibrated so the *whole run* meets the target."""
-    privacy = config.privacy()
+    privacy = config.privacy
     assert privacy is not None
     if privacy.delta >= 1.0 / num_examples:
         logger.warning("delta=%g is not below 1/rows=1/%d at this site: an (eps, delta) "
@@ -263,7 +263,7 @@ def noise_multiplier_for(config: RunConfig, num_examples: int) -> float:
     assert privacy.target_epsilon is not None
     sigma = calibrate_noise_multiplier(
         target_epsilon=privacy.target_epsilon, delta=privacy.delta, num_examples=num_examples,
-        batch_size=privacy.batch_size, local_epochs=privacy.local_epochs,
+        batch_size=config.batch_size, local_epochs=config.local_epochs,
         rounds=config.num_rounds, accountant=privacy.accountant, sampling=config.sampling,
         extra_epochs=config.finetune_epochs,  # the final fine-tuning is planned in
         extra_share=config.finetune_budget_share)
@@ -281,11 +281,9 @@ def finetune_noise_multiplier_for(config: RunConfig, num_examples: int) -> float
     sigma = noise_multiplier_for(config, num_examples)
     if not config.finetune_budget_share:
         return sigma
-    privacy = config.privacy()
-    assert privacy is not None
 
     def steps(epochs: int) -> int:
-        return plan_round(num_examples=num_examples, batch_size=privacy.batch_size,
+        return plan_round(num_examples=num_examples, batch_size=config.batch_size,
                           local_epochs=epochs, noise_multiplier=sigma,
                           sampling=config.sampling).steps
 
@@ -297,11 +295,11 @@ def finetune_noise_multiplier_for(config: RunConfig, num_examples: int) -> float
 def planned_spends(config: RunConfig, num_examples: int, *, rounds: int) -> list[RoundSpend]:
     """Every spend this site would record for ``rounds`` rounds of the run plus its final
     fine-tuning (when the run asks for one), at the noise it would use."""
-    privacy = config.privacy()
+    privacy = config.privacy
     assert privacy is not None
 
     def spend(epochs: int, sigma: float) -> RoundSpend:
-        return plan_round(num_examples=num_examples, batch_size=privacy.batch_size,
+        return plan_round(num_examples=num_examples, batch_size=config.batch_size,
                           local_epochs=epochs, noise_multiplier=sigma,
                           sampling=config.sampling)
 
@@ -379,7 +377,7 @@ def finetune_site(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarra
 def _train(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *, run_id: str,
            server_round: int, proximal_mu: float, epochs: int, phase: str) -> TrainOutcome:
     data = load_site(config, site)
-    privacy = config.privacy()
+    privacy = config.privacy
     trainer = get_trainer(input_dim=data.x_train.shape[1], hidden_units=config.hidden_layer_sizes,
                           local_optimizer=config.local_optimizer, dp_backend=config.dp_backend)
     n = len(data.y_train)
@@ -406,7 +404,7 @@ def _train(config: RunConfig, site: SiteSpec, weights: Sequence[np.ndarray], *, 
     else:
         sigma = (finetune_noise_multiplier_for(config, n) if phase == "finetune"
                  else noise_multiplier_for(config, n))
-        spend = plan_round(num_examples=n, batch_size=privacy.batch_size,
+        spend = plan_round(num_examples=n, batch_size=config.batch_size,
                            local_epochs=epochs, noise_multiplier=sigma,
                            sampling=config.sampling)
         ledger = PrivacyLedger(site.state_dir, site=site.name)
