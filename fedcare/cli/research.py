@@ -86,12 +86,11 @@ def _print_summary(report: dict[str, Any]) -> None:
     if config["dp-mode"] == "off":
         out.write("privacy: DP was OFF for this run; no guarantee.\n")
     else:
-        assumption = ("assuming Poisson sampling as implemented" if config["sampling"] == "poisson"
-                      else "shuffled batches, no amplification by sampling claimed")
-        out.write(f"privacy: per site, 'eps run' is this run's figure and 'eps life' the "
-                  f"lifetime figure at that site (every run in its ledger), at "
-                  f"delta={config['delta']} ({config['accountant'].upper()} accountant, "
-                  f"add/remove-one adjacency, {assumption}); never averaged across sites.\n")
+        from fedcare.privacy.statement import run_scope_note
+
+        note = run_scope_note(delta=config["delta"], accountant=config["accountant"],
+                              sampling=config["sampling"])
+        out.write(f"privacy: {note}\n")
         for site, text in report["privacy"].items():
             out.write(f"  {site}: {text}\n")
     if "site-level-privacy" in report:

@@ -22,7 +22,7 @@ from fedcare.privacy.config import ACCOUNTANTS
 if TYPE_CHECKING:
     from fedcare.privacy.ledger import LedgerEntry
 
-__all__ = ["ADJACENCY", "PrivacyStatement", "format_delta", "format_epsilon",
+__all__ = ["ADJACENCY", "PrivacyStatement", "format_delta", "format_epsilon", "run_scope_note",
            "statement_from_entries"]
 
 #: The neighbouring relation every fedcare epsilon is stated under.
@@ -41,6 +41,16 @@ def format_delta(delta: float) -> str:
     """``1e-03`` style when that is exact, else three significant digits."""
     short = f"{delta:.0e}"
     return short if float(short) == delta else f"{delta:.3g}"
+
+
+def run_scope_note(*, delta: float, accountant: str, sampling: str) -> str:
+    """What a run's per-site table of epsilons means, in one sentence (its two scopes, the
+    delta, accountant, adjacency and sampling assumption)."""
+    assumption = ("assuming Poisson sampling as implemented" if sampling == "poisson"
+                  else "shuffled batches, no amplification by sampling claimed")
+    return (f"per site, 'eps run' is this run's figure and 'eps life' the lifetime figure at "
+            f"that site (every run in its ledger), at delta={delta} ({accountant.upper()} "
+            f"accountant, {ADJACENCY} adjacency, {assumption}); never averaged across sites.")
 
 
 @dataclass(frozen=True, kw_only=True)
