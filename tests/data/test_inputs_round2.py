@@ -78,7 +78,8 @@ def test_a_privacy_problem_is_reported_with_the_other_problems() -> None:
 
     assert len(err.value.problems) == 2
     assert any("strategy must be one of" in p for p in err.value.problems)
-    assert any("config: clip-norm must be a finite number > 0; got 0.0" in p for p in err.value.problems)
+    assert any("config: clip-norm must be a finite number > 0; got 0.0" in p
+               for p in err.value.problems)
 
 
 def test_a_shared_key_problem_is_reported_once() -> None:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from tests.client.test_training import make_data, make_trainer
 
 from fedcare.common.config import RunConfig
 from fedcare.common.errors import ConfigError
@@ -35,6 +34,7 @@ from fedcare.site.site import (
 )
 from fedcare.site.training import DPSettings, LocalTrainer, get_trainer
 from tests.bundle_factory import SITE, make_bundle
+from tests.site.test_training import make_data, make_trainer
 
 # -- the offset is inside the clipped, noised step -------------------------------------
 
