@@ -373,3 +373,25 @@ def test_the_superlinks_superexec_runs_through_fedcare_and_nothing_else_changes(
          "--plugin-type", "serverapp"],
         ["flwr-serverapp", "--token", "t"]]
     assert shim.PIPE is subprocess.PIPE
+
+
+_STUCK_ON_STOP = """
+import os, signal, time
+from fedcare import flower_compat
+flower_compat.STOP_GRACE = 0.5
+def flower_register():  # like Flower's: a stop handler whose graceful exit never ends
+    signal.signal(signal.SIGTERM, lambda signum, frame: time.sleep(3600))
+flower_compat._with_bounded_stop(flower_register)()
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(3600)
+"""
+
+
+def test_a_site_told_to_stop_ends_even_when_flowers_graceful_exit_hangs() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _STUCK_ON_STOP], capture_output=True,
+                          text=True, timeout=120, cwd=PROJECT_ROOT, check=False)
+
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -40,6 +40,8 @@ CLIENTAPPIO_ADDRESS = "127.0.0.1:9094"  # SuperNode <-> ClientApp: never leaves 
 SYNC_TIMEOUT = 120.0
 #: Seconds between a site's polls of the SuperLink (Flower's SuperNode: a fixed 3 s).
 POLL_INTERVAL = 0.1
+#: The site's own Flower folder inside its state dir (never shared with another site).
+FLOWER_DIR = "flower"
 #: Connection attempts (TLS, authentication) before a site gives up and exits 1.
 MAX_CONNECT_ATTEMPTS = 5
 INSECURE_WARNING = ("INSECURE: plain-text gRPC, no TLS and no SuperNode authentication. "
@@ -195,7 +197,8 @@ class SuperNodePlan:
             root_certificates=(None if self.insecure or self.root_cert is None
                                else self.root_cert.read_bytes()),
             private_key=None if self.insecure else self.private_key,
-            poll_interval=self.poll_interval)
+            poll_interval=self.poll_interval,
+            flower_dir=self.state_dir.resolve() / FLOWER_DIR)
 
 
 def check_site(plan: SuperNodePlan) -> str:

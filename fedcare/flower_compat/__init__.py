@@ -86,6 +86,10 @@ TELEMETRY_ENV = "FLWR_TELEMETRY_ENABLED"
 SUPEREXEC = "flower-superexec"
 #: The node id Flower's SuperLink uses for the errors it writes itself.
 SUPERLINK_NODE_ID = 1
+#: Seconds a site may take to stop once told to (SIGTERM/SIGINT). Flower's SuperNode
+#: deactivates itself at the SuperLink on the way out, retrying without limit: with the
+#: SuperLink gone too, a stopped site kept retrying for ever.
+STOP_GRACE = 10.0
 #: Seconds between the consortium SuperExec's looks for a new run (Flower's own: 1 s;
 #: shorter costs the SuperLink CPU all day for a second saved once per run).
 SUPEREXEC_POLL_INTERVAL = 1.0
@@ -351,6 +355,11 @@ class SiteNode:
     root_certificates: bytes | None  # None only when insecure
     private_key: Path | None         # None only when insecure
     poll_interval: float
+    #: This site's own Flower folder (its copy of each run's bundle). Flower's default,
+    #: ``$FLWR_HOME``, is shared by every SuperNode of a user: on a host with several
+    #: sites, one site rewriting a bundle while another reads it handed the reader an
+    #: empty bundle, and that site refused the run (Flower writes it in place).
+    flower_dir: Path | None = None
 
 
 def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
@@ -377,11 +386,16 @@ def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
         target=_serve_messages, name="fedcare-site-worker", daemon=True,
         args=(node.clientappio_address, app, pace, stopping))
     supernode.time = _PollClock(pace)  # type: ignore[assignment]
+    supernode.register_signal_handlers = _with_bounded_stop(  # type: ignore[assignment]
+        supernode.register_signal_handlers)
     keys = None if node.private_key is None else load_node_key(node.private_key)
+    if node.flower_dir is not None:
+        node.flower_dir.mkdir(parents=True, exist_ok=True)  # Flower ignores a missing one
     worker.start()
     try:
         supernode.start_client_internal(
             server_address=node.superlink, node_config=dict(node.node_config),
+            flwr_path=node.flower_dir,
             root_certificates=node.root_certificates,
             insecure=node.root_certificates is None, transport=TRANSPORT_TYPE_GRPC_RERE,
             # retries without limit once started: a site rides out a SuperLink restart
@@ -391,6 +405,31 @@ def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
             clientappio_api_address=node.clientappio_address)
     finally:
         stopping.set()
+
+
+def _with_bounded_stop(register: Callable[..., None]) -> Callable[..., None]:
+    """Flower's ``register_signal_handlers``, then each stop handler it installed wrapped so
+    that the process ends within :data:`STOP_GRACE` seconds of the signal (exit code 0: it
+    was asked to stop) even when Flower's graceful exit cannot finish."""
+    import os
+    import signal
+
+    def register_then_bound(*args: Any, **kwargs: Any) -> None:
+        register(*args, **kwargs)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            flower_handler = signal.getsignal(signum)
+            if not callable(flower_handler):
+                continue
+
+            def handler(received: int, frame: Any, _flower: Any = flower_handler) -> None:
+                deadline = threading.Timer(STOP_GRACE, os._exit, args=(0,))
+                deadline.daemon = True
+                deadline.start()
+                _flower(received, frame)
+
+            signal.signal(signum, handler)
+
+    return register_then_bound
 
 
 class ReplyPoller:

@@ -43,6 +43,8 @@ def test_supernode_node_config_carries_the_keys_the_clientapp_reads(tmp_path: Pa
     assert node.node_config == parsed
     assert node.root_certificates == b"CA" and node.private_key == tmp_path / "k"
     assert node.poll_interval == 0.1 and plan.max_connect_attempts == 5
+    # each site keeps its own copy of a run's bundle (never a shared $FLWR_HOME)
+    assert node.flower_dir == (tmp_path / "s").resolve() / "flower"
 
 
 def test_insecure_site_has_neither_ca_nor_key(tmp_path: Path) -> None:
