@@ -53,7 +53,7 @@ def probe_once(address: str, root_certificates: bytes | None,
                                   f"got {type(err).__name__}: {err}")
     with raw:
         if root_certificates is None:
-            return ProbeResult(True)
+            return _plain_text_is_spoken(raw, address)
         context = ssl.create_default_context(cadata=root_certificates.decode("ascii"))
         context.set_alpn_protocols([GRPC_ALPN])
         try:
@@ -69,6 +69,24 @@ def probe_once(address: str, root_certificates: bytes | None,
             return ProbeResult(False, f"TLS: the SuperLink at {address} must speak TLS; got "
                                       f"{type(err).__name__}: {err} (is it started with "
                                       "--insecure, or is this another service's port?)")
+
+
+def _plain_text_is_spoken(raw: socket.socket, address: str) -> ProbeResult:
+    """An insecure site (no TLS) meets a SuperLink that speaks TLS: Flower's SuperNode would
+    only log "Connection attempt failed" for ever. A TLS handshake that succeeds without
+    checking the certificate shows the mismatch."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only asks "is this TLS?"; nothing is sent
+    context.set_alpn_protocols([GRPC_ALPN])
+    try:
+        with context.wrap_socket(raw):
+            return ProbeResult(False, f"TLS: the SuperLink at {address} speaks TLS, so this "
+                                      "site must too; got --insecure (no TLS): drop "
+                                      "--insecure and give the consortium's ca.pem "
+                                      "(--root-cert or CERTS/ca/ca.pem)")
+    except (ssl.SSLError, OSError):  # not a TLS server: plain text, as the site expects
+        return ProbeResult(True)
 
 
 def wait_for_superlink(address: str, root_certificates: bytes | None, attempts: int, *,

@@ -85,6 +85,18 @@ def test_a_superlink_without_tls_is_named_as_such(server: str, certs: Path) -> N
     assert "must speak TLS" in result.problem
 
 
+@pytest.mark.parametrize("server", ["tls"], indirect=True)
+def test_an_insecure_site_meeting_a_tls_superlink_is_told_to_use_tls(server: str) -> None:
+    result = probe_once(server, None)
+    assert not result.ok
+    assert "speaks TLS" in result.problem and "got --insecure (no TLS)" in result.problem
+
+
+@pytest.mark.parametrize("server", ["plain"], indirect=True)
+def test_an_insecure_site_meeting_a_plain_superlink_connects(server: str) -> None:
+    assert probe_once(server, None, timeout=2.0) == ProbeResult(True)
+
+
 def test_nothing_listening_is_named_as_unreachable() -> None:
     with socket.create_server(("127.0.0.1", 0)) as sock:
         address = f"127.0.0.1:{sock.getsockname()[1]}"
