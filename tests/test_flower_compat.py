@@ -111,39 +111,72 @@ def test_verdict_uses_the_hash_of_the_bytes_and_flags_a_false_declaration() -> N
         "bundle: the SuperNode must hand the site the run's bundle; got none",)
 
 
-class _FakeGrid:
-    """Replies become available on the ``ready_after``-th pull."""
+class _Meta:
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update({f"_{k}": v for k, v in fields.items()})
 
-    def __init__(self, ready_after: int) -> None:
+    dst_node_id = property(lambda self: self._dst_node_id)
+    src_node_id = property(lambda self: self._src_node_id)
+    reply_to_message_id = property(lambda self: self._reply_to_message_id)
+
+
+class _Msg:
+    def __init__(self, error: bool = False, **fields: Any) -> None:
+        self.metadata = _Meta(**fields)
+        self.error = error
+
+    def has_error(self) -> bool:
+        return self.error
+
+
+def _instructions(*nodes: int) -> list[_Msg]:
+    return [_Msg(dst_node_id=node) for node in nodes]
+
+
+class _FakeGrid:
+    """Replies (from the destination node, or errors from ``lost_to_superlink`` written
+    by the SuperLink, node 1) become available on the ``ready_after``-th pull."""
+
+    def __init__(self, ready_after: int, lost_to_superlink: tuple[int, ...] = ()) -> None:
         self.ready_after = ready_after
+        self.lost = lost_to_superlink
         self.pulls = 0
+        self.dst: dict[str, int] = {}
 
     def push_messages(self, messages: Any) -> list[str]:
-        return [f"id-{m}" for m in messages]
+        self.dst = {f"id-{m.metadata.dst_node_id}": m.metadata.dst_node_id for m in messages}
+        return list(self.dst)
 
     def pull_messages(self, ids: Any) -> list[Any]:
         self.pulls += 1
         if self.pulls < self.ready_after:
             return []
-
-        class Reply:
-            def __init__(self, reply_to: str) -> None:
-                self.metadata = type("M", (), {"reply_to_message_id": reply_to})()
-
-        return [Reply(i) for i in sorted(ids)]
+        return [_Msg(error=self.dst[i] in self.lost, reply_to_message_id=i,
+                     src_node_id=1 if self.dst[i] in self.lost else self.dst[i])
+                for i in sorted(ids)]
 
 
 def test_reply_poller_pulls_until_every_reply_is_in() -> None:
     grid = _FakeGrid(ready_after=3)
-    replies = ReplyPoller(grid, 0.001).send_and_receive([1, 2], timeout=10)
-    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["id-1", "id-2"]
+    replies = ReplyPoller(grid, 0.001).send_and_receive(_instructions(1001, 1002),
+                                                        timeout=10)
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["id-1001", "id-1002"]
     assert grid.pulls == 3
 
 
 def test_reply_poller_returns_what_it_has_at_the_timeout() -> None:
     grid = _FakeGrid(ready_after=10**9)
-    assert ReplyPoller(grid, 0.001).send_and_receive([1], timeout=0.05) == []
+    assert ReplyPoller(grid, 0.001).send_and_receive(_instructions(1001),
+                                                     timeout=0.05) == []
     assert grid.pulls >= 1
+
+
+def test_an_error_the_superlink_writes_for_a_site_is_attributed_to_that_site() -> None:
+    grid = _FakeGrid(ready_after=1, lost_to_superlink=(1002,))
+    replies = ReplyPoller(grid, 0.001).send_and_receive(_instructions(1001, 1002),
+                                                        timeout=10)
+    by_source = {r.metadata.src_node_id: r.has_error() for r in replies}
+    assert by_source == {1001: False, 1002: True}  # never node 1
 
 
 @pytest.mark.parametrize("interval", [0.0, -1.0, 3.5])
@@ -167,6 +200,29 @@ def test_superlink_fix_registers_the_reply_tree_before_the_state_sees_the_reply(
     push = flower_compat._register_objects_first(flower_push)
     assert push(request="r", state="s", store="o") == "response"
     assert calls == ["register", "state"]
+
+
+def test_superlink_fix_registers_the_instruction_tree_before_the_state_sees_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    import flwr.supercore.object_store.utils as store_utils
+
+    monkeypatch.setattr(store_utils, "store_mapping_and_register_objects",
+                        lambda store, request: calls.append(f"register in {store}"))
+
+    class Servicer:
+        class objectstore_factory:
+            @staticmethod
+            def store() -> str:
+                return "the store"
+
+    def flower_push(servicer: Any, request: Any, context: Any) -> str:
+        calls.append("state")
+        return "response"
+
+    push = flower_compat._register_instruction_objects_first(flower_push)
+    assert push(Servicer(), "request", "context") == "response"
+    assert calls == ["register in the store", "state"]
 
 
 def test_module_has_no_side_effects_on_import(tmp_path: Path) -> None:
@@ -215,3 +271,127 @@ def test_the_internals_check_sees_an_internal_import(tmp_path: Path) -> None:
                       "from flwr.app import Context\nimport flwr.proto.control_pb2\n")
     assert [n for n in _flower_imports(module) if n not in PUBLIC_FLOWER] == [
         "flwr.server.grid.inmemory_grid", "flwr.proto.control_pb2"]
+
+
+_IMPORTS_WITHOUT_TF = """
+import sys
+from fedcare.flower_compat.__main__ import main
+code = main(["flwr", "--version"])
+import flwr.server.app, flwr.supercore.cli  # the SuperLink and SuperExec imports
+loaded = [m for m, mod in sys.modules.items() if m.startswith("tensorflow") and mod]
+print("LOADED", loaded, "CODE", code)
+"""
+
+
+def test_flwr_cli_and_superlink_imports_never_load_tensorflow() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _IMPORTS_WITHOUT_TF], capture_output=True,
+                          text=True, timeout=120, cwd=PROJECT_ROOT, check=False)
+
+    assert "LOADED [] CODE 0" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert "Flower version: 1.23.0" in done.stdout
+
+
+def test_without_the_block_flower_does_import_tensorflow() -> None:
+    """The check above can fail: Flower's server package does pull TensorFlow in."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import sys, flwr.server.app; "
+                           "print('TF', 'tensorflow' in sys.modules)"],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+    assert "TF True" in done.stdout, done.stderr[-2000:]
+
+
+def test_unknown_subcommand_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    from fedcare.flower_compat.__main__ import main
+
+    assert main(["supernode"]) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_poll_clock_is_fast_while_a_run_is_active_and_slow_when_idle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    now = [0.0]
+    monkeypatch.setattr(flower_compat.time, "sleep", slept.append)
+    pace = flower_compat.PollPace(0.1, idle=1.0, window=60.0, clock=lambda: now[0])
+    clock = flower_compat._PollClock(pace)
+
+    clock.sleep(3)    # Flower's pull interval, nothing handled yet: idle
+    clock.sleep(0.5)  # Flower's wait for the reply: a run is active
+    now[0] = 59.0
+    clock.sleep(3)    # within the window: fast
+    now[0] = 61.0
+    clock.sleep(3)    # a minute without work: idle again
+
+    assert slept == [1.0, 0.1, 0.1, 1.0]  # idle=1.0 here; the default is 3.0
+    assert clock.monotonic is flower_compat.time.monotonic  # the rest is the real module
+
+
+def test_idle_pace_is_never_faster_than_the_active_one() -> None:
+    assert flower_compat.PollPace(2.0, idle=1.0).current() == 2.0
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.001, 3.5, -1.0])
+def test_poll_interval_out_of_bounds_is_refused(interval: float) -> None:
+    with pytest.raises(ValueError, match=f"poll-interval must be in .*; got {interval}"):
+        flower_compat.check_poll_interval(interval)
+
+
+def test_node_key_must_be_an_ec_key(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    path = tmp_path / "auth.key"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()))
+    with pytest.raises(ValueError, match="private key must be an EC key; got Ed25519"):
+        flower_compat.load_node_key(path)
+
+
+def test_the_superlinks_superexec_runs_through_fedcare_and_nothing_else_changes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda args, *a, **k: started.append(list(args)))
+    shim = flower_compat._OwnSuperExec()
+
+    shim.Popen(["flower-superexec", "--insecure", "--plugin-type", "serverapp"])
+    shim.Popen(["flwr-serverapp", "--token", "t"])
+
+    assert started == [
+        [sys.executable, "-m", "fedcare.flower_compat", "superexec", "--insecure",
+         "--plugin-type", "serverapp"],
+        ["flwr-serverapp", "--token", "t"]]
+    assert shim.PIPE is subprocess.PIPE
+
+
+_STUCK_ON_STOP = """
+import os, signal, time
+from fedcare import flower_compat
+flower_compat.STOP_GRACE = 0.5
+def flower_register():  # like Flower's: a stop handler whose graceful exit never ends
+    signal.signal(signal.SIGTERM, lambda signum, frame: time.sleep(3600))
+flower_compat._with_bounded_stop(flower_register)()
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(3600)
+"""
+
+
+def test_a_site_told_to_stop_ends_even_when_flowers_graceful_exit_hangs() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _STUCK_ON_STOP], capture_output=True,
+                          text=True, timeout=120, cwd=PROJECT_ROOT, check=False)
+
+    assert done.returncode == 0, done.stderr[-2000:]

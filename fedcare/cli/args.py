@@ -48,6 +48,13 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}")
+    return int(text)
+
+
 def names(text: str) -> list[str]:
     """``"a, b,,c"`` -> ``["a", "b", "c"]``: a comma-separated flag value."""
     return [part.strip() for part in text.split(",") if part.strip()]

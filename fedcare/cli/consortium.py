@@ -1,7 +1,10 @@
 """The consortium's commands: certificates and the SuperLink.
 
     fedcare certs ...           consortium CA, SuperLink certificate, site keys, status
-    fedcare superlink           the SuperLink with TLS + SuperNode authentication
+    fedcare superlink [status]  the SuperLink with TLS + SuperNode authentication; health check
+    fedcare submit ARGS         `flwr run ARGS` without TensorFlow, telemetry off
+    fedcare status RUN_DIR      the per-site summary of a run folder
+    fedcare service install-unit supernode|superlink   a systemd unit file
 
 (``fedcare console``, read-only browser views of runs and site state, is in
 :mod:`fedcare.cli.console`; the site's own ``fedcare supernode`` in :mod:`fedcare.cli.hospital`.)
@@ -11,18 +14,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
 from fedcare.cli.args import EXIT_FAILED, EXIT_OK
 from fedcare.deploy import certs as certs_mod
-from fedcare.deploy import launch
+from fedcare.deploy import launch, service
 
 logger = logging.getLogger(__name__)
 
+STATUS_TIMEOUT = 5.0
 DEFAULT_CERTS = "certs"
 
 
@@ -120,6 +127,8 @@ def _wait(procs: list[launch.subprocess.Popen[bytes]]) -> int:
 
 
 def cmd_superlink(args: argparse.Namespace) -> int:
+    if args.action == "status":
+        return cmd_superlink_status(args)
     state = Path(args.database).parent
     plan = launch.SuperLinkPlan(
         certs=Path(args.certs), database=Path(args.database),
@@ -130,6 +139,89 @@ def cmd_superlink(args: argparse.Namespace) -> int:
         sys.stderr.write(f"WARNING: {launch.INSECURE_WARNING}\n")
     proc = launch.start_superlink(plan)
     return _wait([proc])
+
+
+def cmd_superlink_status(args: argparse.Namespace) -> int:
+    """Health of the SuperLink for monitoring: its Control API answers over TLS."""
+    import grpc
+
+    try:
+        online = launch.online_nodes(Path(args.certs), args.control_address,
+                                     timeout=STATUS_TIMEOUT)
+    except (launch.LaunchError, OSError, grpc.RpcError) as err:
+        sys.stdout.write(f"SuperLink: NOT ANSWERING ({err})\n")
+        return EXIT_FAILED
+    sys.stdout.write(f"SuperLink: answering at {args.control_address}; {online} site(s) "
+                     "online\n")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The per-site summary of a run folder (the same as summary.txt), at any time."""
+    from fedcare.server.summary import status_text
+
+    try:
+        sys.stdout.write(status_text(Path(args.run_dir)))
+    except (FileNotFoundError, ValueError) as err:
+        sys.stderr.write(f"{err}\n")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """``flwr run ARGS`` in a process that never imports TensorFlow, telemetry off."""
+    argv = [sys.executable, "-m", "fedcare.flower_compat", "flwr", "run", *args.flwr_args]
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": os.environ.get("FLWR_TELEMETRY_ENABLED",
+                                                                  "0")}
+    sys.stdout.flush()
+    os.execve(sys.executable, argv, env)  # replaces this process: nothing after runs
+
+
+def cmd_install_unit(args: argparse.Namespace) -> int:
+    """A systemd unit for ``fedcare supernode|superlink`` written to a file."""
+    extra: Sequence[str] = shlex.split(args.args)
+    unit = service.Unit(role=args.role, user=args.user, working_dir=Path(args.working_dir),
+                fedcare=Path(args.fedcare or Path(sys.executable).parent / "fedcare"),
+                arguments=tuple(extra))
+    problems = service.unit_problems(unit)
+    if problems:
+        sys.stderr.write("\n".join(problems) + "\n")
+        return EXIT_FAILED
+    out = Path(args.out) if args.out else Path(f"fedcare-{args.role}.service")
+    if args.system:
+        out = service.SYSTEM_UNITS / out.name
+    if out.exists() and not args.force:
+        sys.stderr.write(f"service: {out} must not exist (use --force to replace it); "
+                         "got an existing file\n")
+        return EXIT_FAILED
+    out.write_text(unit.text())
+    sys.stdout.write(f"unit written: {out}\n")
+    if not args.system:
+        sys.stdout.write(f"install (as root): cp {out} {service.SYSTEM_UNITS}/ && systemctl "
+                         f"daemon-reload && systemctl enable --now {out.name}\n")
+    sys.stdout.write(f"health check for monitoring: fedcare {args.role} status ...\n")
+    return EXIT_OK
+
+
+def _add_service_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    units = sub.add_parser("service", help="systemd unit for a site or the SuperLink")
+    steps = units.add_subparsers(dest="service_command", required=True)
+    p = steps.add_parser("install-unit", help="write a systemd unit file (not installed "
+                                              "system-wide unless --system)")
+    p.add_argument("role", choices=("supernode", "superlink"))
+    p.add_argument("--user", required=True, help="the service account that runs it")
+    p.add_argument("--working-dir", required=True,
+                   help="absolute folder holding certs/ and state/ (and runs/)")
+    p.add_argument("--out", help="unit file to write (default ./fedcare-ROLE.service)")
+    p.add_argument("--fedcare", help="fedcare executable (default: this installation's)")
+    p.add_argument("--system", action="store_true",
+                   help=f"write into {service.SYSTEM_UNITS} (needs root)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.add_argument("--args", default="",
+                   help="the arguments of `fedcare ROLE`, quoted as one string, e.g. "
+                        "--args '--site st-mary --csv /srv/site.csv --state-dir /srv/state "
+                        "--superlink link.example:9092'")
+    p.set_defaults(func=cmd_install_unit)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -177,7 +269,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--warn-days", type=int, default=certs_mod.WARN_DAYS)
     p.set_defaults(func=cmd_certs_status)
 
-    link = sub.add_parser("superlink", help="consortium: start the SuperLink (TLS, node auth)")
+    link = sub.add_parser("superlink", help="consortium: start the SuperLink (TLS, node auth); "
+                                            "`superlink status`: health check, exit 0/1")
+    link.add_argument("action", nargs="?", choices=("run", "status"), default="run")
     link.add_argument("--certs", default=DEFAULT_CERTS)
     link.add_argument("--database", default="state/superlink.db",
                       help="persistent SuperLink state (SQLite)")
@@ -190,3 +284,17 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     link.add_argument("--insecure", action="store_true",
                       help="plain text, no node authentication (test beds only; warns)")
     link.set_defaults(func=cmd_superlink)
+
+    submit = sub.add_parser(
+        "submit", help="operator: `flwr run` without TensorFlow and with telemetry off",
+        description="Submit a run: the arguments go to `flwr run` unchanged, e.g. "
+                    "`fedcare submit . deployment --stream --run-config 'num-rounds=5'`.")
+    submit.add_argument("flwr_args", nargs=argparse.REMAINDER,
+                        help="arguments of `flwr run` (project folder, federation, options)")
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="operator: per-site summary of a run folder")
+    status.add_argument("run_dir", help="runs/NAME (holds report.json)")
+    status.set_defaults(func=cmd_status)
+
+    _add_service_parsers(sub)  # service install-unit supernode|superlink

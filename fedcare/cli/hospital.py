@@ -2,6 +2,7 @@
 
     fedcare check-csv FILE      every problem in a site's CSV, data quality, DP readiness
     fedcare supernode           check the CSV and the policy, then join over TLS with the site key
+    fedcare supernode status    health of the running site (exit 0/1, for monitoring)
     fedcare policy ...          check, show and pin the site policy (site-policy.toml)
     fedcare ledger ...          the site's privacy spend; start its budget over
     fedcare audit-log DIR       verify the site's hash-chained audit log
@@ -16,16 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from fedcare.cli import ledger, policy
-from fedcare.cli.args import EXIT_FAILED, EXIT_OK, overrides
+from fedcare.cli.args import EXIT_FAILED, EXIT_OK, EXIT_USAGE, overrides, positive_int
 from fedcare.common.config import DATASETS
 from fedcare.deploy import certs as certs_mod
 from fedcare.deploy import launch
@@ -158,11 +157,58 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+STATUS_TIMEOUT = 5.0
+
+
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(EXIT_FAILED)
+    raise SystemExit(EXIT_OK)  # asked to stop: a clean stop
+
+
+def _listening(address: str) -> bool:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.replace("0.0.0.0", "127.0.0.1"), int(port)),
+                                      timeout=STATUS_TIMEOUT):
+            return True
+    except OSError:
+        return False
+
+
+def cmd_supernode_status(args: argparse.Namespace) -> int:
+    """Health of this site for monitoring: its process answers on the local ClientAppIo
+    port, its policy loads, its ledger is readable; prints spend and budget left."""
+    from fedcare.common.errors import FedcareError
+    from fedcare.site.policy import load_policy, policy_path_for
+
+    state = Path(args.state_dir)
+    problems: list[str] = []
+    running = _listening(args.clientappio_address)
+    sys.stdout.write(f"site {args.site}: {'running' if running else 'NOT RUNNING'} "
+                     f"(local port {args.clientappio_address})\n")
+    if not running:
+        problems.append("the site process does not answer")
+    try:
+        site_policy = load_policy(policy_path_for(state, Path(args.policy) if args.policy
+                                                  else None))
+        sys.stdout.write("\n".join(policy.spend_lines(state, site_policy)) + "\n")
+    except (FedcareError, OSError, ValueError) as err:
+        problems.append(str(err))
+    for problem in problems:
+        sys.stdout.write(f"PROBLEM: {problem}\n")
+    return EXIT_FAILED if problems else EXIT_OK
 
 
 def cmd_supernode(args: argparse.Namespace) -> int:
+    if args.action == "status":
+        return cmd_supernode_status(args)
+    missing = [flag for flag, value in (("--csv", args.csv), ("--superlink", args.superlink))
+               if not value]
+    if missing:
+        sys.stderr.write(f"supernode: {' and '.join(missing)} must be given to run a site; "
+                         "got none\n")
+        return EXIT_USAGE
     from fedcare.common.errors import ConfigError, DataValidationError
     from fedcare.site.policy import describe, load_policy, policy_path_for, policy_warnings
 
@@ -176,7 +222,8 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         private_key=(Path(args.private_key) if args.private_key
                      else certs_mod.site_key_path(certs, args.site)),
         clientappio_address=args.clientappio_address, insecure=args.insecure,
-        strict=args.strict)
+        strict=args.strict, poll_interval=args.poll_interval,
+        max_connect_attempts=args.max_connect_attempts)
     try:
         summary = launch.check_site(plan)
     except DataValidationError as err:
@@ -188,39 +235,44 @@ def cmd_supernode(args: argparse.Namespace) -> int:
                          "(`fedcare policy check FILE`)\n")
         return EXIT_FAILED
     sys.stdout.write(f"CSV OK: {summary}\n")
-    policy = load_policy(policy_path)
-    sys.stdout.write(f"site policy in force:\n{describe(policy)}\n")
-    for warning in policy_warnings(policy):
+    site_policy = load_policy(policy_path)
+    sys.stdout.write(f"site policy in force:\n{describe(site_policy)}\n")
+    for warning in policy_warnings(site_policy):
         sys.stderr.write(f"WARNING: {warning}\n")
     sys.stdout.flush()
     if args.insecure:
         sys.stderr.write(f"WARNING: {launch.INSECURE_WARNING}\n")
-    # Until Flower's worker loop installs its own handlers (after the TensorFlow import),
-    # a stop signal must still unwind through the `finally` below, not kill us outright:
-    # otherwise a SuperNode refused within seconds left this command dead by SIGTERM.
+    # Until Flower's SuperNode installs its own handlers (after the TensorFlow import),
+    # a stop signal must still unwind through `finally` blocks, not kill us outright.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGINT, _exit_on_signal)
-    proc = launch.start_supernode(plan)
-    node_gave_up = threading.Event()
+    from fedcare.deploy import probe
 
-    def _watch() -> None:  # the SuperNode gave up (refused, removed): stop the worker too
-        code = proc.wait()
-        if not stopping.is_set():
-            node_gave_up.set()
-            logger.error("flower-supernode exited with code %s (refused, removed or "
-                         "unreachable: see above); stopping this site", code)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    stopping = threading.Event()
-    threading.Thread(target=_watch, daemon=True).start()
+    node = plan.site_node()
     try:
-        launch.run_clientapp_worker(plan.clientappio_address)
-    except SystemExit:  # Flower's signal handler exits; we decide the exit code
-        pass
-    finally:
-        stopping.set()
-        launch.stop(proc)
-    return EXIT_FAILED if node_gave_up.is_set() else EXIT_OK
+        probe.wait_for_superlink(plan.superlink, node.root_certificates,
+                                 plan.max_connect_attempts)
+    except probe.ConnectError as err:
+        sys.stderr.write(f"{err}\nnot starting: the site could not reach its SuperLink\n")
+        return EXIT_FAILED
+    try:
+        launch.run_site(plan)
+    except SystemExit as done:  # Flower's handler: a stop signal is a clean stop
+        return EXIT_OK if done.code in (None, EXIT_OK) else EXIT_FAILED
+    except Exception as err:
+        logger.error("the SuperNode stopped: %s: %s", type(err).__name__, err)
+    sys.stderr.write("the SuperNode gave up (refused, removed or unreachable: see the log "
+                     "above); this site stopped\n")
+    return EXIT_FAILED
+
+
+def _poll_interval(text: str) -> float:
+    from fedcare.flower_compat import check_poll_interval
+
+    try:
+        return check_poll_interval(float(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -241,12 +293,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     check.set_defaults(func=cmd_check_csv)
 
 
-    node = sub.add_parser("supernode", help="hospital: check the CSV, then start the SuperNode")
+    node = sub.add_parser("supernode", help="hospital: check the CSV, then start the site; "
+                                            "`supernode status`: health check, exit 0/1")
+    node.add_argument("action", nargs="?", choices=("run", "status"), default="run")
     node.add_argument("--site", required=True, help="this site's name (as on the list)")
-    node.add_argument("--csv", required=True, help="this site's training CSV")
+    node.add_argument("--csv", help="this site's training CSV (to run)")
     node.add_argument("--state-dir", required=True,
                       help="ledger, audit log, preprocessing (keep and back up)")
-    node.add_argument("--superlink", required=True, help="SuperLink fleet address host:9092")
+    node.add_argument("--superlink", help="SuperLink fleet address host:9092 (to run)")
     node.add_argument("--dataset", default="heart-disease",
                       choices=("breast-cancer", "heart-disease"), help="schema of the CSV")
     node.add_argument("--policy",
@@ -257,6 +311,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     node.add_argument("--root-cert", help="CA certificate (default CERTS/ca/ca.pem)")
     node.add_argument("--private-key", help="site key (default CERTS/sites/SITE/auth.key)")
     node.add_argument("--clientappio-address", default=launch.CLIENTAPPIO_ADDRESS)
+    node.add_argument("--poll-interval", type=_poll_interval, default=launch.POLL_INTERVAL,
+                      help="seconds between polls of the SuperLink (default "
+                           f"{launch.POLL_INTERVAL}; Flower's own: 3)")
+    node.add_argument("--max-connect-attempts", type=positive_int,
+                      default=launch.MAX_CONNECT_ATTEMPTS,
+                      help="TLS/connection attempts before the site exits 1 (default "
+                           f"{launch.MAX_CONNECT_ATTEMPTS})")
     node.add_argument("--insecure", action="store_true",
                       help="plain text, no authentication (test beds only; warns)")
     node.add_argument("--strict", action="store_true",

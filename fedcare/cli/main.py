@@ -1,12 +1,13 @@
 """``fedcare``: everything Flower's own ``flwr`` command does not do, one room per audience.
 
   at a hospital (fedcare.cli.hospital):
-    check-csv, supernode, policy, ledger, audit-log, predict, validation-report, drift, serve
+    check-csv, supernode [status], policy, ledger, audit-log, predict, validation-report,
+    drift, serve
   at the consortium (fedcare.cli.consortium, fedcare.cli.console):
-    certs, superlink, console
+    certs, superlink [status], submit, status, service, console
   for researchers (fedcare.cli.research):
     simulate, benchmark-heart, benchmark-heart-personal, benchmark-heart-table, sweep,
-    perf, perf-epoch, perf-csv, perf-web, audit
+    perf, perf-epoch, perf-csv, perf-web, perf-deploy, audit
 
 `fedcare COMMAND --help` describes each; docs/ has the runbooks.
 """

@@ -9,6 +9,7 @@
     fedcare perf                speed and scale ratios (round overhead, vs Flower, 100 sites)
     fedcare perf-csv            the CSV check's time and memory vs pandas.read_csv
     fedcare perf-web            prediction API before/after FastAPI, console render time
+    fedcare perf-deploy         a real TLS loopback federation: s/round, memory, idle CPU, dead site
     fedcare audit RUN_DIR       membership-inference audit of a finished simulation
 """
 
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +220,35 @@ def cmd_perf_csv(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stop_perf_deploy(signum: int, frame: object) -> None:
+    raise SystemExit(1)
+
+
+def cmd_perf_deploy(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _stop_perf_deploy)  # unwind: stop the test bed's processes
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedcare-perf-"))
+    root.mkdir(parents=True, exist_ok=True)
+    from fedcare.deploy.perf import run_perf
+
+    result = run_perf(root, sites=args.sites, rounds=args.rounds,
+                      poll_interval=args.poll_interval, dead_site=not args.no_dead_site)
+    sys.stdout.write(result.table() + f"\nlogs: {root}\n")
+    return 0
+
+
+def _add_perf_deploy_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("perf-deploy", help="benchmark: a real TLS loopback federation, "
+                                           "measured (s/round, memory, idle CPU, dead site)")
+    p.add_argument("--sites", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--poll-interval", type=float, default=None,
+                   help="the sites' poll interval (default: fedcare supernode's)")
+    p.add_argument("--keep", help="folder for logs, certs and runs (default: a temp folder)")
+    p.add_argument("--no-dead-site", action="store_true",
+                   help="skip the kill-a-site measurement")
+    p.set_defaults(func=cmd_perf_deploy)
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim = sub.add_parser("simulate", help="multi-site DP simulation on Flower's engine")
     add_run_flags(sim)
@@ -305,3 +337,5 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                        help="number of virtual sites the run had (default: as recorded in "
                             "its report.json; a different number is refused)")
     audit.set_defaults(func=cmd_audit)
+
+    _add_perf_deploy_parser(sub)  # perf-deploy: a real TLS loopback federation

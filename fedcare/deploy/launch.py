@@ -4,9 +4,11 @@ Secure by default: TLS, SuperNode authentication and a persistent state database
 SuperLink; the CA root certificate and the site's own key for a SuperNode. Plain text only
 with ``insecure=True``, which logs a warning naming what is lost.
 
-A SuperNode runs with ``--isolation process`` and this module runs the site's ClientApp
-in ONE long-lived process (:func:`run_clientapp_worker`): Flower 1.23's default starts a
-new ``flwr-clientapp`` process, importing TensorFlow, for every message.
+A site is ONE process (:func:`run_site`): Flower's SuperNode and the site's installed
+ClientApp, so TensorFlow is imported once per site (Flower 1.23's default is a
+``flower-supernode`` process, a ``flower-superexec`` and a new ``flwr-clientapp`` process,
+each importing TensorFlow, for every message), polling every ``poll_interval`` seconds
+instead of Flower's fixed 3 s.
 """
 
 from __future__ import annotations
@@ -14,16 +16,20 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedcare.common.errors import FedcareError
 from fedcare.deploy import certs as certs_mod
+
+if TYPE_CHECKING:
+    from fedcare.flower_compat import SiteNode
+    from fedcare.flower_compat.control import ControlClient
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +38,12 @@ CONTROL_ADDRESS = "127.0.0.1:9093"      # flwr run / node registration: operator
 SERVERAPPIO_ADDRESS = "127.0.0.1:9091"  # SuperLink <-> ServerApp: never leaves the host
 CLIENTAPPIO_ADDRESS = "127.0.0.1:9094"  # SuperNode <-> ClientApp: never leaves the host
 SYNC_TIMEOUT = 120.0
+#: Seconds between a site's polls of the SuperLink (Flower's SuperNode: a fixed 3 s).
+POLL_INTERVAL = 0.1
+#: The site's own Flower folder inside its state dir (never shared with another site).
+FLOWER_DIR = "flower"
+#: Connection attempts (TLS, authentication) before a site gives up and exits 1.
+MAX_CONNECT_ATTEMPTS = 5
 INSECURE_WARNING = ("INSECURE: plain-text gRPC, no TLS and no SuperNode authentication. "
                     "Model updates travel unencrypted and ANY process that reaches the port "
                     "can join as a site. Use only on a private test bed.")
@@ -39,14 +51,6 @@ INSECURE_WARNING = ("INSECURE: plain-text gRPC, no TLS and no SuperNode authenti
 
 class LaunchError(FedcareError):
     """A SuperLink or SuperNode cannot be started as asked."""
-
-
-def _executable(name: str) -> str:
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if not found:
-        raise LaunchError(f"launch: {name} must be installed (pip install flwr); not found")
-    return found
 
 
 def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -122,25 +126,36 @@ def start_superlink(plan: SuperLinkPlan, *, env: Mapping[str, str] | None = None
     return proc
 
 
+def _control_client(certs: Path, control_address: str, timeout: float) -> ControlClient:
+    """A connected client of the SuperLink's Control API (waits up to ``timeout`` s)."""
+    from fedcare.flower_compat.control import ControlClient, ControlUnavailable
+
+    address = control_address.replace("0.0.0.0", "127.0.0.1")
+    try:
+        return ControlClient.connect(address, (certs / certs_mod.CA_CERT).read_bytes(),
+                                     timeout=timeout)
+    except ControlUnavailable as err:
+        raise LaunchError(f"launch: the SuperLink Control API at {address} must answer "
+                          f"within {timeout:g}s; got {err}") from err
+
+
+def online_nodes(certs: Path, control_address: str = CONTROL_ADDRESS,
+                 timeout: float = 10.0) -> int:
+    """How many SuperNodes the SuperLink sees online now (Control API ``ListNodes``)."""
+    with _control_client(certs, control_address, timeout) as client:
+        return client.online_count()
+
+
 def sync_sites(certs: Path, *, control_address: str = CONTROL_ADDRESS,
                timeout: float = 60.0) -> dict[str, list[str]]:
     """Make the SuperLink's registered SuperNodes equal ``authorized-sites.json``: register
     listed keys it lacks, unregister keys no longer listed (a removed or rotated site)."""
     from cryptography.hazmat.primitives import serialization
 
-    from fedcare.flower_compat.control import ControlClient, ControlUnavailable
-
     listed = certs_mod.read_allowlist(certs)
     wanted = {site: serialization.load_ssh_public_key(entry["public-key"].encode())
               for site, entry in listed.items()}
-    address = control_address.replace("0.0.0.0", "127.0.0.1")
-    try:
-        client = ControlClient.connect(address, (certs / certs_mod.CA_CERT).read_bytes(),
-                                       timeout=timeout)
-    except ControlUnavailable as err:
-        raise LaunchError(f"launch: the SuperLink Control API at {address} must answer "
-                          f"within {timeout:g}s; got {err}") from err
-    with client:
+    with _control_client(certs, control_address, timeout) as client:
         done = client.sync(wanted)
     logger.info("SuperNode registrations: registered %s; unregistered node ids %s; kept %s",
                 done["registered"] or "none", done["unregistered"] or "none",
@@ -161,21 +176,29 @@ class SuperNodePlan:
     clientappio_address: str = CLIENTAPPIO_ADDRESS
     insecure: bool = False
     strict: bool = False  # data-quality warnings stop the site (DataValidationError)
+    poll_interval: float = POLL_INTERVAL
+    max_connect_attempts: int = MAX_CONNECT_ATTEMPTS
+
+    def node_config_items(self) -> dict[str, str]:
+        return {"site-name": self.site, "data-path": str(self.csv.resolve()),
+                "state-dir": str(self.state_dir.resolve()), "superlink": self.superlink,
+                "policy-path": str(self.policy.resolve()) if self.policy else ""}
 
     def node_config(self) -> str:
-        items = {"site-name": self.site, "data-path": str(self.csv.resolve()),
-                 "state-dir": str(self.state_dir.resolve()), "superlink": self.superlink,
-                 "policy-path": str(self.policy.resolve()) if self.policy else ""}
-        return " ".join(f'{key}="{value}"' for key, value in items.items())
+        """The node config as ``flower-supernode --node-config`` takes it."""
+        return " ".join(f'{key}="{value}"' for key, value in self.node_config_items().items())
 
-    def command(self) -> list[str]:
-        cmd = [_executable("flower-supernode"), "--superlink", self.superlink,
-               "--node-config", self.node_config(), "--isolation", "process",
-               "--clientappio-api-address", self.clientappio_address]
-        if self.insecure:
-            return [*cmd, "--insecure"]
-        return [*cmd, "--root-certificates", str(self.root_cert),
-                "--auth-supernode-private-key", str(self.private_key)]
+    def site_node(self) -> SiteNode:
+        from fedcare.flower_compat import SiteNode
+
+        return SiteNode(
+            superlink=self.superlink, node_config=self.node_config_items(),
+            clientappio_address=self.clientappio_address,
+            root_certificates=(None if self.insecure or self.root_cert is None
+                               else self.root_cert.read_bytes()),
+            private_key=None if self.insecure else self.private_key,
+            poll_interval=self.poll_interval,
+            flower_dir=self.state_dir.resolve() / FLOWER_DIR)
 
 
 def check_site(plan: SuperNodePlan) -> str:
@@ -205,31 +228,22 @@ def check_site(plan: SuperNodePlan) -> str:
         plan.site, table, dataset=plan.dataset, strict=plan.strict)])
 
 
-def start_supernode(plan: SuperNodePlan, *, env: Mapping[str, str] | None = None
-                    ) -> subprocess.Popen[bytes]:
+def run_site(plan: SuperNodePlan) -> None:
+    """The whole site in this process: Flower's SuperNode and the installed ClientApp
+    (:func:`fedcare.flower_compat.run_site`). The bundle the run names is hashed and
+    inspected, never installed or imported."""
+    from fedcare.flower_compat import run_site as run_in_process
+
     if plan.insecure:
         logger.warning(INSECURE_WARNING)
     plan.state_dir.mkdir(parents=True, exist_ok=True)
-    cmd = plan.command()
-    logger.info("starting: %s", shlex.join(cmd))
-    return subprocess.Popen(cmd, env=child_env(env))
-
-
-def run_clientapp_worker(clientappio_address: str) -> None:
-    """Serve this site's ClientApp messages in this process, one at a time, until stopped.
-
-    The ClientApp that runs is the fedcare installed at the site, whatever the run's
-    bundle names or carries (:func:`fedcare.flower_compat.run_site_worker`): the bundle is
-    hashed and inspected, never installed or imported.
-    """
-    from fedcare.flower_compat import run_site_worker
 
     def installed_app() -> object:
         from fedcare.site.app import app
 
         return app
 
-    run_site_worker(clientappio_address, installed_app)
+    run_in_process(plan.site_node(), installed_app)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:

@@ -13,11 +13,17 @@ What lives here, and why:
   file is opened.
 * :class:`ReplyPoller`: a ``send_and_receive`` with a short pull interval (Flower's gRPC
   grid sleeps a fixed 3 s between pulls).
-* :func:`run_superlink`: Flower's SuperLink with one ordering fix. Its Fleet API stores a
-  site's reply in the link state *before* it registers the reply's object tree; a
+* :func:`run_superlink`: Flower's SuperLink with two ordering fixes. Its Fleet API stores
+  a site's reply in the link state *before* it registers the reply's object tree; a
   ServerApp pull that falls between the two loses the reply for good (the SuperLink
-  deletes the instruction and answers "Message Unavailable"). Flower's 3 s pull makes
-  that rare; fedcare's short pull made it visible. The fix registers the tree first.
+  deletes the instruction and answers "Message Unavailable"). Its ServerAppIo API does the
+  same with the ServerApp's instructions, which a site polling every 0.1 s can pull in
+  that window. Flower's 3 s polls make both rare; fedcare's short polls made them
+  visible. The fixes register the tree first. The SuperExec the SuperLink starts runs
+  through :func:`run_superexec` (no TensorFlow, a short poll).
+* :func:`run_site`: a whole site in one process (Flower's SuperNode, its sleeps capped at
+  a fedcare poll interval, and the site worker).
+* :func:`run_flwr_cli`: Flower's ``flwr`` command without TensorFlow.
 
 Beside this module, the same room holds the other uses of Flower internals:
 
@@ -39,7 +45,9 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import sys
+import threading
 import time
 import tomllib
 import zipfile
@@ -65,6 +73,26 @@ PACKAGE = "fedcare"
 #: Files that carry code in a bundle (Flower ships **/*.py, **/*.toml, **/*.md).
 CODE_SUFFIX = ".py"
 MAX_LISTED_FILES = 5
+#: Bounds of the site's poll interval (Flower's SuperNode sleeps a fixed 3 s).
+MIN_POLL_INTERVAL = 0.01
+MAX_POLL_INTERVAL = 3.0
+#: A site with no message for ACTIVE_WINDOW seconds polls every IDLE_POLL_INTERVAL.
+IDLE_POLL_INTERVAL = 3.0
+ACTIVE_WINDOW = 60.0
+#: Sleeps this long or longer in Flower's loops are polls for new work.
+IDLE_SLEEP = 1.0
+TENSORFLOW = "tensorflow"
+TELEMETRY_ENV = "FLWR_TELEMETRY_ENABLED"
+SUPEREXEC = "flower-superexec"
+#: The node id Flower's SuperLink uses for the errors it writes itself.
+SUPERLINK_NODE_ID = 1
+#: Seconds a site may take to stop once told to (SIGTERM/SIGINT). Flower's SuperNode
+#: deactivates itself at the SuperLink on the way out, retrying without limit: with the
+#: SuperLink gone too, a stopped site kept retrying for ever.
+STOP_GRACE = 10.0
+#: Seconds between the consortium SuperExec's looks for a new run (Flower's own: 1 s;
+#: shorter costs the SuperLink CPU all day for a second saved once per run).
+SUPEREXEC_POLL_INTERVAL = 1.0
 
 
 class FlowerVersionError(RuntimeError):
@@ -78,7 +106,7 @@ def check_flower_version() -> str:
     if version != FLOWER_VERSION:
         raise FlowerVersionError(
             f"flower_compat: flwr must be {FLOWER_VERSION} (this module reaches into its "
-            f"internals); got {version}. Re-check every function in fedcare/flower_compat.py "
+            f"internals); got {version}. Re-check every function in fedcare/flower_compat/ "
             "against the new release before changing the pin.")
     return version
 
@@ -218,27 +246,190 @@ def serve_one_message(clientappio_address: str, token: str, app: Any,
         channel.close()
 
 
-def run_site_worker(clientappio_address: str, app_loader: Callable[[], Any]) -> None:
-    """Serve this site's messages in this process, one at a time, until stopped.
+class PollPace:
+    """How long a site waits between polls: ``fast`` while a run is active (a message
+    handled within the last ``window`` seconds), ``idle`` otherwise, so that short polls
+    cost CPU (the site's and the SuperLink's) only while there is work."""
 
-    Flower's own SuperExec loop (poll the SuperNode's ClientAppIo API for a token) with a
-    plugin that answers each message with ``app_loader()`` (the installed ClientApp),
-    in this process: TensorFlow is imported and the training step compiled once per site.
-    """
+    def __init__(self, fast: float, idle: float = IDLE_POLL_INTERVAL,
+                 window: float = ACTIVE_WINDOW,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.fast = fast
+        self.idle = max(idle, fast)
+        self.window = window
+        self._clock = clock
+        self._last = -math.inf
+
+    def mark(self) -> None:
+        self._last = self._clock()
+
+    def current(self) -> float:
+        return self.fast if self._clock() - self._last < self.window else self.idle
+
+
+def _serve_messages(clientappio_address: str, app: Any, pace: PollPace,
+                    stopping: threading.Event) -> None:
+    """Flower's SuperExec loop (ask the SuperNode's ClientAppIo API for a run to serve and
+    a token) at ``pace`` instead of every 1 s, answering each message with the installed
+    ``app``, until ``stopping`` is set."""
+    from flwr.common.grpc import create_channel
+    from flwr.common.retry_invoker import _make_simple_grpc_retry_invoker, _wrap_stub
+    from flwr.proto.appio_pb2 import ListAppsToLaunchRequest, RequestTokenRequest
     from flwr.proto.clientappio_pb2_grpc import ClientAppIoStub
-    from flwr.supercore.superexec.plugin import ClientAppExecPlugin
-    from flwr.supercore.superexec.run_superexec import run_superexec
 
+    verdicts = _VerdictCache({})
+    channel = create_channel(server_address=clientappio_address, insecure=True)
+    try:
+        stub = ClientAppIoStub(channel)
+        _wrap_stub(stub, _make_simple_grpc_retry_invoker())
+        while not stopping.is_set():
+            listed = stub.ListAppsToLaunch(ListAppsToLaunchRequest())
+            if listed.run_ids:
+                token = stub.RequestToken(RequestTokenRequest(run_id=listed.run_ids[0])).token
+                if token:
+                    serve_one_message(clientappio_address, token, app, verdicts)
+                    pace.mark()
+                    continue
+            stopping.wait(pace.current())
+    finally:
+        channel.close()
+
+
+def run_site_worker(clientappio_address: str, app_loader: Callable[[], Any],
+                    interval: float = 1.0) -> None:
+    """Serve this site's messages in this process, one at a time, until stopped (for a
+    SuperNode running in another process; :func:`run_site` runs both in one)."""
     check_flower_version()
     app = app_loader()  # warm: TensorFlow and the app, once
-    verdicts = _VerdictCache({})
+    _serve_messages(clientappio_address, app, PollPace(interval, interval),
+                    threading.Event())
 
-    class InstalledClientApp(ClientAppExecPlugin):  # type: ignore[misc]
-        def launch_app(self, token: str, run_id: int) -> None:
-            serve_one_message(clientappio_address, token, app, verdicts)
 
-    run_superexec(plugin_class=InstalledClientApp, stub_class=ClientAppIoStub,
-                  appio_api_address=clientappio_address)
+class _PollClock:
+    """Stands in for the ``time`` module inside a Flower loop. A sleep of
+    :data:`IDLE_SLEEP` seconds or more is a poll for new work (the SuperNode's 3 s pull,
+    the SuperExec's 1 s): it lasts ``pace.current()``. A shorter one is a wait inside
+    work (the SuperNode's 0.5 s wait for the reply): it marks the pace active and lasts
+    at most ``pace.fast``. Everything else is the real ``time``."""
+
+    def __init__(self, pace: PollPace) -> None:
+        self.pace = pace
+
+    def sleep(self, seconds: float) -> None:
+        if seconds >= IDLE_SLEEP:
+            time.sleep(min(seconds, self.pace.current()))
+        else:
+            self.pace.mark()
+            time.sleep(min(seconds, self.pace.fast))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def check_poll_interval(interval: float) -> float:
+    if not MIN_POLL_INTERVAL <= interval <= MAX_POLL_INTERVAL:
+        raise ValueError(f"supernode: poll-interval must be in [{MIN_POLL_INTERVAL}, "
+                         f"{MAX_POLL_INTERVAL}] seconds; got {interval}")
+    return interval
+
+
+def load_node_key(private_key: Path) -> tuple[Any, Any]:
+    """The site's SuperNode authentication key pair (an EC key in OpenSSH format)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    key = load_ssh_private_key(private_key.read_bytes(), None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"supernode: private key must be an EC key; got "
+                         f"{type(key).__name__} in {private_key}")
+    return key, key.public_key()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteNode:
+    """What Flower's SuperNode needs, and fedcare's settings for it."""
+
+    superlink: str
+    node_config: Mapping[str, str]
+    clientappio_address: str
+    root_certificates: bytes | None  # None only when insecure
+    private_key: Path | None         # None only when insecure
+    poll_interval: float
+    #: This site's own Flower folder (its copy of each run's bundle). Flower's default,
+    #: ``$FLWR_HOME``, is shared by every SuperNode of a user: on a host with several
+    #: sites, one site rewriting a bundle while another reads it handed the reader an
+    #: empty bundle, and that site refused the run (Flower writes it in place).
+    flower_dir: Path | None = None
+
+
+def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
+    """A whole site in this one process: Flower's SuperNode in the main thread (it
+    installs signal handlers, which only the main thread may) with its sleeps capped at
+    ``poll_interval``, and the installed ClientApp served by a thread, so the site pays
+    one TensorFlow import. Returns (or raises) when the SuperNode stops: it was refused
+    (e.g. its key is not registered) or told to stop."""
+    check_flower_version()
+    check_poll_interval(node.poll_interval)
+    import faulthandler
+    import signal
+
+    import flwr.supernode.start_client_internal as supernode
+    from flwr.common.constant import ISOLATION_MODE_PROCESS, TRANSPORT_TYPE_GRPC_RERE
+
+    # `kill -USR1 PID` writes every thread's stack to stderr (the site's log): a site
+    # that stops polling can be diagnosed without stopping it
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    app = app_loader()  # TensorFlow and the app, once, before the site connects
+    stopping = threading.Event()
+    pace = PollPace(node.poll_interval)
+    worker = threading.Thread(
+        target=_serve_messages, name="fedcare-site-worker", daemon=True,
+        args=(node.clientappio_address, app, pace, stopping))
+    supernode.time = _PollClock(pace)  # type: ignore[assignment]
+    supernode.register_signal_handlers = _with_bounded_stop(  # type: ignore[assignment]
+        supernode.register_signal_handlers)
+    keys = None if node.private_key is None else load_node_key(node.private_key)
+    if node.flower_dir is not None:
+        node.flower_dir.mkdir(parents=True, exist_ok=True)  # Flower ignores a missing one
+    worker.start()
+    try:
+        supernode.start_client_internal(
+            server_address=node.superlink, node_config=dict(node.node_config),
+            flwr_path=node.flower_dir,
+            root_certificates=node.root_certificates,
+            insecure=node.root_certificates is None, transport=TRANSPORT_TYPE_GRPC_RERE,
+            # retries without limit once started: a site rides out a SuperLink restart
+            # (the bounded attempts at start are fedcare.deploy.probe's)
+            authentication_keys=keys, max_retries=None,
+            isolation=ISOLATION_MODE_PROCESS,
+            clientappio_api_address=node.clientappio_address)
+    finally:
+        stopping.set()
+
+
+def _with_bounded_stop(register: Callable[..., None]) -> Callable[..., None]:
+    """Flower's ``register_signal_handlers``, then each stop handler it installed wrapped so
+    that the process ends within :data:`STOP_GRACE` seconds of the signal (exit code 0: it
+    was asked to stop) even when Flower's graceful exit cannot finish."""
+    import os
+    import signal
+
+    def register_then_bound(*args: Any, **kwargs: Any) -> None:
+        register(*args, **kwargs)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            flower_handler = signal.getsignal(signum)
+            if not callable(flower_handler):
+                continue
+
+            def handler(received: int, frame: Any, _flower: Any = flower_handler) -> None:
+                deadline = threading.Timer(STOP_GRACE, os._exit, args=(0,))
+                deadline.daemon = True
+                deadline.start()
+                _flower(received, frame)
+
+            signal.signal(signum, handler)
+
+    return register_then_bound
 
 
 class ReplyPoller:
@@ -257,16 +448,31 @@ class ReplyPoller:
 
     def send_and_receive(self, messages: Iterable[Any], *,
                          timeout: float | None = None) -> list[Any]:
-        pending = set(self._grid.push_messages(messages))
+        messages = list(messages)
+        ids = list(self._grid.push_messages(messages))
+        destination = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages,
+                                                                     strict=False)}
+        pending = set(ids)
         end = None if timeout is None else time.monotonic() + timeout
         replies: list[Any] = []
         while pending and (end is None or time.monotonic() < end):
-            got = list(self._grid.pull_messages(pending))
+            got = [_from_its_site(m, destination) for m in self._grid.pull_messages(pending)]
             replies.extend(got)
             pending.difference_update(m.metadata.reply_to_message_id for m in got)
             if pending:
                 time.sleep(self._interval)
         return replies
+
+
+def _from_its_site(reply: Any, destination: Mapping[str, int]) -> Any:
+    """An error the SuperLink writes for a site (node gone, message lost) comes from node
+    1, the SuperLink itself; name the site it stands for, so that reports never show an
+    invented ``node-1`` site and the site's failure carries Flower's reason."""
+    if reply.metadata.src_node_id == SUPERLINK_NODE_ID and reply.has_error():
+        site = destination.get(reply.metadata.reply_to_message_id)
+        if site is not None:
+            reply.metadata.__dict__["_src_node_id"] = site
+    return reply
 
 
 def deployment_poller(grid: Any, interval: float) -> ReplyPoller | None:
@@ -288,14 +494,98 @@ def _register_objects_first(push_messages: Callable[..., Any]) -> Callable[..., 
     return push_registered
 
 
+def block_tensorflow() -> None:
+    """Make ``import tensorflow`` fail in this process (ModuleNotFoundError).
+
+    Flower imports TensorFlow opportunistically (``flwr/server/utils/tensorboard.py``:
+    ``try: import tensorflow``), ~550 MB, in every process that imports ``flwr.server``:
+    the SuperLink and ``flwr run``, which never train. Call before importing Flower.
+    """
+    if sys.modules.get(TENSORFLOW) is None:
+        sys.modules[TENSORFLOW] = None  # type: ignore[assignment]
+
+
+def _register_instruction_objects_first(push_messages: Callable[..., Any]
+                                        ) -> Callable[..., Any]:
+    """The same fix on the ServerApp side: Flower's ServerAppIo ``PushMessages`` stores an
+    instruction in the link state before it registers the instruction's object tree; a
+    site pulling in between gets "Object ... not found", the SuperLink deletes the
+    instruction and the ServerApp later reads "Message Unavailable" from node 1 (the
+    SuperLink). A site polling every 0.1 s hits that window; Flower's 3 s rarely did."""
+    from flwr.supercore.object_store.utils import store_mapping_and_register_objects
+
+    def push_registered(servicer: Any, request: Any, context: Any) -> Any:
+        store_mapping_and_register_objects(servicer.objectstore_factory.store(),
+                                           request=request)
+        return push_messages(servicer, request, context)
+
+    return push_registered
+
+
 def run_superlink(argv: Sequence[str]) -> None:
-    """``flower-superlink ARGV`` in this process, with the reply-ordering fix above."""
+    """``flower-superlink ARGV`` in this process, with the reply-ordering fix above and
+    without TensorFlow."""
+    block_tensorflow()
     check_flower_version()
+    import flwr.server.app as superlink_app
     from flwr.server.app import run_superlink as flower_superlink
     from flwr.server.superlink.fleet.message_handler import message_handler
+    from flwr.server.superlink.serverappio.serverappio_servicer import ServerAppIoServicer
 
     message_handler.push_messages = _register_objects_first(  # type: ignore[assignment]
         message_handler.push_messages)
+    ServerAppIoServicer.PushMessages = _register_instruction_objects_first(  # type: ignore[method-assign]
+        ServerAppIoServicer.PushMessages)
+    superlink_app.subprocess = _OwnSuperExec()  # type: ignore[assignment]
     sys.argv = ["flower-superlink", *argv]
     flower_superlink()
 
+
+class _OwnSuperExec:
+    """Stands in for the ``subprocess`` module inside Flower's SuperLink: the SuperExec it
+    starts (``flower-superexec ...``, which starts each run's ServerApp) becomes
+    ``python -m fedcare.flower_compat superexec ...``: no TensorFlow, short poll."""
+
+    def Popen(self, args: Sequence[str], *rest: Any, **kwargs: Any) -> Any:
+        import subprocess
+
+        if list(args[:1]) == [SUPEREXEC]:
+            args = [sys.executable, "-m", "fedcare.flower_compat",
+                    "superexec", *args[1:]]
+        return subprocess.Popen(args, *rest, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        import subprocess
+
+        return getattr(subprocess, name)
+
+
+def run_superexec(argv: Sequence[str]) -> None:
+    """``flower-superexec ARGV`` without TensorFlow, polling every
+    :data:`SUPEREXEC_POLL_INTERVAL` seconds for a new run (Flower's own: 1 s)."""
+    block_tensorflow()
+    check_flower_version()
+    import flwr.supercore.superexec.run_superexec as superexec
+    from flwr.supercore.cli import flower_superexec
+
+    superexec.time = _PollClock(PollPace(SUPEREXEC_POLL_INTERVAL, SUPEREXEC_POLL_INTERVAL))  # type: ignore[assignment]
+    sys.argv = [SUPEREXEC, *argv]
+    flower_superexec()
+
+
+def run_flwr_cli(argv: Sequence[str]) -> int:
+    """Flower's ``flwr`` command (``flwr run``, ``flwr ls``, ...) without TensorFlow and
+    with telemetry off unless the caller turned it on."""
+    import os
+
+    block_tensorflow()
+    os.environ.setdefault(TELEMETRY_ENV, "0")
+    check_flower_version()
+    from flwr.cli.app import app as flwr_app
+
+    sys.argv = ["flwr", *argv]
+    try:
+        flwr_app()
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    return 0

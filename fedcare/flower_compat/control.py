@@ -17,6 +17,8 @@ __all__ = ["ControlClient", "ControlUnavailable"]
 RETRY_SECONDS = 0.5
 #: Seconds one ListNodes call may take.
 CALL_TIMEOUT = 5.0
+#: A SuperNode's status in the SuperLink's ListNodes while it is connected.
+NODE_ONLINE = "online"
 
 
 class ControlUnavailable(RuntimeError):
@@ -59,6 +61,13 @@ class ControlClient:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self._channel.close()
+
+    def online_count(self) -> int:
+        """How many SuperNodes the SuperLink sees online now."""
+        from flwr.proto.control_pb2 import ListNodesRequest
+
+        nodes = self._stub.ListNodes(ListNodesRequest(), timeout=CALL_TIMEOUT).nodes_info
+        return sum(1 for node in nodes if node.status == NODE_ONLINE)
 
     def sync(self, wanted: Mapping[str, Any]) -> dict[str, list[str]]:
         """Registered SuperNodes := ``wanted`` (site name -> public key object).

@@ -162,7 +162,8 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
     recorder.site_of_node.update({n: a.site for n, a in preflight.answers.items()})
     if len(preflight.accepted_nodes) < config.min_sites:
         refuse_run(run_dir, recorder, preflight, config.min_sites)
-    grid = SiteGrid(grid, preflight.accepted_nodes, poller)
+    grid = SiteGrid(grid, preflight.accepted_nodes, poller, min_online=config.min_sites,
+                    wait_limit=config.round_timeout)
     checkpoints = CheckpointWriter(run_dir, model)
 
     def on_new_global(server_round: int, arrays: ArrayRecord) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,12 +161,24 @@ def run_preflight(grid: Grid, config: RunConfig, *, run_name: str, ledger_run_id
 
 class SiteGrid(Grid):  # type: ignore[misc]
     """The run's grid restricted to the sites that accepted, with a short reply poll
-    (``poller``) in deployment; Flower's strategies sample from it as from any grid."""
+    (``poller``) in deployment; Flower's strategies sample from it as from any grid.
 
-    def __init__(self, grid: Grid, nodes: Iterable[int], poller: ReplyPoller | None) -> None:
+    Flower's strategies wait, without limit, until ``min-sites`` nodes are online before
+    each round. A site that died mid-run (its node gone from the SuperLink) would hold
+    the run forever; after ``wait_limit`` seconds short of ``min_online`` sites the grid
+    shows every accepted site, so the round goes out, the dead sites' messages come
+    back as Flower's "Node Unavailable" errors, and the report names them."""
+
+    def __init__(self, grid: Grid, nodes: Iterable[int], poller: ReplyPoller | None, *,
+                 min_online: int = 0, wait_limit: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._grid = grid
         self._nodes = frozenset(nodes)
         self._poller = poller
+        self._min_online = min_online
+        self._wait_limit = wait_limit
+        self._clock = clock
+        self._short_since: float | None = None
 
     def set_run(self, run_id: int) -> None:
         self._grid.set_run(run_id)
@@ -180,7 +192,22 @@ class SiteGrid(Grid):  # type: ignore[misc]
         return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> list[int]:
-        return [n for n in self._grid.get_node_ids() if n in self._nodes]
+        online = [n for n in self._grid.get_node_ids() if n in self._nodes]
+        if len(online) >= self._min_online or self._wait_limit is None:
+            self._short_since = None
+            return online
+        now = self._clock()
+        if self._short_since is None:
+            self._short_since = now
+            logger.warning("%d of the %d sites that accepted the run are online; min-sites "
+                           "is %d: waiting up to %g s", len(online), len(self._nodes),
+                           self._min_online, self._wait_limit)
+        if now - self._short_since < self._wait_limit:
+            return online
+        logger.error("%d of the %d sites that accepted the run are still online after %g s; "
+                     "the round goes out to every accepted site and the offline ones are "
+                     "reported as dropped", len(online), len(self._nodes), self._wait_limit)
+        return sorted(self._nodes)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)

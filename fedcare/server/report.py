@@ -19,6 +19,7 @@ from typing import Any
 from flwr.app import Message
 
 from fedcare.common.files import write_json_atomic
+from fedcare.server.summary import write_summary
 from fedcare.server.validation import site_of
 
 logger = logging.getLogger(__name__)
@@ -266,6 +267,7 @@ def write_report(run_dir: Path, report: Mapping[str, Any], *, plots: bool = True
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / REPORT_FILENAME
     write_json_atomic(path, report)
+    write_summary(run_dir, report, path)
     if plots:
         plot_report(run_dir, report)
     return path

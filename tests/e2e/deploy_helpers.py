@@ -9,40 +9,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedcare.deploy import certs as certs_mod
+from fedcare.deploy.testbed import free_ports
+from fedcare.deploy.testbed import wait_until as wait_for
 from fedcare.research.run import PROJECT_ROOT
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 90.0
 RUN_TIMEOUT = 300.0
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float,
-             interval: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:

@@ -110,3 +110,39 @@ def test_supernode_whose_key_is_not_on_the_list_is_refused(dp_run: dict[str, obj
     assert "No SuperNode found with the given public key" in deployment.log("unlisted-key")
     assert "gamma" not in dp_run["report"]["sites"]  # type: ignore[index]
     assert not (deployment.root / "sites" / "gamma" / "privacy-ledger.json").exists()
+
+
+def _group_is_empty(pgid: int) -> bool:
+    import os
+
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_sigterm_stops_a_site_cleanly_leaving_no_process(dp_run: dict[str, object],
+                                                         deployment: Deployment) -> None:
+    import signal
+
+    from tests.e2e.deploy_helpers import wait_for
+
+    proc = deployment.procs["beta"]
+    proc.send_signal(signal.SIGTERM)
+
+    assert proc.wait(timeout=60) == 0
+    wait_for("the site's process group to empty", lambda: _group_is_empty(proc.pid), 30)
+
+
+def test_sigterm_stops_the_superlink_cleanly_leaving_no_process(
+        dp_run: dict[str, object], deployment: Deployment) -> None:
+    import signal
+
+    from tests.e2e.deploy_helpers import wait_for
+
+    proc = deployment.procs["superlink"]
+    proc.send_signal(signal.SIGTERM)
+
+    assert proc.wait(timeout=60) == 0
+    wait_for("the SuperLink's process group to empty", lambda: _group_is_empty(proc.pid), 30)

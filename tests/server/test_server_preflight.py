@@ -82,6 +82,27 @@ def test_two_nodes_claiming_one_site_are_both_refused() -> None:
     assert all("site name must be unique" in a.reasons[0] for a in result.answers.values())
 
 
+def test_site_grid_waits_for_min_sites_only_up_to_its_limit_then_shows_every_accepted(
+        ) -> None:
+    # Arrange: sites 1 and 3 accepted; only 1 is online (3 died), min-sites 2
+    inner = FakeGrid([1, 2], {})
+    now = [0.0]
+    grid = SiteGrid(inner, [1, 3], poller=None, min_online=2, wait_limit=30.0,
+                    clock=lambda: now[0])
+    # Act / Assert: within the limit Flower sees the one online site and keeps waiting
+    assert grid.get_node_ids() == [1]
+    now[0] = 29.0
+    assert grid.get_node_ids() == [1]
+    # after it, every accepted site, so the round goes out and the dead one is named
+    now[0] = 30.0
+    assert grid.get_node_ids() == [1, 3]
+
+
+def test_site_grid_without_a_limit_shows_only_online_accepted_sites() -> None:
+    grid = SiteGrid(FakeGrid([1, 2], {}), [1, 3], poller=None, min_online=2)
+    assert grid.get_node_ids() == [1]
+
+
 def test_site_grid_shows_and_reaches_only_the_sites_that_accepted() -> None:
     inner = FakeGrid([1, 2, 3], {})
     grid = SiteGrid(inner, [1, 3], poller=None)
