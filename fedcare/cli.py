@@ -5,6 +5,7 @@
     fedcare benchmark-heart-personal  global vs personalised vs local-only, per site
     fedcare perf-epoch          DP vs plain local epoch cost, measured in one run
     fedcare perf                speed and scale ratios (round overhead, vs Flower, 100 sites)
+    fedcare perf-engine         a 12-cell sweep: engine started per cell vs once
     fedcare sweep               resumable epsilon x strategy x partitioning x seeds grid
     fedcare benchmark-heart-table  the heart-disease protocol laid out like FLamby's table
     fedcare check-csv FILE      a hospital's CSV: every problem, data quality, DP readiness
@@ -34,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +42,8 @@ from typing import Any
 
 from fedcare.client import policy_commands
 from fedcare.common.errors import FedcareError
+from fedcare.research.cluster import ENGINE_KEYS, add_engine_flags, command_engine
+from fedcare.research.terminal import command_output, configure_logging, quiet_start_up
 
 logger = logging.getLogger("fedcare")
 
@@ -71,7 +73,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise FedcareError(f"--set must look like key=value; got {item!r}")
-        out[key.strip()] = _parse_value(value.strip())
+        if key.strip() not in ENGINE_KEYS:  # engine settings: research.cluster reads them
+            out[key.strip()] = _parse_value(value.strip())
     for flag, key in (("dataset", "dataset"), ("rounds", "num-rounds"), ("strategy", "strategy"),
                       ("target_epsilon", "target-epsilon"), ("output_dir", "output-dir"),
                       ("run_name", "run-name"), ("data_dir", "data-dir"), ("seed", "seed")):
@@ -505,17 +508,25 @@ def build_parser() -> argparse.ArgumentParser:
     from fedcare.client.ledger_commands import add_parsers as add_ledger_parsers
 
     add_ledger_parsers(sub)  # ledger [show] STATE_DIR, ledger reset
+    from fedcare.research.engine_bench import add_parsers as add_engine_bench_parsers
+
+    add_engine_bench_parsers(sub)  # perf-engine
+    for simulating in (sim, bench, bpers, table, sweep):
+        add_engine_flags(simulating)  # --ray-address, --cpus-per-site, --gpus-per-site
+    for research in (sim, bench, bpers, table, sweep, perf, speed):
+        research.set_defaults(quiet_terminal=True)  # bars + answer; logs to files (-v: all)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    quiet_start_up()  # before anything imports TensorFlow
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("flwr").propagate = False  # Flower logs through its own handler
+    configure_logging(verbose=args.verbose,
+                      quiet=getattr(args, "quiet_terminal", False))
     try:
-        return int(args.func(args))
+        # one Ray session for all of a command's runs; its progress bars and log file
+        with command_engine(args), command_output(args):
+            return int(args.func(args))
     except FedcareError as err:
         sys.stderr.write(f"fedcare: {err}\n")
         return EXIT_USAGE
