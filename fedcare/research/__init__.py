@@ -1,1 +1,1 @@
-"""fedcare.research: simulations, sweeps, benchmarks (researchers)."""
+"""fedcare.research."""

@@ -146,7 +146,7 @@ def split_engine_settings(overrides: MutableMapping[str, Any]) -> dict[str, Any]
 
 def worker_env() -> dict[str, str]:
     """What every site worker's process environment gets (local and cluster alike)."""
-    from fedcare.client.faults import SIMULATION_ENV
+    from fedcare.site.faults import SIMULATION_ENV
 
     return {**WORKER_ENV, SIMULATION_ENV: "1",
             # Flower's own runtime_env: the driver's import path, so workers import the
@@ -173,7 +173,7 @@ class EngineSession:
         """Start (or attach to) Ray, once per session, when the first run needs it."""
         import ray
 
-        from fedcare.flower_compat import EnginePool
+        from fedcare.flower_compat.simulation import EnginePool
 
         if self.pool is not None:
             return
@@ -193,7 +193,7 @@ class EngineSession:
         """One simulation inside the session: Flower's engine on this session's pool;
         ``listener`` gets every site reply (:class:`fedcare.flower_compat.SiteReply`)."""
         from fedcare.common.preflight import REQUEST_RECORD
-        from fedcare.flower_compat import session_engine
+        from fedcare.flower_compat.simulation import session_engine
 
         self.start()
         self.pool.reset_counts()

@@ -30,8 +30,8 @@ EPSILONS: tuple[float | None, ...] = (None, 1.0, 3.0)
 
 def bench_cells(cells: int, rounds: int) -> list[Any]:
     """``cells`` federated heart cells: epsilon (none, 1, 3) x as many run seeds as needed."""
-    from fedcare.simulations.heart_benchmark import PROTOCOL, TUNED
-    from fedcare.simulations.sweep import expand_grid
+    from fedcare.research.heart_benchmark import PROTOCOL, TUNED
+    from fedcare.research.sweep import expand_grid
 
     seeds = list(range(-(-cells // len(EPSILONS))))
     base = {k: v for k, v in {**PROTOCOL, **TUNED, "num-rounds": rounds}.items()
@@ -56,7 +56,7 @@ def _per_cell(results: Sequence[Mapping[str, Any]], walls: Sequence[float]
 def run_engine_bench(*, cells: int = DEFAULT_CELLS, rounds: int = DEFAULT_ROUNDS
                      ) -> dict[str, Any]:
     """Both ways, one after the other, on the same cells; figures and their ratio."""
-    from fedcare.simulations.sweep import run_cells
+    from fedcare.research.sweep import run_cells
 
     grid = bench_cells(cells, rounds)
     with tempfile.TemporaryDirectory(prefix="fedcare-engine-bench-") as tmp:
@@ -71,7 +71,7 @@ def run_engine_bench(*, cells: int = DEFAULT_CELLS, rounds: int = DEFAULT_ROUNDS
         clock = [time.perf_counter()]
 
         def timed(cell: Any, cache: Path) -> dict[str, Any]:
-            from fedcare.simulations.sweep import run_cell
+            from fedcare.research.sweep import run_cell
 
             result = run_cell(cell, cache)
             now = time.perf_counter()

@@ -36,7 +36,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
-from fedcare.common.privacy import RoundSpend, compose_epsilon
+from fedcare.privacy import RoundSpend, compose_epsilon
 
 logger = logging.getLogger(__name__)
 

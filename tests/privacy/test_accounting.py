@@ -21,7 +21,7 @@ import dp_accounting
 import pytest
 from scipy import optimize, special
 
-from fedcare.common.privacy import (
+from fedcare.privacy import (
     PLD_VALUE_DISCRETIZATION_INTERVAL,
     RoundSpend,
     accounting,
@@ -387,7 +387,7 @@ def test_rdp_epsilon_is_bit_for_bit_the_accountants(spends: list[tuple[float, fl
                                                     ) -> None:
     from dp_accounting.rdp import RdpAccountant
 
-    from fedcare.common.privacy.accounting import RoundSpend, compose_epsilon
+    from fedcare.privacy.accounting import RoundSpend, compose_epsilon
 
     rounds = [RoundSpend(sampling_rate=q, noise_multiplier=s, steps=n) for q, s, n in spends]
     merged: dict[tuple[float, float], int] = {}

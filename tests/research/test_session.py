@@ -9,7 +9,7 @@ import pytest
 
 from fedcare.common.config import RunConfig
 from fedcare.research.cluster import EngineConfig, engine_session
-from fedcare.simulations.run import run_simulation
+from fedcare.research.run import run_simulation
 from tests.report_views import science
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedcare.flower_compat import SiteReply
+from fedcare.flower_compat.simulation import SiteReply
 from fedcare.research import terminal
 
 
