@@ -66,14 +66,14 @@ def configure_logging(*, verbose: bool, quiet: bool) -> None:
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     logging.captureWarnings(quiet and not verbose)
-    if quiet and not verbose:  # framework notes (absl, TensorFlow) below ERROR: files only
+    if quiet and not verbose:  # framework notes and Python warnings below ERROR: files only
         handler.addFilter(_framework_notes_to_files)
     logging.getLogger("flwr").propagate = False  # Flower logs through its own handler
 
 
 def _framework_notes_to_files(record: logging.LogRecord) -> bool:
     return (record.levelno >= logging.ERROR or
-            record.name.partition(".")[0] not in ("absl", "tensorflow", "keras"))
+            record.name.partition(".")[0] not in ("absl", "tensorflow", "keras", "py"))
 
 
 def tame_flower() -> None:

@@ -131,3 +131,15 @@ def test_quiet_start_up_keeps_a_users_own_setting(monkeypatch: pytest.MonkeyPatc
 
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
     assert os.environ["GRPC_VERBOSITY"] == "ERROR"
+
+
+@pytest.mark.parametrize(("name", "level", "on_screen"), [
+    ("fedcare.research.run", logging.WARNING, True),
+    ("py.warnings", logging.WARNING, False),  # a library's DeprecationWarning: log file only
+    ("absl", logging.WARNING, False),
+    ("tensorflow", logging.ERROR, True),
+])
+def test_quiet_screen_keeps_fedcare_warnings_and_framework_errors(name: str, level: int,
+                                                                 on_screen: bool) -> None:
+    record = logging.LogRecord(name, level, __file__, 1, "note", None, None)
+    assert terminal._framework_notes_to_files(record) is on_screen
