@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export FLWR_TELEMETRY_ENABLED := 0
-export TF_CPP_MIN_LOG_LEVEL := 2
+# TensorFlow/CUDA start-up noise: fedcare's CLI silences it itself (fedcare/research/terminal.py).
 
 .PHONY: demo test test-fast lint heart-benchmark browser clean
 

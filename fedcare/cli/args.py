@@ -7,6 +7,7 @@ from typing import Any
 
 from fedcare.common.config import DATASETS
 from fedcare.common.errors import FedcareError
+from fedcare.research.cluster import ENGINE_KEYS
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -38,7 +39,8 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise FedcareError(f"--set must look like key=value; got {item!r}")
-        out[key.strip()] = parse_value(value.strip())
+        if key.strip() not in ENGINE_KEYS:  # engine settings: research.cluster reads them
+            out[key.strip()] = parse_value(value.strip())
     for flag, key in _SHORTCUTS:
         value = getattr(args, flag, None)
         if value is not None:

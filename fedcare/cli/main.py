@@ -7,7 +7,8 @@
     certs, superlink [status], submit, status, service, console
   for researchers (fedcare.cli.research):
     simulate, benchmark-heart, benchmark-heart-personal, benchmark-heart-table, sweep,
-    perf, perf-epoch, perf-csv, perf-web, perf-deploy, audit
+    perf, perf-engine, perf-epoch, perf-csv, perf-web, perf-deploy, audit
+    (on a Ray cluster: --ray-address, docs/scale.md; progress bars, logs in run.log; -v)
 
 `fedcare COMMAND --help` describes each; docs/ has the runbooks.
 """
@@ -15,14 +16,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from collections.abc import Sequence
 
 from fedcare.cli import console, consortium, hospital, research
 from fedcare.cli.args import EXIT_FAILED, EXIT_USAGE
 from fedcare.common.errors import FedcareError
+from fedcare.research.cluster import command_engine
+from fedcare.research.terminal import command_output, configure_logging, quiet_start_up
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,13 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    quiet_start_up()  # before anything imports TensorFlow
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("flwr").propagate = False  # Flower logs through its own handler
+    configure_logging(verbose=args.verbose, quiet=getattr(args, "quiet_terminal", False))
     try:
-        return int(args.func(args))
+        # one Ray session for all of a command's runs; its progress bars and log file
+        with command_engine(args), command_output(args):
+            return int(args.func(args))
     except FedcareError as err:
         sys.stderr.write(f"fedcare: {err}\n")
         return EXIT_USAGE

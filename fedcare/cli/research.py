@@ -32,6 +32,7 @@ from fedcare.cli.args import (
     names,
     overrides,
 )
+from fedcare.research.cluster import add_engine_flags
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -339,3 +340,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     audit.set_defaults(func=cmd_audit)
 
     _add_perf_deploy_parser(sub)  # perf-deploy: a real TLS loopback federation
+    from fedcare.research.engine_bench import add_parsers as add_engine_bench_parsers
+
+    add_engine_bench_parsers(sub)  # perf-engine
+    for simulating in (sim, bench, bpers, table, sweep):
+        add_engine_flags(simulating)  # --ray-address, --cpus-per-site, --gpus-per-site
+    for research in (sim, bench, bpers, table, sweep, speed):
+        research.set_defaults(quiet_terminal=True)  # bars + answer; logs to files (-v: all)

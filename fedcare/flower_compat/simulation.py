@@ -14,17 +14,30 @@ With sites that train in milliseconds, those polls are most of a round (about 0.
 it). Neither is a setting of ``run_simulation``, so :func:`fast_polling` swaps both for
 the duration of one simulation and restores them after. Deployment (``flwr run`` against
 a SuperLink) is untouched.
+
+One Ray session for many runs (:class:`EnginePool`, :func:`session_backend`): Flower's
+``RayBackend`` creates its actors for one run and ends the Ray session after it
+(``ray.shutdown``); a sweep of 100 cells paid Ray's start and TensorFlow's import in
+every worker 100 times. The session backend takes its actors from a pool the caller owns
+(:mod:`fedcare.research.cluster`), and records on which Ray node each site message ran
+(a record in the context's state, removed again before Flower stores the context).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from queue import Queue
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 # Seconds between polls. 0.01 s keeps the idle cost of the two polling threads small
 # (one state look-up per site per poll) while taking ~0.35 s off every round.
@@ -96,3 +109,171 @@ def run_engine(*, client_app: Any, server_app: Any, num_sites: int, run_config: 
                         backend_config=dict(backend_config),  # type: ignore[arg-type]
                         server_app_context=context, app_dir=app_dir,
                         run=run if is_app else None, is_app=is_app)
+
+
+#: Context-state record that carries the Ray node a message ran on back to the driver.
+ENGINE_RECORD = "fedcare-engine"
+NODE_ID_KEY = "node-id"
+
+
+def _tagged_call(app: Any, message: Any, context: Any) -> Any:
+    """Runs in a Ray worker: the site's ClientApp, then where it ran."""
+    import ray
+    from flwr.app import ConfigRecord
+
+    reply = app(message=message, context=context)
+    context.state[ENGINE_RECORD] = ConfigRecord(
+        {NODE_ID_KEY: ray.get_runtime_context().get_node_id()})
+    return reply
+
+
+@dataclass(frozen=True)
+class _NodeTaggedApp:
+    """A ClientApp loader (shipped to the worker) whose app also names the worker's node."""
+
+    app_fn: Callable[[], Any]
+
+    def __call__(self) -> Callable[..., Any]:
+        return functools.partial(_tagged_call, self.app_fn())
+
+
+@dataclass(frozen=True)
+class SiteReply:
+    """One site's answer as the engine saw it: what was asked, in which round, whether it
+    was an error, and the reply's numbers (its first metric record)."""
+
+    kind: str  # Flower's message type: train, evaluate, query.preflight, train.finetune
+    server_round: int
+    error: bool
+    metrics: Mapping[str, Any]
+
+
+def site_reply(message: Any, reply: Any, request_record: str) -> SiteReply:
+    request = message.content.config_records.get(request_record) or {}
+    metrics: Mapping[str, Any] = {}
+    if not reply.has_error():
+        records = list(reply.content.metric_records.values())
+        metrics = dict(records[0]) if records else {}
+    return SiteReply(kind=str(message.metadata.message_type),
+                     server_round=int(request.get("server-round", 0)),
+                     error=bool(reply.has_error()), metrics=metrics)
+
+
+@dataclass(frozen=True)
+class _CallInWorker:
+    """A ClientApp loader whose "app" calls ``fn`` in the worker and answers None."""
+
+    fn: Callable[[], None]
+
+    def __call__(self) -> Callable[..., None]:
+        def call(message: Any, context: Any) -> None:
+            self.fn()
+        return call
+
+
+class EnginePool:
+    """Flower's Ray actor pool, kept for as long as its owner's session lasts.
+
+    ``pool_for`` hands out the existing pool when it has the same per-site resources and
+    every actor is idle (a run that ended normally leaves none busy); otherwise the old
+    actors are killed and a new pool is built. ``messages_by_node`` counts, per Ray node
+    id, the site messages answered since the last ``reset_counts``.
+    """
+
+    def __init__(self) -> None:
+        self._pool: Any = None
+        self._resources: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.messages_by_node: Counter[str] = Counter()
+        self.pools_built = 0
+        #: Called with each :class:`SiteReply` (a progress display), from engine threads.
+        self.listener: Callable[[SiteReply], None] | None = None
+        self.request_record = ""
+
+    def pool_for(self, client_resources: Mapping[str, float], actor_kwargs: Any) -> Any:
+        from flwr.simulation.ray_transport.ray_actor import BasicActorPool, ClientAppActor
+
+        pool = self._pool
+        if (pool is not None and dict(client_resources) == self._resources
+                and len(pool.pool) == pool.num_actors and not pool._future_to_actor):
+            return pool
+        self.close()
+        pool = BasicActorPool(actor_type=ClientAppActor, client_resources=dict(client_resources),
+                              actor_kwargs=actor_kwargs)
+        pool.add_actors_to_pool(pool.actors_capacity)
+        self._pool, self._resources = pool, dict(client_resources)
+        self.pools_built += 1
+        logger.info("simulation engine: %d site workers (%s each)", pool.num_actors,
+                    dict(client_resources))
+        return pool
+
+    def run_on_workers(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once in every site worker of the pool (all idle between runs)."""
+        import ray
+
+        pool = self._pool
+        if pool is None:
+            return
+        ray.get([actor.run.remote(_CallInWorker(fn), None, "engine", None)
+                 for actor in pool.pool])
+
+    @property
+    def num_workers(self) -> int:
+        return int(self._pool.num_actors) if self._pool is not None else 0
+
+    def count(self, node_id: str) -> None:
+        with self._lock:
+            self.messages_by_node[node_id] += 1
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.messages_by_node = Counter()
+
+    def close(self) -> None:
+        """Kill this pool's actors (by handle; nothing else on the cluster is touched)."""
+        import ray
+
+        pool, self._pool = self._pool, None
+        if pool is None or not ray.is_initialized():
+            return
+        for actor in [*pool.pool, *pool._future_to_actor.values()]:
+            with contextlib.suppress(Exception):  # an actor that is gone already
+                ray.kill(actor)
+
+
+def session_backend(pool: EnginePool) -> type:
+    """Flower's ``RayBackend`` taking its actors from ``pool`` and leaving Ray running."""
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    class SessionRayBackend(RayBackend):  # type: ignore[misc]
+        def build(self, app_fn: Callable[[], Any]) -> None:
+            self.pool = pool.pool_for(self.client_resources, self.actor_kwargs)
+            self.app_fn = _NodeTaggedApp(app_fn)  # type: ignore[assignment]
+
+        def process_message(self, message: Any, context: Any) -> tuple[Any, Any]:
+            reply, updated = super().process_message(message, context)
+            record = updated.state.pop(ENGINE_RECORD, None)
+            if record is not None:
+                pool.count(str(record.get(NODE_ID_KEY, "")))
+            listener = pool.listener
+            if listener is not None:
+                listener(site_reply(message, reply, pool.request_record))
+            return reply, updated
+
+        def terminate(self) -> None:
+            """The session ends actors and Ray, not the run."""
+
+    return SessionRayBackend
+
+
+@contextmanager
+def session_engine(pool: EnginePool) -> Iterator[None]:
+    """Inside this block Flower's simulation engine uses ``pool``'s session backend."""
+    from flwr.server.superlink.fleet.vce.backend import supported_backends
+
+    saved = supported_backends["ray"]
+    supported_backends["ray"] = session_backend(pool)
+    try:
+        yield
+    finally:
+        supported_backends["ray"] = saved

@@ -24,6 +24,7 @@ from fedcare.common.config import RunConfig
 from fedcare.common.errors import ConfigError
 from fedcare.data.datasets import SiteData, load_federated_site
 from fedcare.data.datasets.heart_disease import SITES
+from fedcare.research.cluster import one_engine_session
 from fedcare.server.report import STATUS_REFUSED
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ def run_folders(config: RunConfig, *, split_seed: int, seed: int, with_dp: bool
     return {kind: Path(config.output_dir) / f"{name}-{kind}" for kind in kinds}
 
 
+@one_engine_session  # Ray and the site workers start once for all runs
 def run_benchmark(overrides: Mapping[str, Any], *, split_seed: int, seeds: Sequence[int] = (0,),
                   with_dp: bool = True, output: Path | None = None) -> dict[str, Any]:
     """Every setting of the protocol on one split, each run seed; a table and the raw rows."""

@@ -29,6 +29,7 @@ from typing import Any
 from fedcare.common.config import RunConfig
 from fedcare.data.datasets import SiteData
 from fedcare.data.datasets.heart_disease import SITES
+from fedcare.research.cluster import one_engine_session
 from fedcare.research.heart_benchmark import (
     PROTOCOL,
     TUNED,
@@ -98,6 +99,7 @@ def local_dp_row(config: RunConfig, sites: Sequence[SiteData]) -> dict[str, Any]
     return _row(LOCAL_DP, acc, auc)
 
 
+@one_engine_session  # Ray and the site workers start once for all runs
 def run_personalisation_benchmark(overrides: Mapping[str, Any], *, split_seeds: Sequence[int],
                                   seeds: Sequence[int], output: Path | None = None,
                                   run_prefix: str = "heart-personal") -> dict[str, Any]:

@@ -5,8 +5,10 @@ seed and run seed, the non-federated baselines: pooled training and each site's
 local-only model, trained for as many epochs as the federation's rounds). A finished
 cell's result is written atomically to ``<out>/cells/<key>.json``; the key hashes every
 setting of the cell, so a rerun skips what is done and reruns what changed. Cells run
-back to back in this process (Flower's simulation engine can be started again in one
-process; TensorFlow is imported once, though each simulation starts its own Ray workers).
+back to back in one engine session (fedcare.research.cluster): Ray starts once and its
+site workers, with TensorFlow imported and the training steps compiled, serve every cell;
+each run's own state (its sites' folders, ledgers, model) is dropped from the workers
+before the next (fedcare.research.worker_state).
 
 Outputs: ``results.csv`` (tidy: one row per cell and site, ``(mean)`` rows for the
 unweighted mean over sites), ``rounds.csv`` (global figures by round), and three plots:
@@ -188,7 +190,7 @@ def _federated(config: RunConfig, cell: Cell, cache_dir: Path, *, keep_runs: boo
         logger.info("sweep: removing the unfinished run %s", run_dir)
         shutil.rmtree(run_dir)
     report = run_simulation(config.replace(output_dir=str(runs), run_name=cell.key),
-                            num_sites=cell.num_sites, audit=False)
+                            num_sites=cell.num_sites, audit=False, keep_bar=False)
     if not keep_runs:
         shutil.rmtree(run_dir, ignore_errors=True)
     sites = {name: {k: row.get(k) for k in ("accuracy", "auc", "epsilon", "delta",
@@ -218,23 +220,36 @@ def run_cells(cells: Sequence[Cell], cache_dir: Path, *, keep_runs: bool = False
               runner: Callable[[Cell, Path], dict[str, Any]] | None = None
               ) -> list[dict[str, Any]]:
     """Each cell's result, from the cache or run now (and cached at once)."""
+    from fedcare.research.cluster import engine_session
+    from fedcare.research.terminal import CellsBar, display_active
+
     (cache_dir / "cells").mkdir(parents=True, exist_ok=True)
     cached = {cell.key: load_cached(cache_dir, cell) for cell in cells}
     todo = [cell for cell in cells if cached[cell.key] is None]
-    progress = progress or Progress(total=len(cells), skipped=len(cells) - len(todo))
-    progress.render()
+    skipped = len(cells) - len(todo)
+    # Under the CLI's research display: one overall bar (and each cell's run bar) there.
+    bar: Progress | CellsBar = (CellsBar(f"cells in {cache_dir}", total=len(cells),
+                                         skipped=skipped)
+                                if progress is None and display_active() else
+                                progress or Progress(total=len(cells), skipped=skipped))
+    if isinstance(bar, Progress):
+        bar.render()
     results = []
-    for cell in cells:
-        result = cached[cell.key]
-        if result is None:
-            progress.render(current=cell.key)
-            started = time.perf_counter()
-            result = (runner or (lambda c, d: run_cell(c, d, keep_runs=keep_runs)))(
-                cell, cache_dir)
-            write_json_atomic(cache_dir / "cells" / f"{cell.key}.json", result)
-            progress.advance(time.perf_counter() - started)
-        results.append(result)
-    progress.finish()
+    # One engine session for every cell: Ray and the site workers start once.
+    with engine_session():
+        for cell in cells:
+            result = cached[cell.key]
+            if result is None:
+                if isinstance(bar, Progress):
+                    bar.render(current=cell.key)
+                started = time.perf_counter()
+                result = (runner or (lambda c, d: run_cell(c, d, keep_runs=keep_runs)))(
+                    cell, cache_dir)
+                write_json_atomic(cache_dir / "cells" / f"{cell.key}.json", result)
+                bar.advance(time.perf_counter() - started)
+            results.append(result)
+    if isinstance(bar, Progress):
+        bar.finish()
     return results
 
 

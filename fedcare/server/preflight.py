@@ -136,10 +136,10 @@ def run_preflight(grid: Grid, config: RunConfig, *, run_name: str, ledger_run_id
     nodes = _wait_for_nodes(grid, config.min_sites, config.round_timeout)
     request = ConfigRecord({"run-name": run_name, "ledger-run-id": ledger_run_id,
                             "rounds-planned": int(rounds)})
-    messages = [grid.create_message(
-        content=RecordDict({REQUEST_RECORD: request,
-                            KNOWN_RECORD: ConfigRecord(dict(known_heads or {}))}),
-        message_type=PREFLIGHT_MESSAGE, dst_node_id=node, group_id=PREFLIGHT_GROUP)
+    messages = [Message(  # Flower 1.23 deprecates grid.create_message for this constructor
+        RecordDict({REQUEST_RECORD: request,
+                    KNOWN_RECORD: ConfigRecord(dict(known_heads or {}))}),
+        node, PREFLIGHT_MESSAGE, group_id=PREFLIGHT_GROUP)
         for node in nodes]
     send = poller.send_and_receive if poller is not None else grid.send_and_receive
     replies = list(send(messages, timeout=config.round_timeout))

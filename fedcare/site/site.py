@@ -211,9 +211,16 @@ def withhold_metrics(site: SiteSpec) -> None:
                              "(allow-evaluation-metrics = false); got an evaluate request"])
 
 
-# A simulation worker serves many virtual sites (100 sites on 2 workers: 50 each); with
+# A simulation worker serves many virtual sites (1000 sites on 2 workers: 500 each); with
 # fewer cache slots than that, every message reloads, re-splits and re-writes its site.
-@functools.lru_cache(maxsize=256)
+# (A simulation engine session clears it before each run: fedcare.research.worker_state.)
+SITE_CACHE_SIZE = 4096
+#: A virtual site's rows depend on the data settings alone: kept across the runs of an
+#: engine session (a sweep's cells), unlike ``load_site``, which names the run's folder.
+federated_rows = functools.lru_cache(maxsize=SITE_CACHE_SIZE)(load_federated_site)
+
+
+@functools.lru_cache(maxsize=SITE_CACHE_SIZE)
 def load_site(config: RunConfig, site: SiteSpec) -> SiteData:
     """Load, validate, split and preprocess a site's rows once per process."""
     if site.data_path is not None:
@@ -221,7 +228,7 @@ def load_site(config: RunConfig, site: SiteSpec) -> SiteData:
                                   split_seed=config.split_seed, test_fraction=config.test_fraction)
     else:
         assert site.partition_id is not None and site.num_partitions is not None
-        data = load_federated_site(
+        data = federated_rows(
             dataset=config.dataset, partition_id=site.partition_id,
             num_partitions=site.num_partitions, partitioning=config.partitioning,
             data_dir=config.data_dir, split_seed=config.split_seed,
