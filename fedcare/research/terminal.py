@@ -48,6 +48,7 @@ def quiet_start_up() -> None:
 class _State:
     verbose: bool = True
     display: Any = None  # rich.progress.Progress while a quiet research command runs
+    console: logging.Handler | None = None  # the handler configure_logging added last
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -61,7 +62,10 @@ def configure_logging(*, verbose: bool, quiet: bool) -> None:
     console = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if _STATE.console is not None:  # called again in one process (tests): replace, not add
+        root.removeHandler(_STATE.console)
     handler = logging.StreamHandler(sys.stderr)
+    _STATE.console = handler
     handler.setLevel(console)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
