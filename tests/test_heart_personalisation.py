@@ -44,7 +44,8 @@ def test_chosen_setting_spends_the_documented_noise_and_stays_at_the_target() ->
     from fedcare.client.site import finetune_noise_multiplier_for, noise_multiplier_for
     from fedcare.common.privacy import compose_epsilon, plan_round
 
-    config = protocol_config(PERSONALISED, split_seed=43, seed=0)
+    # The figures documented for issue 9 were calibrated by RDP (the default then).
+    config = protocol_config({**PERSONALISED, "accountant": "rdp"}, split_seed=43, seed=0)
     rows = 30  # Switzerland's training rows on split 43; full batch, so q = 1 at every site
     sigma_r, sigma_f = noise_multiplier_for(config, rows), finetune_noise_multiplier_for(
         config, rows)
@@ -56,4 +57,4 @@ def test_chosen_setting_spends_the_documented_noise_and_stays_at_the_target() ->
     spends = [plan_round(num_examples=rows, batch_size=256, local_epochs=1,
                          noise_multiplier=sigma_r)] * 40 + [
         plan_round(num_examples=rows, batch_size=256, local_epochs=1, noise_multiplier=sigma_f)]
-    assert 0.999 < compose_epsilon(spends, delta=1e-3) <= 1.0
+    assert 0.999 < compose_epsilon(spends, delta=1e-3, accountant="rdp") <= 1.0

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from fedcare.common.errors import ConfigError
-from fedcare.common.privacy.config import ACCOUNTANTS, PrivacyConfig
+from fedcare.common.privacy.config import ACCOUNTANTS, DEFAULT_ACCOUNTANT, PrivacyConfig
 
 DATASETS = ("breast-cancer", "heart-disease")
 PARTITIONINGS = ("natural", "iid", "dirichlet")
@@ -84,7 +84,7 @@ class RunConfig:
     clip_norm: float = 1.0
     delta: float = 1e-3
     epsilon_budget: float = 5.0
-    accountant: str = "rdp"
+    accountant: str = DEFAULT_ACCOUNTANT  # pld; rdp is reported beside it as an upper bound
     dp_backend: str = "bookkeeping"
     secure_noise: bool = True
     site_dp: bool = False

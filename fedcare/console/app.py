@@ -30,6 +30,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from fedcare.common.errors import DataValidationError
+from fedcare.common.privacy.config import DEFAULT_ACCOUNTANT
 from fedcare.common.privacy.statement import format_delta, format_epsilon
 from fedcare.common.web import BearerToken, WebServer, bind
 from fedcare.console.charts import Series, line_chart
@@ -74,7 +75,7 @@ class ConsoleSettings:
     validation_dir: Path | None = None
     epsilon_budget: float | None = None
     delta: float = 1e-3
-    accountant: str = "rdp"
+    accountant: str = DEFAULT_ACCOUNTANT
     refresh_seconds: int = REFRESH_SECONDS
     drift_csv: Path | None = None
 
