@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from fedcare.common.errors import ConfigError
+from fedcare.common.personalised import LOCAL_REFINEMENTS
 from fedcare.common.privacy.config import ACCOUNTANTS, DEFAULT_ACCOUNTANT, PrivacyConfig
 
 DATASETS = ("breast-cancer", "heart-disease")
@@ -77,6 +78,7 @@ class RunConfig:
     finetune_learning_rate: float = 0.0  # 0: learning-rate
     offset_learning_rate: float = 0.0  # 0: learning-rate
     offset_averaging: str = "none"
+    local_refinement: str = "dp"  # site-only: non-DP refinement kept at the site (policy too)
     # differential privacy
     dp_mode: str = "target-epsilon"
     target_epsilon: float = 1.0
@@ -293,6 +295,12 @@ def _value_problems(c: RunConfig) -> list[str]:
         _check(p, _finite(value) and 0 <= value <= MAX_STEP_SIZE, key,
                f"in [0, {MAX_STEP_SIZE:g}] (0: learning-rate)", value)
     _choice(p, "offset-averaging", c.offset_averaging, OFFSET_AVERAGINGS)
+    _choice(p, "local-refinement", c.local_refinement, LOCAL_REFINEMENTS)
+    if c.local_refinement == "site-only" and (c.personalisation == "none"
+                                              or c.finetune_epochs < 1):
+        p.append(f"config: local-refinement must be dp unless personalisation is offset and "
+                 f"finetune-epochs >= 1 (site-only refinement runs in the site's final step); "
+                 f"got {c.local_refinement!r}")
     if c.finetune_epochs and c.personalisation == "none":
         p.append(f"config: finetune-epochs must be 0 when personalisation is none (fine-tuning "
                  f"makes the site's personalised model); got {c.finetune_epochs!r}")
