@@ -505,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fedcare.client.ledger_commands import add_parsers as add_ledger_parsers
 
     add_ledger_parsers(sub)  # ledger [show] STATE_DIR, ledger reset
+    from fedcare.research.heart_plan import add_parsers as add_plan_parsers
+
+    add_plan_parsers(sub)  # plan, plan-tune (budget-aware settings, tuned on split 43)
     return parser
 
 

@@ -35,6 +35,7 @@ PERSONALISATIONS = ("none", "offset")
 FINETUNE_SCOPES = ("private", "all")
 OFFSET_AVERAGINGS = ("none", "tail")
 MAX_HIDDEN_UNITS = 4096
+NO_HIDDEN_LAYERS = "none"  # hidden-units = "none": logistic regression
 MAX_STEP_SIZE = 100.0
 """Learning rates above this only blow a model up (a clipped step of lr * clip-norm)."""
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -243,6 +244,8 @@ def _type_problems(config: RunConfig) -> list[str]:
 
 
 def _parse_hidden_units(text: str) -> tuple[int, ...]:
+    if text.strip() == NO_HIDDEN_LAYERS:  # logistic regression: one Dense(1) layer
+        return ()
     parts = [p.strip() for p in text.split(",") if p.strip()]
     sizes = tuple(int(p) for p in parts)  # ValueError surfaces through _value_problems
     if not sizes or any(s < 1 or s > MAX_HIDDEN_UNITS for s in sizes):
@@ -333,7 +336,7 @@ def _value_problems(c: RunConfig) -> list[str]:
         _parse_hidden_units(c.hidden_units)
     except ValueError:
         p.append(f"config: hidden-units must be comma-separated sizes in [1, {MAX_HIDDEN_UNITS}] "
-                 f"such as '64,32'; got {c.hidden_units!r}")
+                 f"such as '64,32', or 'none' (logistic regression); got {c.hidden_units!r}")
     _choice(p, "attack", c.attack, ATTACKS)
     _choice(p, "fail-mode", c.fail_mode, FAIL_MODES)
     _check(p, _finite(c.max_update_norm) and c.max_update_norm >= 0, "max-update-norm",
