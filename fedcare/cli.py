@@ -282,9 +282,10 @@ def cmd_benchmark_heart_personal(args: argparse.Namespace) -> int:
     def ints(text: str) -> list[int]:
         return [int(s) for s in text.split(",") if s.strip()]
 
+    epsilons: list[float | None] = [float(e) for e in args.epsilons.split(",") if e.strip()]
     result = run_personalisation_benchmark(
         _overrides(args), split_seeds=ints(args.split_seeds), seeds=ints(args.seeds),
-        output=Path(args.out) if args.out else None)
+        output=Path(args.out) if args.out else None, epsilons=epsilons or [None])
     sys.stdout.write(result["table"] + "\n")
     return EXIT_OK
 
@@ -395,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     bpers.add_argument("--split-seeds", default="43", help="comma-separated, e.g. 43,0,1,2,3")
     bpers.add_argument("--seeds", default="0", help="run seeds, comma-separated (e.g. 0,1,2)")
     bpers.add_argument("--out", help="write the results JSON here")
+    bpers.add_argument("--epsilons", default="", help="budgets, e.g. 0.1,0.5,1,3: each runs "
+                       "`fedcare plan`'s settings with site-only refinement (default: none)")
     bpers.set_defaults(func=cmd_benchmark_heart_personal)
 
     table = sub.add_parser("benchmark-heart-table",
