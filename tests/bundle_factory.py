@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedcare.common.data import Preprocessor, split_train_test
-from fedcare.common.datasets import breast_cancer
 from fedcare.common.model import build_model
+from fedcare.data.datasets import breast_cancer
+from fedcare.data.preprocess import Preprocessor
+from fedcare.data.split import split_train_test
 from fedcare.server.checkpoint import CheckpointWriter
 
 SITE = "site-0"
@@ -30,7 +31,7 @@ class BundleFiles:
 
 def make_bundle(tmp_path: Path, *, epochs: int = 30, seed: int = 0) -> BundleFiles:
     """Fit the site preprocessing, train a small model (plain, fast), save like a run does."""
-    from fedcare.client.training import LocalTrainer
+    from fedcare.site.training import LocalTrainer
 
     table = breast_cancer.load_table()
     split = split_train_test(table, test_fraction=0.25, seed=43)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedcare.common.data import LoadReport, SiteTable
-from fedcare.common.schema import Column, TabularSchema
+from fedcare.data.schema import Column, TabularSchema
+from fedcare.data.validate import LoadReport, SiteTable
 
 # A small schema with one column of each kind, hand-checkable.
 TINY = TabularSchema(

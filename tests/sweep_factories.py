@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedcare.simulations.sweep import BASELINES, FEDERATED, Cell
+from fedcare.research.sweep import BASELINES, FEDERATED, Cell
 
 
 def federated_result(cell: Cell, *, accuracy: float, sites: tuple[str, ...] = ("a", "b"),

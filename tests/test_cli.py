@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedcare.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from fedcare.client.audit import SiteAuditLog
-from fedcare.common.datasets import breast_cancer
-from fedcare.common.privacy import LedgerEntry, PrivacyLedger, plan_round
+from fedcare.cli import main
+from fedcare.cli.args import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from fedcare.data.datasets import breast_cancer
+from fedcare.privacy import LedgerEntry, PrivacyLedger, plan_round
+from fedcare.site.audit import SiteAuditLog
 
 
 def test_check_csv_accepts_a_valid_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

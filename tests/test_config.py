@@ -72,12 +72,12 @@ def test_all_problems_are_reported_together() -> None:
 
 @pytest.mark.parametrize(("overrides", "fragment"), [
     ({"dp-mode": "noise-multiplier", "noise-multiplier": 0.0},
-     r"noise_multiplier must be .*> 0; got 0\.0"),
+     r"config: noise-multiplier must be .*> 0; got 0\.0"),
     ({"dp-mode": "noise-multiplier", "noise-multiplier": -1.0},
-     r"noise_multiplier must be .*> 0; got -1\.0"),
-    ({"target-epsilon": 0.0}, r"target_epsilon must be .*> 0; got 0\.0"),
+     r"config: noise-multiplier must be .*> 0; got -1\.0"),
+    ({"target-epsilon": 0.0}, r"config: target-epsilon must be .*> 0; got 0\.0"),
     ({"delta": 1.0}, "delta"),
-    ({"clip-norm": 0.0}, "clip_norm"),
+    ({"clip-norm": 0.0}, "config: clip-norm must be"),
 ])
 def test_privacy_settings_are_validated_when_dp_is_on(overrides: dict[str, object],
                                                       fragment: str) -> None:
@@ -88,12 +88,12 @@ def test_privacy_settings_are_validated_when_dp_is_on(overrides: dict[str, objec
 def test_dp_off_is_explicit_and_skips_privacy_settings() -> None:
     config = RunConfig.from_mapping({"dp-mode": "off", "noise-multiplier": 0.0})
 
-    assert config.privacy() is None and not config.dp_enabled
+    assert config.privacy is None and not config.dp_enabled
 
 
 def test_privacy_view_carries_exactly_one_noise_source() -> None:
-    calibrated = RunConfig().privacy()
-    fixed = RunConfig(dp_mode="noise-multiplier", noise_multiplier=1.3).privacy()
+    calibrated = RunConfig().privacy
+    fixed = RunConfig(dp_mode="noise-multiplier", noise_multiplier=1.3).privacy
 
     assert calibrated is not None and fixed is not None
     assert (calibrated.noise_multiplier, calibrated.target_epsilon) == (None, 1.0)

@@ -23,7 +23,7 @@ from fedcare.flower_compat import (
     installed_code,
     judge_bundle,
 )
-from fedcare.simulations.run import PROJECT_ROOT
+from fedcare.research.run import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "fedcare"
 
@@ -55,9 +55,9 @@ def test_another_flower_version_fails_loudly(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_installed_code_lists_every_python_file_of_the_package() -> None:
     code = installed_code()
-    assert "fedcare/client/app.py" in code and "fedcare/flower_compat.py" in code
-    expected = hashlib.sha256((PACKAGE / "client" / "app.py").read_bytes()).hexdigest()
-    assert code["fedcare/client/app.py"] == expected
+    assert "fedcare/site/app.py" in code and "fedcare/flower_compat/__init__.py" in code
+    expected = hashlib.sha256((PACKAGE / "site" / "app.py").read_bytes()).hexdigest()
+    assert code["fedcare/site/app.py"] == expected
     assert not any("__pycache__" in name for name in code)
 
 
@@ -67,17 +67,17 @@ def test_the_honest_bundle_is_acceptable() -> None:
 
 def test_a_bundle_naming_another_clientapp_is_refused() -> None:
     problems = bundle_problems(_fab(component="evil.client:app"))
-    assert problems == ["bundle: clientapp must be 'fedcare.client.app:app' (this site runs "
+    assert problems == ["bundle: clientapp must be 'fedcare.site.app:app' (this site runs "
                         "only its installed fedcare); got 'evil.client:app'"]
 
 
 def test_a_bundle_with_changed_or_extra_fedcare_code_is_refused_naming_the_files() -> None:
-    app = (PACKAGE / "client" / "app.py").read_bytes() + b"\nimport os\n"
-    problems = bundle_problems(_fab(changes={"fedcare/client/app.py": app,
+    app = (PACKAGE / "site" / "app.py").read_bytes() + b"\nimport os\n"
+    problems = bundle_problems(_fab(changes={"fedcare/site/app.py": app,
                                              "fedcare/extra.py": b"x = 1\n"}))
     assert len(problems) == 1
-    assert "got 2 file(s) that differ or are not installed here: fedcare/client/app.py, " \
-        "fedcare/extra.py" in problems[0]
+    assert "got 2 file(s) that differ or are not installed here: fedcare/extra.py, " \
+        "fedcare/site/app.py" in problems[0]
 
 
 def test_files_outside_the_package_are_not_compared() -> None:
@@ -176,3 +176,42 @@ def test_module_has_no_side_effects_on_import(tmp_path: Path) -> None:
     from flwr.server.superlink.fleet.message_handler import message_handler
 
     assert message_handler.push_messages.__module__.startswith("flwr.")
+
+
+# Flower's public API: what fedcare may import outside fedcare.flower_compat.
+PUBLIC_FLOWER = ("flwr.app", "flwr.clientapp", "flwr.serverapp", "flwr.serverapp.strategy",
+                 "flwr.server", "flwr.server.strategy", "flwr.server.workflow", "flwr.common",
+                 "flwr.client.mod", "flwr.simulation")
+
+
+def _flower_imports(path: Path) -> list[str]:
+    import ast
+
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found.extend(alias.name for alias in node.names)
+    return [name for name in found if name == "flwr" or name.startswith("flwr.")]
+
+
+def test_flower_internals_are_imported_only_in_the_compat_room() -> None:
+    # Arrange: every fedcare module outside fedcare/flower_compat/
+    modules = [path for path in PACKAGE.rglob("*.py")
+               if "flower_compat" not in path.relative_to(PACKAGE).parts]
+    # Act
+    internal = {f"{path.relative_to(PROJECT_ROOT)}: {name}"
+                for path in modules for name in _flower_imports(path)
+                if name not in PUBLIC_FLOWER}
+    # Assert
+    assert modules and not internal, sorted(internal)
+
+
+def test_the_internals_check_sees_an_internal_import(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("from flwr.server.grid.inmemory_grid import InMemoryGrid\n"
+                      "from flwr.app import Context\nimport flwr.proto.control_pb2\n")
+    assert [n for n in _flower_imports(module) if n not in PUBLIC_FLOWER] == [
+        "flwr.server.grid.inmemory_grid", "flwr.proto.control_pb2"]

@@ -9,6 +9,7 @@ collected and raised together as one :class:`~fedcare.common.errors.ConfigError`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -17,10 +18,10 @@ from typing import Any
 
 from fedcare.common.errors import ConfigError
 from fedcare.common.personalised import LOCAL_REFINEMENTS
-from fedcare.common.privacy.config import ACCOUNTANTS, DEFAULT_ACCOUNTANT, PrivacyConfig
+from fedcare.privacy.config import DEFAULT_ACCOUNTANT, PrivacyConfig
 
-DATASETS = ("breast-cancer", "heart-disease")
-PARTITIONINGS = ("natural", "iid", "dirichlet")
+DATASETS: tuple[str, ...] = ("breast-cancer", "heart-disease")
+PARTITIONINGS: tuple[str, ...] = ("natural", "iid", "dirichlet")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum")
 DP_MODES = ("target-epsilon", "noise-multiplier", "off")
 DP_BACKENDS = ("bookkeeping", "tfp-fast-clipping")
@@ -118,6 +119,10 @@ class RunConfig:
         problems = _type_problems(self)
         if not problems:
             problems = _value_problems(self)
+            try:  # the privacy keys are validated here, once, by PrivacyConfig itself
+                _ = self.privacy
+            except ConfigError as err:
+                problems.extend(err.problems)
         if problems:
             raise ConfigError(problems)
 
@@ -138,21 +143,11 @@ class RunConfig:
     def fail_partitions(self) -> tuple[int, ...]:
         return _parse_ids(self.fail_sites)
 
+    @functools.cached_property
     def privacy(self) -> PrivacyConfig | None:
-        """The validated privacy settings, or ``None`` when DP is explicitly off."""
-        if not self.dp_enabled:
-            return None
-        calibrate = self.dp_mode == "target-epsilon"
-        return PrivacyConfig(
-            noise_multiplier=None if calibrate else self.noise_multiplier,
-            target_epsilon=self.target_epsilon if calibrate else None,
-            clip_norm=self.clip_norm,
-            batch_size=self.batch_size,
-            local_epochs=self.local_epochs,
-            delta=self.delta,
-            epsilon_budget=self.epsilon_budget,
-            accountant=self.accountant,
-        )
+        """The run's privacy settings, built and validated once when this config was parsed
+        (``__post_init__``); ``None`` when DP is explicitly off (``dp-mode = "off"``)."""
+        return _privacy_of(self)
 
     def to_run_config(self) -> dict[str, Any]:
         """The kebab-case mapping Flower carries as ``run_config``."""
@@ -184,6 +179,17 @@ class RunConfig:
         if problems:
             raise ConfigError(problems)
         return cls(**values)
+
+
+def _privacy_of(c: RunConfig) -> PrivacyConfig | None:
+    """``dp-mode`` picks the way in; the other way's key is not read."""
+    if not c.dp_enabled:
+        return None
+    common = {"clip_norm": c.clip_norm, "delta": c.delta, "epsilon_budget": c.epsilon_budget,
+              "accountant": c.accountant}
+    if c.dp_mode == "target-epsilon":
+        return PrivacyConfig.with_target_epsilon(c.target_epsilon, **common)
+    return PrivacyConfig.with_noise(c.noise_multiplier, **common)
 
 
 def _key(name: str) -> str:
@@ -284,7 +290,6 @@ def _value_problems(c: RunConfig) -> list[str]:
     _choice(p, "dp-backend", c.dp_backend, DP_BACKENDS)
     _choice(p, "sampling", c.sampling, SAMPLINGS)
     _choice(p, "local-optimizer", c.local_optimizer, LOCAL_OPTIMIZERS)
-    _choice(p, "accountant", c.accountant, ACCOUNTANTS)
     _choice(p, "personalisation", c.personalisation, PERSONALISATIONS)
     _check(p, c.finetune_epochs >= 0, "finetune-epochs", ">= 0", c.finetune_epochs)
     _choice(p, "finetune-scope", c.finetune_scope, FINETUNE_SCOPES)
@@ -374,17 +379,4 @@ def _value_problems(c: RunConfig) -> list[str]:
         _check(p, c.min_sites >= SECAGG_MIN_SITES, "min-sites",
                f">= {SECAGG_MIN_SITES} with secure-aggregation=secaggplus (with 2 sites each "
                "learns the other's update)", c.min_sites)
-    if c.dp_enabled:  # with the other problems, not instead of them
-        try:
-            c.privacy()
-        except ConfigError as err:
-            reported = "\n".join(p)
-            p.extend(problem for problem in err.problems
-                     if not _already_reported(problem, reported))
     return p
-
-
-def _already_reported(problem: str, reported: str) -> bool:
-    """A privacy-settings problem about a key the run config checks already reported."""
-    named = re.search(r": (\w+) must", problem)
-    return named is not None and f"config: {_key(named.group(1))} must" in reported

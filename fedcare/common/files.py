@@ -86,13 +86,14 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {key!r}: a key must appear once per object")
         result[key] = value
     return result
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name} is not allowed")
+    raise ValueError(f"non-finite number {name} is not valid JSON (null stands for a value "
+                     "not recorded)")
 
 
 def strict_json_loads(text: str) -> Any:

@@ -21,7 +21,7 @@ def build_model(*, input_dim: int, hidden_units: Sequence[int], seed: int) -> tf
     """Dense(h1, relu) ... Dense(1, sigmoid). Weights are initialised from ``seed``.
 
     Every trainable layer is a ``Dense`` layer: the DP trainer relies on that to
-    compute exact per-example gradient norms (see ``fedcare.client.training``).
+    compute exact per-example gradient norms (see ``fedcare.site.training``).
     """
     if input_dim < 1:
         raise ValueError(f"model: input_dim must be >= 1; got {input_dim}")

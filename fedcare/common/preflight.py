@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedcare.common.privacy.statement import format_delta, format_epsilon
 from fedcare.common.values import is_int, is_real
+from fedcare.privacy.statement import format_delta, format_epsilon
 
 #: Flower message type of the pre-flight query ("<category>.<action>").
 PREFLIGHT_MESSAGE = "query.preflight"

@@ -1,6 +1,6 @@
 """What a site tells the server about its own privacy history, and the record keys for it.
 
-Shared by the site (``fedcare.client.site_state.SiteHistory.to_record``) and the server
+Shared by the site (``fedcare.site.site_state.SiteHistory.to_record``) and the server
 (``fedcare.server.site_registry``), so neither imports the other. A report is a flat
 mapping of ``str``/``int``/``float`` (it fits a Flower ``ConfigRecord``); it holds counts,
 hashes and one epsilon with its delta and accountant, never a patient value.

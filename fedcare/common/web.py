@@ -270,7 +270,7 @@ def read_token(token_file: str | None, env_var: str) -> str | None:
     """The token from ``token_file`` (a regular file readable by its owner only; surrounding
     whitespace dropped), else ``$env_var``."""
     if token_file:
-        from fedcare.common.safe_read import read_secret_file
+        from fedcare.data.safe_read import read_secret_file
 
         return read_secret_file(token_file)  # UnreadableFile: a message, rc 2
     return os.environ.get(env_var) or None

@@ -30,12 +30,12 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from fedcare.common.errors import DataValidationError
-from fedcare.common.privacy.config import DEFAULT_ACCOUNTANT
-from fedcare.common.privacy.statement import format_delta, format_epsilon
 from fedcare.common.web import BearerToken, WebServer, bind
 from fedcare.console.charts import Series, line_chart
 from fedcare.console.hospital import drift_view, load_site
 from fedcare.console.runs import RUN_FILES, list_runs, load_run
+from fedcare.privacy.config import DEFAULT_ACCOUNTANT
+from fedcare.privacy.statement import format_delta, format_epsilon
 
 logger = logging.getLogger(__name__)
 

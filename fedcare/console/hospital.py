@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedcare.client.audit import AUDIT_FILENAME, AuditRecord, SiteAuditLog, verify_log
 from fedcare.common.errors import FedcareError
 from fedcare.common.files import strict_json_loads
-from fedcare.common.privacy import LEDGER_FILENAME, PrivacyLedger, statement_from_entries
-from fedcare.common.privacy.statement import format_delta, format_epsilon
+from fedcare.privacy import LEDGER_FILENAME, PrivacyLedger, statement_from_entries
+from fedcare.privacy.statement import format_delta, format_epsilon
+from fedcare.site.audit import AUDIT_FILENAME, AuditRecord, SiteAuditLog, verify_log
 
-VALIDATION_REPORT_FILENAME = "validation-report.json"  # fedcare.client.validation_report
-POLICY_BUDGET_KEY = "lifetime-epsilon-budget"  # site-policy.toml (fedcare.client.policy)
+VALIDATION_REPORT_FILENAME = "validation-report.json"  # fedcare.hospital.validation_report
+POLICY_BUDGET_KEY = "lifetime-epsilon-budget"  # site-policy.toml (fedcare.site.policy)
 
 
 @dataclass(frozen=True)
@@ -199,9 +199,9 @@ class DriftView:
 def drift_view(bundle: Any, state_dir: Path, csv: Path) -> DriftView:
     """Check ``csv`` (new patients) against ``training-profile.json`` with the model's
     encoding. Only per-feature figures are shown (PSI, mean shift), no patient value."""
-    from fedcare.client.drift import check_drift
-    from fedcare.client.site import PROFILE_FILENAME
-    from fedcare.common.data import load_features_csv
+    from fedcare.data.validate import load_features_csv
+    from fedcare.hospital.drift import check_drift
+    from fedcare.site.site import PROFILE_FILENAME
 
     try:
         profile = strict_json_loads((state_dir / PROFILE_FILENAME).read_text(encoding="utf-8"))

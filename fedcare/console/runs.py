@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcare.common.files import strict_json_loads
-from fedcare.common.privacy.statement import format_delta, format_epsilon
+from fedcare.privacy.statement import format_delta, format_epsilon
 
 REPORT_FILENAME = "report.json"  # fedcare.server.report writes it
 RESUME_FILENAME = "resume.json"  # fedcare.server.resume rewrites it after every round

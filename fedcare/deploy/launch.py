@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,64 +122,26 @@ def start_superlink(plan: SuperLinkPlan, *, env: Mapping[str, str] | None = None
     return proc
 
 
-def _control_stub(certs: Path, control_address: str, timeout: float) -> tuple[object, object]:
-    import grpc
-    from flwr.common.grpc import create_channel
-    from flwr.proto.control_pb2 import ListNodesRequest
-    from flwr.proto.control_pb2_grpc import ControlStub
-
-    address = control_address.replace("0.0.0.0", "127.0.0.1")
-    channel = create_channel(server_address=address, insecure=False,
-                             root_certificates=(certs / certs_mod.CA_CERT).read_bytes())
-    stub = ControlStub(channel)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            stub.ListNodes(ListNodesRequest(), timeout=5)
-            return channel, stub
-        except grpc.RpcError as err:
-            if time.monotonic() > deadline:
-                channel.close()
-                raise LaunchError(f"launch: the SuperLink Control API at {address} must answer "
-                                  f"within {timeout:g}s; got {err.code()}") from err
-            time.sleep(0.5)
-
-
 def sync_sites(certs: Path, *, control_address: str = CONTROL_ADDRESS,
                timeout: float = 60.0) -> dict[str, list[str]]:
     """Make the SuperLink's registered SuperNodes equal ``authorized-sites.json``: register
     listed keys it lacks, unregister keys no longer listed (a removed or rotated site)."""
     from cryptography.hazmat.primitives import serialization
-    from flwr.proto.control_pb2 import (
-        ListNodesRequest,
-        RegisterNodeRequest,
-        UnregisterNodeRequest,
-    )
-    from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+
+    from fedcare.flower_compat.control import ControlClient, ControlUnavailable
 
     listed = certs_mod.read_allowlist(certs)
-    wanted: dict[bytes, str] = {}
-    for site, entry in listed.items():
-        key = serialization.load_ssh_public_key(entry["public-key"].encode())
-        wanted[public_key_to_bytes(key)] = site  # type: ignore[arg-type]
-    channel, stub = _control_stub(certs, control_address, timeout)
-    done: dict[str, list[str]] = {"registered": [], "unregistered": [], "kept": []}
+    wanted = {site: serialization.load_ssh_public_key(entry["public-key"].encode())
+              for site, entry in listed.items()}
+    address = control_address.replace("0.0.0.0", "127.0.0.1")
     try:
-        nodes = stub.ListNodes(ListNodesRequest()).nodes_info  # type: ignore[attr-defined]
-        present = {bytes(n.public_key): n.node_id for n in nodes
-                   if n.status not in ("unregistered",)}
-        for public_key, node_id in present.items():
-            if public_key in wanted:
-                done["kept"].append(wanted[public_key])
-            else:
-                stub.UnregisterNode(UnregisterNodeRequest(node_id=node_id))  # type: ignore[attr-defined]
-                done["unregistered"].append(str(node_id))
-        for public_key, site in wanted.items():
-            if public_key not in present:
-                stub.RegisterNode(RegisterNodeRequest(public_key=public_key))  # type: ignore[attr-defined]
-                done["registered"].append(site)
-    finally:
-        channel.close()  # type: ignore[attr-defined]
+        client = ControlClient.connect(address, (certs / certs_mod.CA_CERT).read_bytes(),
+                                       timeout=timeout)
+    except ControlUnavailable as err:
+        raise LaunchError(f"launch: the SuperLink Control API at {address} must answer "
+                          f"within {timeout:g}s; got {err}") from err
+    with client:
+        done = client.sync(wanted)
     logger.info("SuperNode registrations: registered %s; unregistered node ids %s; kept %s",
                 done["registered"] or "none", done["unregistered"] or "none",
                 done["kept"] or "none")
@@ -220,10 +181,10 @@ class SuperNodePlan:
 def check_site(plan: SuperNodePlan) -> str:
     """Everything a site can check before it connects: its policy, its CSV (every problem
     listed), and its certificate and key files."""
-    from fedcare.client.policy import load_policy
-    from fedcare.common.data import load_site_csv
-    from fedcare.common.datasets import schema_for
     from fedcare.common.errors import ConfigError
+    from fedcare.data.datasets import schema_for
+    from fedcare.data.validate import load_site_csv
+    from fedcare.site.policy import load_policy
 
     problems: list[str] = []
     try:
@@ -238,7 +199,7 @@ def check_site(plan: SuperNodePlan) -> str:
     if problems:
         raise ConfigError(problems)
     table = load_site_csv(plan.csv, schema_for(plan.dataset), missing="drop")  # raises
-    from fedcare.common.site_check import joining_site_lines  # quality, DP readiness
+    from fedcare.data.site_check import joining_site_lines  # quality, DP readiness
 
     return "\n".join([table.report.summary(), *joining_site_lines(
         plan.site, table, dataset=plan.dataset, strict=plan.strict)])
@@ -264,7 +225,7 @@ def run_clientapp_worker(clientappio_address: str) -> None:
     from fedcare.flower_compat import run_site_worker
 
     def installed_app() -> object:
-        from fedcare.client.app import app
+        from fedcare.site.app import app
 
         return app
 

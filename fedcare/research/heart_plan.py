@@ -32,7 +32,6 @@ __all__ = ["PLAN_TABLE", "TUNING_SPLIT_SEED", "Plan", "add_parsers", "majority_p
 #: The only split seed tuning may look at (BENCHMARK.md: choose hyper-parameters on 43).
 TUNING_SPLIT_SEED = 43
 PLAN_DATASETS = ("heart-disease",)
-EXIT_OK = 0
 DEFAULT_EPSILON_BUDGET = 5.0  # the run config's default lifetime budget per site
 
 
@@ -163,7 +162,7 @@ def _value(text: str) -> Any:
 def tune(variants: Sequence[tuple[str, Mapping[str, Any]]], *, target_epsilon: float,
          seeds: Sequence[int], output_dir: Path, out: Path | None = None) -> list[dict[str, Any]]:
     """Each variant's global model at ``target_epsilon`` on split seed 43, per run seed."""
-    from fedcare.simulations.heart_benchmark import federated_row, load_sites, protocol_config
+    from fedcare.research.heart_benchmark import federated_row, load_sites, protocol_config
 
     rows: list[dict[str, Any]] = []
     for name, settings in variants:
@@ -188,8 +187,8 @@ def tune(variants: Sequence[tuple[str, Mapping[str, Any]]], *, target_epsilon: f
 
 
 def format_tuning(rows: Sequence[Mapping[str, Any]]) -> str:
-    from fedcare.common.datasets.heart_disease import SITES
-    from fedcare.simulations.heart_benchmark import mean_std
+    from fedcare.data.datasets.heart_disease import SITES
+    from fedcare.research.heart_benchmark import mean_std
 
     header = ("| eps | variant | settings | mean site acc | " + " | ".join(SITES)
               + " | runs | max site eps |")
@@ -213,6 +212,8 @@ def format_tuning(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from fedcare.cli.args import EXIT_OK
+
     plan = plan_for(args.dataset, args.target_epsilon)
     if args.json:
         sys.stdout.write(json.dumps({"settings": plan_settings(plan, args.target_epsilon),
@@ -225,6 +226,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_plan_tune(args: argparse.Namespace) -> int:
+    from fedcare.cli.args import EXIT_OK
+
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     variants = [parse_variant(v) for v in args.variant]
     rows = tune(variants, target_epsilon=args.target_epsilon, seeds=seeds,

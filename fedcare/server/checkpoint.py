@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from fedcare.common.formats import MANIFEST, MANIFEST_FORMAT
 from fedcare.common.model import check_compatible
 from fedcare.server.report import write_json_atomic
 
@@ -23,8 +24,6 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL_MODEL = "model.keras"
-MANIFEST = "model.json"
-MANIFEST_FORMAT = "fedcare-model-manifest"
 
 
 class CheckpointWriter:

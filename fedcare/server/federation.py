@@ -13,9 +13,9 @@ from flwr.serverapp.strategy import Strategy
 
 from fedcare import __version__
 from fedcare.common.config import RunConfig
-from fedcare.common.datasets import schema_for
 from fedcare.common.errors import ConfigError
 from fedcare.common.model import build_model, weights_of
+from fedcare.data.datasets import schema_for
 from fedcare.flower_compat import deployment_poller
 from fedcare.server.checkpoint import CheckpointWriter
 from fedcare.server.personalisation import (

@@ -1,6 +1,6 @@
 """Pre-flight: before round 1, ask every connected site whether it takes part in the run.
 
-Each site answers from its own policy and ledger (fedcare.client.preflight); the run then
+Each site answers from its own policy and ledger (fedcare.site.preflight); the run then
 goes on with the sites that accepted only, and only if at least ``min-sites`` did.
 Refusals, with their reasons, go into the log, ``report.json`` and the sites' own logs.
 """

@@ -30,24 +30,16 @@ from flwr.common import (
     parameters_to_ndarrays,
 )
 from flwr.server import Grid, LegacyContext, ServerConfig
-from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg, FedProx
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from fedcare.common.config import RunConfig
+from fedcare.common.formats import CLIPPING_RANGE, MAX_WEIGHT, QUANTIZATION_RANGE
+from fedcare.flower_compat.legacy import ClientProxy
 from fedcare.server.report import RunRecorder
 
 logger = logging.getLogger(__name__)
 
-# Each site sends (count / MAX_WEIGHT) x weights, clipped to +-CLIPPING_RANGE and
-# stochastically rounded to QUANTIZATION_RANGE levels; the server divides the sum by the
-# summed ratios. So a global weight is off by at most
-#   sites x (2 x CLIPPING_RANGE / QUANTIZATION_RANGE) / (total count / MAX_WEIGHT)
-# (about 2e-5 for 3 sites of ~140 rows). Sums must stay below Flower's 2**32 modulus:
-# at most 2**32 / QUANTIZATION_RANGE - 1 = 63 sites; a site above MAX_WEIGHT rows is clipped.
-CLIPPING_RANGE = 8.0
-QUANTIZATION_RANGE = 2**26
-MAX_WEIGHT = 10_000.0
 
 
 def secaggplus_parameters(num_sites: int) -> tuple[int, int]:
@@ -136,6 +128,6 @@ def run_secaggplus_rounds(grid: Grid, config: RunConfig, *, initial: list[np.nda
         config=ServerConfig(num_rounds=config.num_rounds, round_timeout=timeout),
         strategy=strategy)
     workflow(grid, context)
-    from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+    from fedcare.flower_compat.legacy import MAIN_PARAMS_RECORD
 
     return context.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()

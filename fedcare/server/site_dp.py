@@ -36,8 +36,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
-from fedcare.common.privacy import RoundSpend, compose_epsilon
-from fedcare.common.privacy.config import DEFAULT_ACCOUNTANT
+from fedcare.privacy import RoundSpend, compose_epsilon
+from fedcare.privacy.config import DEFAULT_ACCOUNTANT
 
 logger = logging.getLogger(__name__)
 

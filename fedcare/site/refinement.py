@@ -373,12 +373,12 @@ def refine_at_site(config: Any, site: Any, weights: Sequence[np.ndarray], *,
     ``None``: the personalised model stays the DP one). Keeps the chosen model in the
     site's state dir; returns scores on the site's held-out rows for the reply (evaluation
     metrics, as every round's), never a weight."""
-    from fedcare.client.personal import load_private_part
-    from fedcare.client.policy import default_policy, local_refinement
-    from fedcare.client.site import load_site
-    from fedcare.client.training import derive_seed, evaluate_scores
     from fedcare.common.personalised import candidate_key, choice_key
     from fedcare.common.runid import run_of
+    from fedcare.site.personal import load_private_part
+    from fedcare.site.policy import default_policy, local_refinement
+    from fedcare.site.site import load_site
+    from fedcare.site.training import derive_seed, evaluate_scores
 
     if local_refinement(site.policy or default_policy(), config) != "site-only":
         return None

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from fedcare.client.app import _site, _weights
 from fedcare.common.config import RunConfig
 from fedcare.common.errors import UnsafePayload
 from fedcare.common.wire import decode_array, decode_arrays
+from fedcare.site.app import _site, _weights
 
 
 def _pickle_payload(marker: pathlib.Path, declared: str) -> Array:

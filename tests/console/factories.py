@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from fedcare.client.audit import SiteAuditLog
-from fedcare.common.privacy import LedgerEntry, PrivacyLedger
-from fedcare.common.privacy.accounting import RoundSpend
+from fedcare.privacy import LedgerEntry, PrivacyLedger
+from fedcare.privacy.accounting import RoundSpend
+from fedcare.site.audit import SiteAuditLog
 
 DELTA = 1e-3
 BUDGET = 5.0

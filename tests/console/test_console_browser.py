@@ -192,13 +192,13 @@ DRIFT_ROWS_CHECKED = f"{DRIFT_ROWS} new rows"
 
 def write_new_patients(path: Path) -> None:
     """The first DRIFT_ROWS bundled patients, features only, as a hospital would export them."""
-    from fedcare.common.datasets.breast_cancer import LABEL, raw_frame
+    from fedcare.data.datasets.breast_cancer import LABEL, raw_frame
 
     raw_frame().drop(columns=[LABEL]).head(DRIFT_ROWS).to_csv(path, index=False)
 
 
 def breast_cancer_patient() -> dict[str, str]:
-    from fedcare.common.datasets.breast_cancer import LABEL, raw_frame
+    from fedcare.data.datasets.breast_cancer import LABEL, raw_frame
 
     row = raw_frame().drop(columns=[LABEL]).iloc[0]
     return {str(name): repr(float(v)) for name, v in row.items()}
@@ -255,8 +255,8 @@ def test_hospital_view_matches_fedcare_ledger_and_answers_the_form(
 
 def reference_risk(run_dir: Path, state_dir: Path, patient: dict[str, str]) -> float:
     """The same patient through ModelBundle directly (what the form must show)."""
-    from fedcare.client.bundle import ModelBundle
-    from fedcare.client.site import PREPROCESSOR_FILENAME
+    from fedcare.hospital.bundle import ModelBundle
+    from fedcare.site.site import PREPROCESSOR_FILENAME
 
     bundle = ModelBundle.load(model_path=run_dir / "model.keras",
                               preprocessor_path=state_dir / PREPROCESSOR_FILENAME,

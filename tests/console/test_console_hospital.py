@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fedcare.client.audit import AUDIT_FILENAME
-from fedcare.common.privacy.accounting import compose_epsilon
 from fedcare.console.hospital import load_site
+from fedcare.privacy.accounting import compose_epsilon
+from fedcare.site.audit import AUDIT_FILENAME
 from tests.console.factories import SPEND, make_site
 
 DELTA = 1e-3

@@ -156,7 +156,7 @@ def test_chart_without_points_says_no_data() -> None:
 
 
 def test_the_benchmark_run_reads_as_forty_rounds_of_four_sites(tmp_path: Path) -> None:
-    from fedcare.simulations.web_bench import synthetic_run
+    from fedcare.research.web_bench import synthetic_run
 
     synthetic_run(tmp_path, "bench", rounds=40, sites=4)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedcare.deploy import certs as certs_mod
-from fedcare.simulations.run import PROJECT_ROOT
+from fedcare.research.run import PROJECT_ROOT
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 90.0

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from fedcare.common.privacy import PrivacyLedger
 from fedcare.common.runid import run_of
+from fedcare.privacy import PrivacyLedger
 
 
 def ledger_entries(sites_dir: Path) -> dict[str, list[tuple[str, int]]]:

@@ -11,8 +11,8 @@ import pytest
 
 from fedcare.common.config import RunConfig
 from fedcare.common.errors import ConfigError
-from fedcare.simulations.audit import audit_run
-from fedcare.simulations.run import run_simulation
+from fedcare.research.audit import audit_run
+from fedcare.research.run import run_simulation
 
 pytestmark = pytest.mark.slow
 

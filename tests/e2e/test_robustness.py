@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fedcare.common.config import RunConfig
-from fedcare.simulations.run import PROJECT_ROOT, run_simulation
+from fedcare.research.run import PROJECT_ROOT, run_simulation
 from tests.e2e.resume_checks import (
     assert_resumed_intact,
     checkpointed_round,

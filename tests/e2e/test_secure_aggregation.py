@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fedcare.client.site import resolve_site, train_round
 from fedcare.common.config import RunConfig
+from fedcare.common.formats import CLIPPING_RANGE, MAX_WEIGHT, QUANTIZATION_RANGE
 from fedcare.common.model import build_model, weights_of
-from fedcare.server.secure_aggregation import CLIPPING_RANGE, MAX_WEIGHT, QUANTIZATION_RANGE
-from fedcare.simulations.run import run_simulation
+from fedcare.research.run import run_simulation
+from fedcare.site.site import resolve_site, train_round
 
 pytestmark = pytest.mark.slow
 

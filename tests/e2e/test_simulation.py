@@ -13,13 +13,13 @@ import dp_accounting
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
-from fedcare.client.audit import AuditRecord, SiteAuditLog
-from fedcare.client.site_state import check_site_state, record_spend
 from fedcare.common.config import RunConfig
-from fedcare.common.datasets.heart_disease import data_available
-from fedcare.common.privacy import LedgerEntry, PrivacyLedger, RoundSpend
+from fedcare.data.datasets.heart_disease import data_available
+from fedcare.privacy import LedgerEntry, PrivacyLedger, RoundSpend
+from fedcare.research.run import PROJECT_ROOT, run_simulation
 from fedcare.server.site_dp import site_level_epsilon
-from fedcare.simulations.run import PROJECT_ROOT, run_simulation
+from fedcare.site.audit import AuditRecord, SiteAuditLog
+from fedcare.site.site_state import check_site_state, record_spend
 
 pytestmark = pytest.mark.slow
 
@@ -193,7 +193,7 @@ def test_site_level_dp_run_reports_both_guarantees(tmp_path: Path) -> None:
 
 def test_personalised_run_finetunes_at_every_site_within_the_whole_run_budget(
         tmp_path: Path) -> None:
-    from fedcare.client.personal import load_private_part
+    from fedcare.site.personal import load_private_part
 
     report = run_simulation(small_run(tmp_path, personalisation="offset", finetune_epochs=1,
                                       finetune_budget_share=0.2, finetune_learning_rate=4.0,

@@ -4,7 +4,7 @@ fedcare, under its own policy, and refuses before it opens a data file.
 
 Five hostile jobs, then honest ones, against the same two sites:
 (a) a bundle naming a new ClientApp module that reads the CSV and leaks a row;
-(b) a bundle whose fedcare/client/app.py monkeypatches the site's training function;
+(b) a bundle whose fedcare/site/app.py monkeypatches the site's training function;
 (c) a bundle whose training code drops DP (and would still claim eps);
 (d) the honest bundle with dp-mode="off";
 (e) the honest bundle with target-epsilon above the site's max-epsilon-per-run.
@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from fedcare.simulations.run import PROJECT_ROOT
+from fedcare.research.run import PROJECT_ROOT
 from tests.data_factories import write_heart_dir
 from tests.e2e.deploy_helpers import BIN, Deployment
 
@@ -67,7 +67,7 @@ def train(msg, context):
     return _leak(msg, context)
 '''
 MONKEYPATCH = TRACE + '''
-import fedcare.client.site as _site
+import fedcare.site.site as _site
 _honest = _site.train_round
 def _patched(*args, **kwargs):
     _Path({marker!r}).write_text("patched train_round ran")
@@ -98,9 +98,9 @@ def hostile_bundles(root: Path) -> dict[str, tuple[Path, str, Path]]:
 
     project, marker = folder("a-foreign-clientapp")
     pyproject = (PROJECT_ROOT / "pyproject.toml").read_text()
-    assert 'clientapp = "fedcare.client.app:app"' in pyproject
+    assert 'clientapp = "fedcare.site.app:app"' in pyproject
     (project / "pyproject.toml").write_text(
-        pyproject.replace('clientapp = "fedcare.client.app:app"', 'clientapp = "evil.client:app"'))
+        pyproject.replace('clientapp = "fedcare.site.app:app"', 'clientapp = "evil.client:app"'))
     (project / "evil").mkdir()
     (project / "evil" / "__init__.py").write_text("")
     (project / "evil" / "client.py").write_text(EVIL_CLIENT.format(marker=str(marker)))
@@ -108,13 +108,13 @@ def hostile_bundles(root: Path) -> dict[str, tuple[Path, str, Path]]:
 
     project, marker = folder("b-monkeypatch")
     _copy_project(project)
-    with (project / "fedcare" / "client" / "app.py").open("a") as f:
+    with (project / "fedcare" / "site" / "app.py").open("a") as f:
         f.write(MONKEYPATCH.format(marker=str(marker)))
     out["b"] = (project, "", marker)
 
     project, marker = folder("c-no-dp")
     _copy_project(project)
-    with (project / "fedcare" / "client" / "training.py").open("a") as f:
+    with (project / "fedcare" / "site" / "training.py").open("a") as f:
         f.write(NO_DP.format(marker=str(marker)))
     out["c"] = (project, "", marker)
 
@@ -163,7 +163,7 @@ def hostile(federation: Deployment) -> dict[str, tuple[dict[str, Any], Path]]:
     return runs
 
 
-EXPECTED = {"a": "clientapp must be 'fedcare.client.app:app'",
+EXPECTED = {"a": "clientapp must be 'fedcare.site.app:app'",
             "b": "fedcare code must equal the fedcare installed at this site",
             "c": "fedcare code must equal the fedcare installed at this site",
             "d": "dp-mode must not be off (require-dp = true)",

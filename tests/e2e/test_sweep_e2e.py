@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedcare.simulations import sweep
+from fedcare.research import sweep
 
 pytestmark = pytest.mark.slow
 

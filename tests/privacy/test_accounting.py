@@ -21,7 +21,7 @@ import dp_accounting
 import pytest
 from scipy import optimize, special
 
-from fedcare.common.privacy import (
+from fedcare.privacy import (
     PLD_VALUE_DISCRETIZATION_INTERVAL,
     RoundSpend,
     accounting,
@@ -388,7 +388,7 @@ def test_rdp_epsilon_is_bit_for_bit_the_accountants(spends: list[tuple[float, fl
                                                     ) -> None:
     from dp_accounting.rdp import RdpAccountant
 
-    from fedcare.common.privacy.accounting import RoundSpend, compose_epsilon
+    from fedcare.privacy.accounting import RoundSpend, compose_epsilon
 
     rounds = [RoundSpend(sampling_rate=q, noise_multiplier=s, steps=n) for q, s, n in spends]
     merged: dict[tuple[float, float], int] = {}
@@ -465,13 +465,13 @@ def test_calibration_refuses_a_share_outside_zero_one() -> None:
 
 def test_pld_is_the_default_for_run_configs_privacy_configs_and_composition() -> None:
     from fedcare.common.config import RunConfig
-    from fedcare.common.privacy.config import DEFAULT_ACCOUNTANT
+    from fedcare.privacy.config import DEFAULT_ACCOUNTANT
 
     spend = RoundSpend(sampling_rate=1.0, noise_multiplier=18.35, steps=40)
 
     assert DEFAULT_ACCOUNTANT == "pld"
     assert RunConfig().accountant == "pld"
-    assert RunConfig().privacy().accountant == "pld"  # type: ignore[union-attr]
+    assert RunConfig().privacy.accountant == "pld"  # type: ignore[union-attr]
     assert compose_epsilon([spend], delta=1e-3) == compose_epsilon([spend], delta=1e-3,
                                                                    accountant="pld")
 

@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedcare.common.privacy import empirical
-from fedcare.common.privacy.empirical import (
+from fedcare.privacy import empirical
+from fedcare.privacy.empirical import (
     ATTACKS,
     AttackResult,
     AuditReport,
@@ -322,7 +322,7 @@ def test_to_dict_is_json_ready_and_complete() -> None:
 
 
 def test_module_does_not_import_tensorflow() -> None:
-    code = ("import sys, fedcare.common.privacy.empirical; "
+    code = ("import sys, fedcare.privacy.empirical; "
             "sys.exit(any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fedcare.common.errors import LedgerCorrupted, PrivacyBudgetExceeded
-from fedcare.common.privacy import (
+from fedcare.privacy import (
     LEDGER_FILENAME,
     LedgerEntry,
     PrivacyLedger,
@@ -20,8 +20,8 @@ from fedcare.common.privacy import (
     compose_epsilon,
     statement_from_entries,
 )
-from fedcare.common.privacy import ledger as ledger_module
-from fedcare.common.privacy.statement import format_epsilon
+from fedcare.privacy import ledger as ledger_module
+from fedcare.privacy.statement import format_epsilon
 
 SITE = "hospital-a"
 DELTA = 1e-5

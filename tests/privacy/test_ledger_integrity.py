@@ -1,6 +1,6 @@
 """A ledger you cannot quietly reset: the tamper matrix and the legitimate cases.
 
-Each site here goes through what ``fedcare.client.site._train`` does: check the state
+Each site here goes through what ``fedcare.site.site._train`` does: check the state
 dir, record the ledger entry, record its spend in the audit log, (train), append the
 round record. Then a file is tampered with and the next check must refuse, naming the
 file and what is inconsistent.
@@ -16,7 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedcare.client.audit import (
+from fedcare.common.errors import ConfigError, LedgerCorrupted, SiteStateInconsistent
+from fedcare.privacy import (
+    LEDGER_FILENAME,
+    LedgerEntry,
+    PrivacyLedger,
+    RoundSpend,
+    compose_epsilon,
+)
+from fedcare.privacy.statement import format_epsilon
+from fedcare.site.audit import (
     AUDIT_FILENAME,
     GENESIS_HASH,
     AuditRecord,
@@ -24,23 +33,14 @@ from fedcare.client.audit import (
     SiteAuditLog,
     SpendRecord,
 )
-from fedcare.client.site_marker import MARKER_FILENAME, read_marker
-from fedcare.client.site_state import (
+from fedcare.site.site_marker import MARKER_FILENAME, read_marker
+from fedcare.site.site_state import (
     audit_extends,
     check_site_state,
     history_for_server,
     record_spend,
     reset_site_state,
 )
-from fedcare.common.errors import ConfigError, LedgerCorrupted, SiteStateInconsistent
-from fedcare.common.privacy import (
-    LEDGER_FILENAME,
-    LedgerEntry,
-    PrivacyLedger,
-    RoundSpend,
-    compose_epsilon,
-)
-from fedcare.common.privacy.statement import format_epsilon
 
 SITE = "hospital-a"
 DELTA = 1e-5
@@ -292,7 +292,7 @@ def test_a_rewritten_audit_chain_is_refused_by_the_marker(tmp_path: Path) -> Non
 
 
 def rechain(records: list[dict]) -> str:
-    from fedcare.client.audit import record_hash
+    from fedcare.site.audit import record_hash
 
     out, prev = [], GENESIS_HASH
     for index, record in enumerate(records):

@@ -1,4 +1,4 @@
-"""PrivacyConfig: one frozen, validated object; every problem reported at once."""
+"""PrivacyConfig: one frozen object, validated once; two ways in; every problem at once."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ from typing import Any
 
 import pytest
 
+from fedcare.common.config import RunConfig
 from fedcare.common.errors import ConfigError
-from fedcare.common.privacy import ACCOUNTANTS, PrivacyConfig
+from fedcare.privacy import ACCOUNTANTS, PrivacyConfig
 
 
 def make_config_kwargs(**overrides: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "noise_multiplier": 1.1,
         "clip_norm": 1.0,
-        "batch_size": 32,
-        "local_epochs": 1,
         "delta": 1e-5,
         "epsilon_budget": 8.0,
         "accountant": "rdp",
@@ -60,7 +59,7 @@ def test_config_is_frozen_and_keyword_only() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.noise_multiplier = 0.0  # type: ignore[misc]
     with pytest.raises(TypeError):
-        PrivacyConfig(1.0, None, 1.0, 32, 1, 1e-5, 8.0)  # type: ignore[misc]
+        PrivacyConfig(1.0, None, 1.0, 1e-5, 8.0)  # type: ignore[misc]
 
 
 BAD_VALUES: list[tuple[dict[str, Any], str, str]] = [
@@ -79,13 +78,6 @@ BAD_VALUES: list[tuple[dict[str, Any], str, str]] = [
     ({"clip_norm": -1.0}, "clip_norm", "-1.0"),
     ({"clip_norm": math.nan}, "clip_norm", "nan"),
     ({"clip_norm": False}, "clip_norm", "False"),
-    ({"batch_size": 0}, "batch_size", "0"),
-    ({"batch_size": -32}, "batch_size", "-32"),
-    ({"batch_size": 32.0}, "batch_size", "32.0"),
-    ({"batch_size": True}, "batch_size", "True"),
-    ({"batch_size": "32"}, "batch_size", "'32'"),
-    ({"local_epochs": 0}, "local_epochs", "0"),
-    ({"local_epochs": 1.5}, "local_epochs", "1.5"),
     ({"delta": 0.0}, "delta", "0.0"),
     ({"delta": 1.0}, "delta", "1.0"),
     ({"delta": 1.5}, "delta", "1.5"),
@@ -113,7 +105,7 @@ def test_bad_value_raises_config_error_naming_field_and_value(
 
     assert len(caught.value.problems) == 1, caught.value.problems
     problem = caught.value.problems[0]
-    assert problem.startswith(f"privacy: {field} must be ")
+    assert problem.startswith(f"config: {field.replace('_', '-')} must be ")
     assert problem.endswith(f"; got {shown}")
 
 
@@ -121,20 +113,20 @@ def test_error_grammar_matches_house_style_exactly() -> None:
     with pytest.raises(ConfigError) as caught:
         make_config(noise_multiplier=-1.0)
 
-    assert str(caught.value) == "privacy: noise_multiplier must be a finite number > 0; got -1.0"
+    assert str(caught.value) == "config: noise-multiplier must be a finite number > 0; got -1.0"
 
 
 def test_several_problems_are_reported_together() -> None:
-    kwargs = make_config_kwargs(noise_multiplier=-1.0, clip_norm=0, batch_size=0, delta=2.0,
+    kwargs = make_config_kwargs(noise_multiplier=-1.0, clip_norm=0, delta=2.0,
                                 accountant="moments")
 
     with pytest.raises(ConfigError) as caught:
         PrivacyConfig(**kwargs)
 
     named = [problem.split(" must ")[0] for problem in caught.value.problems]
-    assert named == ["privacy: noise_multiplier", "privacy: clip_norm", "privacy: batch_size",
-                     "privacy: delta", "privacy: accountant"]
-    assert str(caught.value).startswith("5 config problems:")
+    assert named == ["config: noise-multiplier", "config: clip-norm", "config: delta",
+                     "config: accountant"]
+    assert str(caught.value).startswith("4 config problems:")
 
 
 def test_neither_noise_multiplier_nor_target_epsilon_is_rejected() -> None:
@@ -142,7 +134,7 @@ def test_neither_noise_multiplier_nor_target_epsilon_is_rejected() -> None:
         make_config(noise_multiplier=None, target_epsilon=None)
 
     assert caught.value.problems == (
-        "privacy: exactly one of noise_multiplier or target_epsilon must be set "
+        "config: exactly one of noise-multiplier or target-epsilon must be set "
         "(a partial DP config must not train without noise); got neither",)
 
 
@@ -151,8 +143,8 @@ def test_both_noise_multiplier_and_target_epsilon_are_rejected() -> None:
         make_config(noise_multiplier=1.0, target_epsilon=3.0)
 
     assert caught.value.problems == (
-        "privacy: exactly one of noise_multiplier or target_epsilon must be set; "
-        "got both (noise_multiplier=1.0, target_epsilon=3.0)",)
+        "config: exactly one of noise-multiplier or target-epsilon must be set; "
+        "got both (noise-multiplier=1.0, target-epsilon=3.0)",)
 
 
 def test_target_epsilon_above_budget_is_rejected() -> None:
@@ -160,7 +152,7 @@ def test_target_epsilon_above_budget_is_rejected() -> None:
         make_config(noise_multiplier=None, target_epsilon=9.0, epsilon_budget=8.0)
 
     assert caught.value.problems == (
-        "privacy: target_epsilon must be <= epsilon_budget (8.0); got 9.0",)
+        "config: target-epsilon must be <= epsilon-budget (8, lifetime at this site); got 9",)
 
 
 def test_target_epsilon_equal_to_budget_is_allowed() -> None:
@@ -173,22 +165,39 @@ def test_accountants_are_rdp_and_pld() -> None:
     assert ACCOUNTANTS == ("rdp", "pld")
 
 
-def test_from_mapping_builds_the_same_config() -> None:
-    data = make_config_kwargs()
+def test_the_two_ways_in_build_what_the_constructor_builds() -> None:
+    common = make_config_kwargs()
+    del common["noise_multiplier"]
 
-    assert PrivacyConfig.from_mapping(data) == make_config()
+    noise = PrivacyConfig.with_noise(1.1, **common)
+    target = PrivacyConfig.with_target_epsilon(3.0, **common)
+
+    assert noise == make_config()
+    assert target == make_config(noise_multiplier=None, target_epsilon=3.0)
+    assert (noise.calibrate, target.calibrate) == (False, True)
 
 
-def test_from_mapping_reports_unknown_missing_and_bad_keys_together() -> None:
-    data = make_config_kwargs(batch_size=0, noise_multplier=1.0)
-    del data["delta"]
+def test_run_config_parses_the_privacy_keys_once_into_one_privacy_config() -> None:
+    run = RunConfig.from_mapping({"dp-mode": "target-epsilon", "target-epsilon": 2,
+                                  "noise-multiplier": 5.0, "clip-norm": 0.5, "delta": 1e-4,
+                                  "epsilon-budget": 6, "accountant": "pld"})
 
+    assert run.privacy == PrivacyConfig.with_target_epsilon(
+        2.0, clip_norm=0.5, delta=1e-4, epsilon_budget=6.0, accountant="pld")
+    assert run.privacy is run.privacy  # built once, when the config was parsed
+
+
+def test_run_config_reports_privacy_problems_with_the_others_naming_each_key_once() -> None:
     with pytest.raises(ConfigError) as caught:
-        PrivacyConfig.from_mapping(data)
+        RunConfig.from_mapping({"target-epsilon": 0, "delta": 2, "accountant": "moments",
+                                "batch-size": 0})
 
-    problems = caught.value.problems
-    assert len(problems) == 3
-    assert problems[0].startswith("privacy: noise_multplier must be one of the known keys")
-    assert problems[0].endswith("got unknown key 'noise_multplier'")
-    assert "privacy: batch_size must be an integer >= 1; got 0" in problems
-    assert "privacy: delta must be a number with 0 < delta < 1; got nothing" in problems
+    assert sorted(caught.value.problems) == sorted([
+        "config: batch-size must be >= 1; got 0",
+        "config: target-epsilon must be a finite number > 0; got 0.0",
+        "config: delta must be a number with 0 < delta < 1; got 2.0",
+        "config: accountant must be one of rdp, pld; got 'moments'"])
+
+
+def test_with_dp_off_there_is_no_privacy_config() -> None:
+    assert RunConfig.from_mapping({"dp-mode": "off"}).privacy is None

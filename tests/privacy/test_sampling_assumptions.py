@@ -6,7 +6,7 @@ import dp_accounting
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
-from fedcare.common.privacy import (
+from fedcare.privacy import (
     LedgerEntry,
     PrivacyLedger,
     RoundSpend,
@@ -89,7 +89,7 @@ def test_statement_names_the_assumption_that_holds(tmp_path) -> None:
 def test_the_same_spends_are_composed_once_whatever_their_order() -> None:
     # The budget check and the statement compose the same spends every round; the costly
     # accountant runs once per distinct canonical composition.
-    from fedcare.common.privacy.accounting import _epsilon_of
+    from fedcare.privacy.accounting import _epsilon_of
 
     a = plan_round(num_examples=997, batch_size=31, local_epochs=1, noise_multiplier=1.37)
     b = plan_round(num_examples=997, batch_size=31, local_epochs=1, noise_multiplier=2.11)

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from fedcare.client.pairing import check_model_run, site_runs
 from fedcare.common.config import RunConfig
 from fedcare.common.errors import ConfigError, DataValidationError, ModelMismatch
+from fedcare.research.audit import SITES_KEY, _partition_id, audit_run, run_sites
 from fedcare.server.federation import mark_refused
 from fedcare.server.report import format_site_table
-from fedcare.simulations.audit import SITES_KEY, _partition_id, audit_run, run_sites
+from fedcare.site.pairing import check_model_run, site_runs
 from tests.data_factories import write_heart_dir
 
 
@@ -82,8 +82,8 @@ def test_auditing_a_refused_run_is_an_error_not_a_crash(tmp_path: Path) -> None:
 
 
 def test_audit_skips_a_failed_site_and_a_site_too_small_to_audit(tmp_path: Path) -> None:
-    from fedcare.common.datasets import schema_for
     from fedcare.common.model import build_model
+    from fedcare.data.datasets import schema_for
 
     schema = schema_for("breast-cancer")
     build_model(input_dim=len(schema.encoded_feature_names()), hidden_units=(4,),
@@ -102,7 +102,7 @@ def test_audit_skips_a_failed_site_and_a_site_too_small_to_audit(tmp_path: Path)
 
 
 def test_simulation_preflight_names_a_missing_site_file(tmp_path: Path) -> None:
-    from fedcare.common.site_check import preflight_simulation
+    from fedcare.data.site_check import preflight_simulation
 
     write_heart_dir(tmp_path, {"cleveland": 30, "switzerland": 20, "va-long-beach": 25})
     config = RunConfig(dataset="heart-disease", partitioning="natural", data_dir=str(tmp_path))
@@ -116,14 +116,14 @@ def test_simulation_preflight_names_a_missing_site_file(tmp_path: Path) -> None:
 
 def test_simulation_preflight_logs_each_sites_quality_once(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from fedcare.common.site_check import preflight_simulation
+    from fedcare.data.site_check import preflight_simulation
 
     write_heart_dir(tmp_path, {"cleveland": 60, "hungary": 60, "switzerland": 20,
                                "va-long-beach": 60})
     config = RunConfig(dataset="heart-disease", partitioning="natural", data_dir=str(tmp_path),
                        dp_mode="off")
 
-    with caplog.at_level("INFO", logger="fedcare.common.site_check"):
+    with caplog.at_level("INFO", logger="fedcare.data.site_check"):
         checks = preflight_simulation(config, 4)
 
     assert [c.site for c in checks] == ["cleveland", "hungary", "switzerland", "va-long-beach"]

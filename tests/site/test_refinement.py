@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedcare.client.policy import SitePolicy, local_refinement, parse_policy
 from fedcare.common.config import RunConfig
 from fedcare.common.errors import ConfigError, ModelMismatch
 from fedcare.common.personalised import CANDIDATES, SITE_ONLY_LABEL, candidate_key
 from fedcare.server.personalisation import format_personalisation, refined_scores
+from fedcare.site.policy import SitePolicy, local_refinement, parse_policy
 from fedcare.site.refinement import (
     PERSONALISED_MODEL_FILENAME,
     finetune,
@@ -198,8 +198,8 @@ def test_run_config_rejects_bad_local_refinement(changes: dict[str, Any], fragme
 
 
 def test_refine_at_site_does_nothing_when_the_policy_says_dp(tmp_path: Path) -> None:
-    from fedcare.client.site import SiteSpec
     from fedcare.site.refinement import refine_at_site
+    from fedcare.site.site import SiteSpec
 
     site = SiteSpec(name="a", state_dir=tmp_path, epsilon_budget=5.0,
                     policy=SitePolicy(local_refinement="dp"))
@@ -239,7 +239,7 @@ def test_the_printed_table_labels_site_only_models() -> None:
 
 
 def test_predict_and_serve_refuse_a_personalised_model_file(tmp_path: Path) -> None:
-    from fedcare.client.bundle import ModelBundle
+    from fedcare.hospital.bundle import ModelBundle
 
     x, y = rows()
     kept = refine(weights=mlp(), offset=0.0, x=x, y=y, seed=0, run=RUN).chosen_only()
@@ -254,9 +254,9 @@ def test_predict_and_serve_refuse_a_personalised_model_file(tmp_path: Path) -> N
 
 
 def test_a_virtual_site_refines_keeps_its_model_and_reports_test_scores(tmp_path: Path) -> None:
-    from fedcare.client.site import load_site, resolve_site
     from fedcare.common.model import build_model, weights_of
     from fedcare.site.refinement import refine_at_site
+    from fedcare.site.site import load_site, resolve_site
 
     config = RunConfig.from_mapping({**SITE_ONLY_RUN, "dataset": "breast-cancer",
                                      "output-dir": str(tmp_path), "hidden-units": "4"})

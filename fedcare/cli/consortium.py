@@ -1,0 +1,192 @@
+"""The consortium's commands: certificates and the SuperLink.
+
+    fedcare certs ...           consortium CA, SuperLink certificate, site keys, status
+    fedcare superlink           the SuperLink with TLS + SuperNode authentication
+
+(``fedcare console``, read-only browser views of runs and site state, is in
+:mod:`fedcare.cli.console`; the site's own ``fedcare supernode`` in :mod:`fedcare.cli.hospital`.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from fedcare.cli.args import EXIT_FAILED, EXIT_OK
+from fedcare.deploy import certs as certs_mod
+from fedcare.deploy import launch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CERTS = "certs"
+
+
+def cmd_certs_init(args: argparse.Namespace) -> int:
+    certs_mod.init(Path(args.certs), hosts=args.host, sites=args.site, force=args.force)
+    return cmd_certs_status(args)
+
+
+def cmd_certs_ca(args: argparse.Namespace) -> int:
+    path = certs_mod.create_ca(Path(args.certs), name=args.name, days=args.days, force=args.force)
+    sys.stdout.write(f"CA certificate: {path} (give this file to every site); CA key: "
+                     f"{Path(args.certs) / certs_mod.CA_KEY} (keep it offline)\n")
+    return EXIT_OK
+
+
+def cmd_certs_server(args: argparse.Namespace) -> int:
+    path = certs_mod.issue_server_cert(Path(args.certs), hosts=args.host, days=args.days,
+                                       force=args.force)
+    hosts = ", ".join(certs_mod.server_hosts(Path(args.certs)))
+    sys.stdout.write(f"SuperLink certificate: {path} for {hosts}\n")
+    return EXIT_OK
+
+
+def cmd_certs_site_key(args: argparse.Namespace) -> int:
+    pub = certs_mod.create_site_key(Path(args.certs), args.site, force=args.force)
+    key = certs_mod.site_key_path(Path(args.certs), args.site)
+    sys.stdout.write(f"site {args.site}: private key {key} (stays at the site); send {pub} "
+                     "to the consortium operator\n")
+    return EXIT_OK
+
+
+def cmd_certs_allow(args: argparse.Namespace) -> int:
+    entry = certs_mod.allow_site(Path(args.certs), args.site,
+                                 Path(args.public_key) if args.public_key else None,
+                                 force=args.force)
+    sys.stdout.write(f"site {args.site} allowed ({entry['fingerprint']}); registered with the "
+                     "SuperLink at its next start or `fedcare certs sync`\n")
+    return EXIT_OK
+
+
+def cmd_certs_remove(args: argparse.Namespace) -> int:
+    certs_mod.remove_site(Path(args.certs), args.site)
+    sys.stdout.write(f"site {args.site} removed from the list; run `fedcare certs sync` (or "
+                     "restart `fedcare superlink`) to unregister its key now\n")
+    return EXIT_OK
+
+
+def cmd_certs_sync(args: argparse.Namespace) -> int:
+    done = launch.sync_sites(Path(args.certs), control_address=args.control_address)
+    sys.stdout.write(f"registered: {', '.join(done['registered']) or 'none'}; unregistered "
+                     f"node ids: {', '.join(done['unregistered']) or 'none'}; kept: "
+                     f"{', '.join(done['kept']) or 'none'}\n")
+    return EXIT_OK
+
+
+def cmd_certs_status(args: argparse.Namespace) -> int:
+    certs = Path(args.certs)
+    rows = certs_mod.status(certs, warn_days=args.warn_days)
+    now = certs_mod._now()
+    for row in rows:
+        sys.stdout.write(row.line(now) + "\n")
+    if (certs / certs_mod.SERVER_CERT).exists():
+        hosts = ", ".join(certs_mod.server_hosts(certs))
+        sys.stdout.write(f"{'SuperLink host names':<22} {hosts}\n")
+    for site, entry in certs_mod.read_allowlist(certs).items():
+        sys.stdout.write(f"{'allowed site':<22} {site}: {entry['fingerprint']} (added "
+                         f"{entry['added']}; keys do not expire: rotate by policy)\n")
+    bad = [r for r in rows if r.problem]
+    if bad:
+        sys.stdout.write(f"{len(bad)} certificate problem(s): "
+                         + "; ".join(f"{r.what}: {r.problem}" for r in bad) + "\n")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _wait(procs: list[launch.subprocess.Popen[bytes]]) -> int:
+    """Run until a child exits or we are told to stop; stop every child either way."""
+    stopping = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        while not stopping.wait(0.5):
+            for proc in procs:
+                if proc.poll() is not None:
+                    logger.error("%s exited with code %s", proc.args, proc.returncode)
+                    return EXIT_FAILED
+        return EXIT_OK
+    finally:
+        for proc in procs:
+            launch.stop(proc)
+
+
+def cmd_superlink(args: argparse.Namespace) -> int:
+    state = Path(args.database).parent
+    plan = launch.SuperLinkPlan(
+        certs=Path(args.certs), database=Path(args.database),
+        storage_dir=Path(args.storage_dir) if args.storage_dir else state / "ffs",
+        fleet_address=args.fleet_address, control_address=args.control_address,
+        serverappio_address=args.serverappio_address, insecure=args.insecure)
+    if args.insecure:
+        sys.stderr.write(f"WARNING: {launch.INSECURE_WARNING}\n")
+    proc = launch.start_superlink(plan)
+    return _wait([proc])
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    certs = sub.add_parser("certs", help="consortium CA, SuperLink certificate, site keys")
+    steps = certs.add_subparsers(dest="certs_command", required=True)
+
+    def step(name: str, helptext: str) -> argparse.ArgumentParser:
+        p = steps.add_parser(name, help=helptext)
+        p.add_argument("--certs", default=DEFAULT_CERTS, help="certificate folder (certs/)")
+        return p
+
+    p = step("init", "test bed in one go: CA, SuperLink cert, a key pair per site, the list")
+    p.add_argument("--host", action="append", required=True, help="SuperLink host name or IP")
+    p.add_argument("--site", action="append", default=[], help="site name (repeat)")
+    p.add_argument("--force", action="store_true", help="replace existing keys")
+    p.add_argument("--warn-days", type=int, default=certs_mod.WARN_DAYS)
+    p.set_defaults(func=cmd_certs_init)
+    p = step("ca", "create the consortium CA")
+    p.add_argument("--name", default="fedcare consortium CA")
+    p.add_argument("--days", type=int, default=certs_mod.CA_DAYS)
+    p.add_argument("--force", action="store_true", help="replace an existing CA key")
+    p.set_defaults(func=cmd_certs_ca)
+    p = step("server", "issue the SuperLink TLS certificate")
+    p.add_argument("--host", action="append", required=True,
+                   help="host name or IP the sites use to reach the SuperLink (repeat)")
+    p.add_argument("--days", type=int, default=certs_mod.SERVER_DAYS)
+    p.add_argument("--force", action="store_true", help="replace an existing server key")
+    p.set_defaults(func=cmd_certs_server)
+    p = step("site-key", "create a site's SuperNode authentication key pair (at the site)")
+    p.add_argument("site")
+    p.add_argument("--force", action="store_true", help="replace the key (rotation)")
+    p.set_defaults(func=cmd_certs_site_key)
+    p = step("allow", "put a site's public key on the SuperLink's list")
+    p.add_argument("site")
+    p.add_argument("--public-key", help="the site's auth.pub (default certs/sites/SITE/auth.pub)")
+    p.add_argument("--force", action="store_true", help="replace the site's listed key")
+    p.set_defaults(func=cmd_certs_allow)
+    p = step("remove", "take a site off the SuperLink's list")
+    p.add_argument("site")
+    p.set_defaults(func=cmd_certs_remove)
+    p = step("sync", "make a running SuperLink's registered sites equal the list")
+    p.add_argument("--control-address", default=launch.CONTROL_ADDRESS)
+    p.set_defaults(func=cmd_certs_sync)
+    p = step("status", "expiry of the CA and SuperLink certificates; exit 1 if any problem")
+    p.add_argument("--warn-days", type=int, default=certs_mod.WARN_DAYS)
+    p.set_defaults(func=cmd_certs_status)
+
+    link = sub.add_parser("superlink", help="consortium: start the SuperLink (TLS, node auth)")
+    link.add_argument("--certs", default=DEFAULT_CERTS)
+    link.add_argument("--database", default="state/superlink.db",
+                      help="persistent SuperLink state (SQLite)")
+    link.add_argument("--storage-dir", help="Flower file store (default beside the database)")
+    link.add_argument("--fleet-address", default=launch.FLEET_ADDRESS,
+                      help="where SuperNodes connect (open to the sites)")
+    link.add_argument("--control-address", default=launch.CONTROL_ADDRESS,
+                      help="flwr run / registration (operator only)")
+    link.add_argument("--serverappio-address", default=launch.SERVERAPPIO_ADDRESS)
+    link.add_argument("--insecure", action="store_true",
+                      help="plain text, no node authentication (test beds only; warns)")
+    link.set_defaults(func=cmd_superlink)

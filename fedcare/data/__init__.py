@@ -1,0 +1,1 @@
+"""fedcare.data: CSV loading and validation, splits, preprocessing, schemas, quality checks."""

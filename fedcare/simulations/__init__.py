@@ -1,1 +1,0 @@
-"""fedcare.simulations."""
