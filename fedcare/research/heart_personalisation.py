@@ -208,7 +208,10 @@ def format_personal_table(rows: Sequence[Mapping[str, Any]]) -> str:
         return _one_table(rows)
     parts = []
     for eps in budgets:
-        mine = [r for r in rows if r.get("target-epsilon") in (None, eps)]
+        ran = {(r.get("split-seed"), r.get("seed")) for r in rows
+               if r.get("target-epsilon") == eps}
+        mine = [r for r in rows if r.get("target-epsilon") == eps or (
+            r.get("target-epsilon") is None and (r.get("split-seed"), r.get("seed")) in ran)]
         parts.append(f"eps = {eps:g} per site (whole run, what leaves the site):\n\n"
                      + _one_table(mine))
     return "\n\n".join(parts)

@@ -92,6 +92,19 @@ def test_table_has_one_section_per_budget_with_the_budget_free_rows_in_each() ->
         assert f"| {LOCAL} | 0.800 |" in part and f"| {PRIOR} | 0.700 |" in part
 
 
+def test_a_budget_section_shows_the_budget_free_rows_of_its_own_runs_only() -> None:
+    one, other = {"split-seed": 43, "seed": 0}, {"split-seed": 0, "seed": 0}
+    rows = [{**_row(LOCAL, 0.8, 0.7), **one}, {**_row(LOCAL, 0.6, 0.7), **other},
+            {**_row(GLOBAL, 0.7, 0.7), **one, "target-epsilon": 0.1},
+            {**_row(GLOBAL, 0.7, 0.7), **other, "target-epsilon": 0.1},
+            {**_row(GLOBAL, 0.75, 0.7), **one, "target-epsilon": 1.0}]
+
+    first, second = format_personal_table(rows).split("eps = 1 per site")
+
+    assert f"| {LOCAL} | 0.700 ± 0.141 |" in first  # both runs of eps 0.1
+    assert f"| {LOCAL} | 0.800 |" in second  # eps 1 ran on split 43 only
+
+
 def test_against_local_compares_each_site_run_by_run_and_lists_each_split() -> None:
     from fedcare.research.heart_personalisation import REFINED, format_against_local
 
