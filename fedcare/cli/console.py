@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fedcare.common.errors import ConfigError, describe_value
 from fedcare.common.web import add_server_flags
+from fedcare.privacy.config import ACCOUNTANTS, DEFAULT_ACCOUNTANT
 
 CONSOLE_TOKEN_ENV = "FEDCARE_CONSOLE_TOKEN"
 DEFAULT_PORT = 8090
@@ -33,7 +34,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--epsilon-budget", type=float,
                    help="lifetime budget to show when the policy names none")
     p.add_argument("--delta", type=float, default=1e-3, help="delta for the site's epsilon")
-    p.add_argument("--accountant", default="rdp", choices=("rdp", "pld"))
+    p.add_argument("--accountant", default=DEFAULT_ACCOUNTANT, choices=ACCOUNTANTS)
     p.add_argument("--refresh", type=int, default=3,
                    help="seconds between a running run's page updates (>= 1)")
     add_server_flags(p, port=DEFAULT_PORT, token_env=CONSOLE_TOKEN_ENV)

@@ -19,6 +19,7 @@ from typing import Any
 
 from fedcare.cli.args import EXIT_FAILED, EXIT_OK
 from fedcare.common.errors import ConfigError
+from fedcare.privacy.config import ACCOUNTANTS, DEFAULT_ACCOUNTANT
 
 SHOW_DEFAULT_DELTA = 1e-3  # the run config's default delta
 ACTIONS = ("show", "reset")
@@ -41,7 +42,8 @@ def add_parsers(sub: Any) -> None:
     led.add_argument("--delta", type=float, default=None,
                      help=f"delta to state epsilon at (show: default {SHOW_DEFAULT_DELTA:g}; "
                           "reset: default the last one the audit log recorded)")
-    led.add_argument("--accountant", default=None, choices=("rdp", "pld"))
+    led.add_argument("--accountant", default=None, choices=ACCOUNTANTS,
+                     help=f"show: default {DEFAULT_ACCOUNTANT}")
     led.add_argument("--json", action="store_true", help="show: JSON instead of text")
     led.add_argument("--reason", help="reset: why the budget starts over (required)")
     led.set_defaults(func=cmd_ledger)
@@ -102,7 +104,7 @@ def cmd_ledger_show(args: argparse.Namespace, state_dir: str) -> int:
         raise ConfigError([f"fedcare ledger: --site must be given for {state_dir!r}; got a "
                            "state dir whose files name no site"])
     delta = SHOW_DEFAULT_DELTA if args.delta is None else args.delta
-    accountant = args.accountant or "rdp"
+    accountant = args.accountant or DEFAULT_ACCOUNTANT
     ledger = PrivacyLedger(state_dir, site=site)
     eps = ledger.epsilon(delta=delta, accountant=accountant)
     runs = len({run_of(e.run_id) for e in ledger.entries})

@@ -137,12 +137,18 @@ def cmd_benchmark_heart(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark_heart_personal(args: argparse.Namespace) -> int:
+    from fedcare.common.errors import FedcareError
     from fedcare.research.heart_personalisation import run_personalisation_benchmark
+    from fedcare.research.sweep import parse_epsilon
 
+    epsilons: list[float | None] = [parse_epsilon(e) for e in names(args.epsilons)]
+    if None in epsilons:
+        raise FedcareError(f"--epsilons must be comma-separated numbers > 0 (each budget is a "
+                           f"DP run); got {args.epsilons!r}")
     result = run_personalisation_benchmark(
         overrides(args), split_seeds=integers(args.split_seeds, flag="--split-seeds"),
         seeds=integers(args.seeds, flag="--seeds"),
-        output=Path(args.out) if args.out else None)
+        output=Path(args.out) if args.out else None, epsilons=epsilons or [None])
     sys.stdout.write(result["table"] + "\n")
     return EXIT_OK
 
@@ -272,6 +278,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     bpers.add_argument("--split-seeds", default="43", help="comma-separated, e.g. 43,0,1,2,3")
     bpers.add_argument("--seeds", default="0", help="run seeds, comma-separated (e.g. 0,1,2)")
     bpers.add_argument("--out", help="write the results JSON here")
+    bpers.add_argument("--epsilons", default="", help="budgets, e.g. 0.1,0.5,1,3: each runs "
+                       "`fedcare plan`'s settings with site-only refinement (default: none)")
     bpers.set_defaults(func=cmd_benchmark_heart_personal)
 
     table = sub.add_parser("benchmark-heart-table",
@@ -347,3 +355,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         add_engine_flags(simulating)  # --ray-address, --cpus-per-site, --gpus-per-site
     for research in (sim, bench, bpers, table, sweep, speed):
         research.set_defaults(quiet_terminal=True)  # bars + answer; logs to files (-v: all)
+    from fedcare.research.heart_plan import add_parsers as add_plan_parsers
+
+    add_plan_parsers(sub)  # plan, plan-tune (budget-aware settings, tuned on split 43)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from fedcare.common.errors import ConfigError
-from fedcare.privacy.config import PrivacyConfig
+from fedcare.common.personalised import LOCAL_REFINEMENTS
+from fedcare.privacy.config import DEFAULT_ACCOUNTANT, PrivacyConfig
 
 DATASETS: tuple[str, ...] = ("breast-cancer", "heart-disease")
 PARTITIONINGS: tuple[str, ...] = ("natural", "iid", "dirichlet")
@@ -35,6 +36,7 @@ PERSONALISATIONS = ("none", "offset")
 FINETUNE_SCOPES = ("private", "all")
 OFFSET_AVERAGINGS = ("none", "tail")
 MAX_HIDDEN_UNITS = 4096
+NO_HIDDEN_LAYERS = "none"  # hidden-units = "none": logistic regression
 MAX_STEP_SIZE = 100.0
 """Learning rates above this only blow a model up (a clipped step of lr * clip-norm)."""
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -78,6 +80,7 @@ class RunConfig:
     finetune_learning_rate: float = 0.0  # 0: learning-rate
     offset_learning_rate: float = 0.0  # 0: learning-rate
     offset_averaging: str = "none"
+    local_refinement: str = "dp"  # site-only: non-DP refinement kept at the site (policy too)
     # differential privacy
     dp_mode: str = "target-epsilon"
     target_epsilon: float = 1.0
@@ -85,7 +88,7 @@ class RunConfig:
     clip_norm: float = 1.0
     delta: float = 1e-3
     epsilon_budget: float = 5.0
-    accountant: str = "rdp"
+    accountant: str = DEFAULT_ACCOUNTANT  # pld; rdp is reported beside it as an upper bound
     dp_backend: str = "bookkeeping"
     secure_noise: bool = True
     site_dp: bool = False
@@ -247,6 +250,8 @@ def _type_problems(config: RunConfig) -> list[str]:
 
 
 def _parse_hidden_units(text: str) -> tuple[int, ...]:
+    if text.strip() == NO_HIDDEN_LAYERS:  # logistic regression: one Dense(1) layer
+        return ()
     parts = [p.strip() for p in text.split(",") if p.strip()]
     sizes = tuple(int(p) for p in parts)  # ValueError surfaces through _value_problems
     if not sizes or any(s < 1 or s > MAX_HIDDEN_UNITS for s in sizes):
@@ -298,6 +303,12 @@ def _value_problems(c: RunConfig) -> list[str]:
         _check(p, _finite(value) and 0 <= value <= MAX_STEP_SIZE, key,
                f"in [0, {MAX_STEP_SIZE:g}] (0: learning-rate)", value)
     _choice(p, "offset-averaging", c.offset_averaging, OFFSET_AVERAGINGS)
+    _choice(p, "local-refinement", c.local_refinement, LOCAL_REFINEMENTS)
+    if c.local_refinement == "site-only" and (c.personalisation == "none"
+                                              or c.finetune_epochs < 1):
+        p.append(f"config: local-refinement must be dp unless personalisation is offset and "
+                 f"finetune-epochs >= 1 (site-only refinement runs in the site's final step); "
+                 f"got {c.local_refinement!r}")
     if c.finetune_epochs and c.personalisation == "none":
         p.append(f"config: finetune-epochs must be 0 when personalisation is none (fine-tuning "
                  f"makes the site's personalised model); got {c.finetune_epochs!r}")
@@ -330,7 +341,7 @@ def _value_problems(c: RunConfig) -> list[str]:
         _parse_hidden_units(c.hidden_units)
     except ValueError:
         p.append(f"config: hidden-units must be comma-separated sizes in [1, {MAX_HIDDEN_UNITS}] "
-                 f"such as '64,32'; got {c.hidden_units!r}")
+                 f"such as '64,32', or 'none' (logistic regression); got {c.hidden_units!r}")
     _choice(p, "attack", c.attack, ATTACKS)
     _choice(p, "fail-mode", c.fail_mode, FAIL_MODES)
     _check(p, _finite(c.max_update_norm) and c.max_update_norm >= 0, "max-update-norm",

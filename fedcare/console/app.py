@@ -34,6 +34,7 @@ from fedcare.common.web import BearerToken, WebServer, bind
 from fedcare.console.charts import Series, line_chart
 from fedcare.console.hospital import drift_view, load_site
 from fedcare.console.runs import RUN_FILES, list_runs, load_run
+from fedcare.privacy.config import DEFAULT_ACCOUNTANT
 from fedcare.privacy.statement import format_delta, format_epsilon
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class ConsoleSettings:
     validation_dir: Path | None = None
     epsilon_budget: float | None = None
     delta: float = 1e-3
-    accountant: str = "rdp"
+    accountant: str = DEFAULT_ACCOUNTANT
     refresh_seconds: int = REFRESH_SECONDS
     drift_csv: Path | None = None
 

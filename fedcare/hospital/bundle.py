@@ -55,6 +55,7 @@ import tensorflow as tf
 from fedcare.common.errors import ConfigError, DataValidationError, ModelMismatch
 from fedcare.common.files import fsync_dir, strict_json_loads
 from fedcare.common.formats import MANIFEST, MANIFEST_FORMAT
+from fedcare.common.personalised import SITE_ONLY_LABEL
 from fedcare.data.datasets import DATASETS, schema_for
 from fedcare.data.preprocess import PREPROCESSOR_FORMAT, PREPROCESSOR_VERSION, Preprocessor
 from fedcare.data.schema import Column, TabularSchema, format_number
@@ -66,6 +67,7 @@ from fedcare.data.validate import (
 )
 from fedcare.site.pairing import check_model_run
 from fedcare.site.personal import PrivatePart, load_private_part
+from fedcare.site.refinement import PERSONALISED_MODEL_FILENAME, is_personalised_model_file
 
 logger = logging.getLogger(__name__)
 
@@ -319,6 +321,7 @@ class ModelBundle:
         """
         threshold = _check_threshold(threshold)
         model_p = Path(model_path)
+        refuse_personalised_model(model_p)
         manifest_p = Path(manifest_path) if manifest_path is not None else (
             model_p.parent / MANIFEST)
         pre_p = Path(preprocessor_path)
@@ -491,9 +494,34 @@ class ModelBundle:
         }
 
 
+def refuse_personalised_model(path: Path) -> None:
+    """A site's refined personalised model is never loaded into a bundle (predict, serve,
+    validation report, drift): it may contain non-DP training on the site's rows."""
+    if path.is_file() and is_personalised_model_file(path):
+        raise ModelMismatch(f"{path}: model_path must be a shared global model (.keras with "
+                            f"its manifest); got a site's refined personalised model "
+                            f"({SITE_ONLY_LABEL}): fedcare predict and serve refuse it")
+
+
+def _site_only_notice(site_dir: Path) -> dict[str, str]:
+    path = site_dir / PERSONALISED_MODEL_FILENAME
+    if not path.is_file():
+        return {}
+    return {"site-only-model": f"{path} is not used here ({SITE_ONLY_LABEL})"}
+
+
 def _personalise(model: tf.keras.Model, manifest: dict[str, Any],
                  site_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """Apply the site's private part to ``model`` in place; its provenance, or why not."""
+    """Apply the site's private part to ``model`` in place; its provenance, or why not.
+    A refined site-only model in ``site_dir`` is never used; the provenance says so."""
+    if site_dir is not None:
+        notice = _site_only_notice(Path(site_dir))
+        return {**_personalise_dp(model, manifest, site_dir), **notice}
+    return _personalise_dp(model, manifest, site_dir)
+
+
+def _personalise_dp(model: tf.keras.Model, manifest: dict[str, Any],
+                    site_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
     if site_dir is None:
         return {"kind": "none", "model": "global", "reason": "no site dir given"}
     part: PrivatePart | None = load_private_part(Path(site_dir))

@@ -23,10 +23,17 @@ from typing import Any
 from fedcare.common.errors import ConfigError, describe_value
 from fedcare.common.values import is_real
 
-__all__ = ["ACCOUNTANTS", "PrivacyConfig", "describe_value"]
+__all__ = ["ACCOUNTANTS", "DEFAULT_ACCOUNTANT", "UPPER_BOUND_ACCOUNTANT", "PrivacyConfig",
+           "describe_value"]
 
 #: Privacy accountants fedcare knows how to run (both from ``dp_accounting``).
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "pld")
+#: The accountant noise is calibrated with and epsilons are reported in, unless a run or a
+#: command names another: PLD (privacy loss distributions) is the tighter of the two, so a
+#: site calibrated with it keeps less of its budget unused (docs/privacy.md, "Accountants").
+DEFAULT_ACCOUNTANT = "pld"
+#: Reported beside a PLD figure as its looser, independently derived upper bound.
+UPPER_BOUND_ACCOUNTANT = "rdp"
 
 _WHERE = "config"
 
@@ -54,7 +61,7 @@ class PrivacyConfig:
     clip_norm: float
     delta: float
     epsilon_budget: float
-    accountant: str = "rdp"
+    accountant: str = DEFAULT_ACCOUNTANT
 
     def __post_init__(self) -> None:
         problems: list[str] = []

@@ -74,7 +74,7 @@ from fedcare.common.files import (
 from fedcare.common.values import is_int as _is_int
 from fedcare.common.values import is_real as _is_real
 from fedcare.privacy.accounting import RoundSpend, compose_epsilon
-from fedcare.privacy.config import ACCOUNTANTS, describe_value
+from fedcare.privacy.config import ACCOUNTANTS, DEFAULT_ACCOUNTANT, describe_value
 from fedcare.privacy.statement import format_delta, format_epsilon
 
 __all__ = [
@@ -341,12 +341,13 @@ class PrivacyLedger:
         """Re-read the ledger file (e.g. after another process wrote it)."""
         self._entries, self._resets = self._load()
 
-    def epsilon(self, *, delta: float, accountant: str = "rdp") -> float:
+    def epsilon(self, *, delta: float, accountant: str = DEFAULT_ACCOUNTANT) -> float:
         """Total epsilon at ``delta`` of every entry, recomputed from the spends."""
         return compose_epsilon(self.spends(), delta=delta, accountant=accountant)
 
     def check(
-        self, spend: RoundSpend, *, delta: float, budget: float, accountant: str = "rdp"
+        self, spend: RoundSpend, *, delta: float, budget: float,
+        accountant: str = DEFAULT_ACCOUNTANT,
     ) -> float:
         """Epsilon after ``spend`` would be added; refuse if it passes ``budget``.
 
@@ -361,7 +362,8 @@ class PrivacyLedger:
     # ----------------------------------------------------------------- writing
 
     def record(
-        self, entry: LedgerEntry, *, delta: float, budget: float, accountant: str = "rdp"
+        self, entry: LedgerEntry, *, delta: float, budget: float,
+        accountant: str = DEFAULT_ACCOUNTANT,
     ) -> float:
         """Check the budget, then append ``entry`` and persist atomically.
 

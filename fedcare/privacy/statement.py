@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedcare.common.runid import run_of
 from fedcare.privacy.accounting import compose_epsilon
-from fedcare.privacy.config import ACCOUNTANTS
+from fedcare.privacy.config import ACCOUNTANTS, DEFAULT_ACCOUNTANT, UPPER_BOUND_ACCOUNTANT
 
 if TYPE_CHECKING:
     from fedcare.privacy.ledger import LedgerEntry
@@ -76,6 +76,9 @@ class PrivacyStatement:
     mixed_parameters: bool = False
     sampling: str = "poisson"  # "shuffle" or "poisson+shuffle" when rounds differed
     runs: int = 1  # distinct runs composed into epsilon (all of the site's ledger)
+    # The same spends composed by the RDP accountant, when ``accountant`` is another one:
+    # a looser upper bound derived independently, shown beside the figure (never instead).
+    upper_bound_epsilon: float | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -109,12 +112,19 @@ class PrivacyStatement:
         """Whose spend the figure covers: everything in the site's ledger."""
         return f"lifetime at this site ({self.runs} run{'s' if self.runs != 1 else ''})"
 
+    def upper_bound_label(self) -> str:
+        """``"; RDP upper bound eps=1.00"`` when there is one, else ``""``."""
+        if self.upper_bound_epsilon is None:
+            return ""
+        return (f"; {UPPER_BOUND_ACCOUNTANT.upper()} upper bound "
+                f"eps={format_epsilon(self.upper_bound_epsilon)}")
+
     def short(self) -> str:
-        """One line, e.g. ``eps=0.98 at delta=1e-03 (lifetime at this site (1 run), RDP,
-        add/remove-one, Poisson sampling q=0.25)``."""
+        """One line, e.g. ``eps=0.86 at delta=1e-03 (lifetime at this site (1 run), PLD,
+        add/remove-one, Poisson sampling q=0.25; RDP upper bound eps=1.00)``."""
         return (f"eps={format_epsilon(self.epsilon)} at delta={format_delta(self.delta)} "
                 f"({self.scope_label}, {self.accountant_label}, {ADJACENCY}, "
-                f"{self.sampling_label()})")
+                f"{self.sampling_label()}{self.upper_bound_label()})")
 
     def text(self) -> str:
         """A plain-words statement a hospital's governance board can read."""
@@ -160,7 +170,10 @@ class PrivacyStatement:
             "figure, and it is this site's own figure, not an average over sites.",
             "",
             f"Accounting: {self.accountant_label} accountant (dp-accounting), which gives an "
-            f"upper bound on epsilon; {assumption}",
+            f"upper bound on epsilon; {assumption}"
+            + (f" The {UPPER_BOUND_ACCOUNTANT.upper()} accountant, a looser bound derived "
+               f"independently, gives epsilon = {format_epsilon(self.upper_bound_epsilon)} for "
+               "the same spends." if self.upper_bound_epsilon is not None else ""),
             "",
             "Not covered by DP: evaluation metrics (accuracy, AUC and the like on held-out "
             "rows) and row counts are released to the server without differential privacy.",
@@ -184,7 +197,7 @@ class PrivacyStatement:
 
 
 def statement_from_entries(
-    entries: Sequence[LedgerEntry], *, delta: float, accountant: str = "rdp"
+    entries: Sequence[LedgerEntry], *, delta: float, accountant: str = DEFAULT_ACCOUNTANT
 ) -> PrivacyStatement:
     """The statement for a site's ledger entries (all of them: that is the scope).
 
@@ -195,6 +208,8 @@ def statement_from_entries(
     if not entries:
         raise ValueError("statement_from_entries: entries must not be empty; got none")
     spends = [entry.spend for entry in entries]
+    upper = (None if accountant == UPPER_BOUND_ACCOUNTANT else
+             compose_epsilon(spends, delta=delta, accountant=UPPER_BOUND_ACCOUNTANT))
     params = {(s.sampling_rate, s.noise_multiplier) for s in spends}
     clips = {entry.clip_norm for entry in entries}
     return PrivacyStatement(
@@ -210,4 +225,5 @@ def statement_from_entries(
         mixed_parameters=len(params) > 1 or len(clips) > 1,
         sampling="+".join(sorted({s.sampling for s in spends})),
         runs=len({run_of(entry.run_id) for entry in entries}),
+        upper_bound_epsilon=upper,
     )

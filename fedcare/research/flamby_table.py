@@ -5,11 +5,15 @@ and FedAvg with DP at eps in {0.1, 1, 3, 10} (each site's whole-run figure, delt
 Every figure is the mean and standard deviation over all runs (split seeds x run seeds)
 of the protocol's primary metric, the unweighted mean of per-site test accuracies of the
 global model. Hyper-parameters are heart_benchmark's ``TUNED`` (chosen for FedAvg on
-split 43 only) for every row. Cells are the sweep's: cached, so a rerun resumes.
+split 43 only) for every row, except the "FedAvg with DP (fedcare plan)" rows at eps in
+{0.1, 0.5, 1, 3}, which run ``fedcare plan``'s budget-aware settings (issue 17), and the
+per-site majority prior (each site predicts its training majority class; no training), a
+reference row. Cells are the sweep's: cached, so a rerun resumes.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from typing import Any
 from fedcare.common.config import RunConfig
 from fedcare.common.files import write_json_atomic, write_text_atomic
 from fedcare.data.datasets.heart_disease import SITES
+from fedcare.privacy.config import DEFAULT_ACCOUNTANT
 from fedcare.research.heart_benchmark import PROTOCOL, TUNED, mean_std
 from fedcare.research.sweep import (
     BASELINES,
@@ -34,6 +39,9 @@ from fedcare.research.sweep import (
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
 DP_EPSILONS = (0.1, 1.0, 3.0, 10.0)
+#: Budgets of the "FedAvg with DP (fedcare plan)" rows: `fedcare plan`'s settings for each.
+PLAN_EPSILONS = (0.1, 0.5, 1.0, 3.0)
+PRIOR = "per-site majority prior (reference)"
 DEFAULT_SPLIT_SEEDS = (43, 0, 1, 2, 3)
 STRATEGY_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedadam": "FedAdam",
                   "fedyogi": "FedYogi"}
@@ -48,6 +56,8 @@ FLAMBY = {"pooled training": "0.747", "local only: cleveland": "0.735",
 
 def table_cells(overrides: Mapping[str, Any], *, split_seeds: Sequence[int],
                 seeds: Sequence[int]) -> list[Cell]:
+    from fedcare.research.heart_plan import plan_for, plan_settings
+
     cells = []
     base = RunConfig.from_mapping({**PROTOCOL, **TUNED, **overrides})
     for split_seed in split_seeds:
@@ -62,6 +72,14 @@ def table_cells(overrides: Mapping[str, Any], *, split_seeds: Sequence[int],
             for eps in DP_EPSILONS:
                 cells.append(Cell(FEDERATED, with_privacy(data.replace(strategy="fedavg"), eps),
                                   len(SITES), {**labels, "strategy": "fedavg", "epsilon": eps}))
+            for eps in PLAN_EPSILONS:
+                plan = plan_for("heart-disease", eps)
+                planned = RunConfig.from_mapping({
+                    **data.to_run_config(), **plan_settings(plan, eps), "strategy": "fedavg",
+                    "dp-mode": "target-epsilon"})
+                cells.append(Cell(FEDERATED, planned, len(SITES),
+                                  {**labels, "strategy": "fedavg", "epsilon": eps,
+                                   "plan": plan.model}))
     return cells
 
 
@@ -71,6 +89,9 @@ def setting_of(result: Mapping[str, Any]) -> str:
     if lab.get("epsilon") is None:
         return name
     delta = float(result["settings"].get("delta", TUNED["delta"]))
+    if lab.get("plan"):
+        return (f"{name} with DP (fedcare plan: {lab['plan']}), eps = {lab['epsilon']:g}, "
+                f"delta = {_short(delta)}")
     return f"{name} with DP, eps = {lab['epsilon']:g}, delta = {_short(delta)}"
 
 
@@ -133,8 +154,10 @@ def heart_table(overrides: Mapping[str, Any], *, split_seeds: Sequence[int],
     cached = sum(1 for c in cells if (cache_dir / "cells" / f"{c.key}.json").is_file())
     results = run_cells(cells, cache_dir, progress=Progress(total=len(cells), skipped=cached))
     rows = collect(results)
+    rows[PRIOR] = prior_rows(overrides, split_seeds=split_seeds)
     table = format_table(rows)
-    result = {"protocol": PROTOCOL, "hyper-parameters": {**TUNED, **overrides},
+    result = {"protocol": PROTOCOL,
+              "hyper-parameters": {**TUNED, "accountant": DEFAULT_ACCOUNTANT, **overrides},
               "split-seeds": list(split_seeds), "seeds": list(seeds), "command": command,
               "rows": rows, "table": table}
     if out is not None:
@@ -151,9 +174,27 @@ def heart_table(overrides: Mapping[str, Any], *, split_seeds: Sequence[int],
     return result
 
 
+def prior_rows(overrides: Mapping[str, Any], *, split_seeds: Sequence[int]
+               ) -> list[dict[str, Any]]:
+    """Each site predicts its training rows' majority class: one row per split seed (it
+    involves no run seed and no training)."""
+    from fedcare.research.heart_benchmark import load_sites, protocol_config
+    from fedcare.research.heart_plan import majority_prior
+
+    rows = []
+    for split_seed in split_seeds:
+        sites = load_sites(protocol_config(overrides, split_seed=split_seed, seed=0))
+        prior = majority_prior(sites)
+        rows.append({"split-seed": split_seed, "seed": None, "site-accuracy": prior,
+                     "mean-site-accuracy": statistics.fmean(prior.values()),
+                     "mean-site-auc": None})
+    return rows
+
+
 def render_markdown(result: Mapping[str, Any]) -> str:
     splits = ", ".join(str(s) for s in result["split-seeds"])
     hp = result["hyper-parameters"]
+    accountant = str(hp.get("accountant", "rdp")).upper()  # tables before issue 17: RDP
     return f"""# Heart disease beside FLamby's Fed-Heart-Disease table
 
 The protocol of `../shared/data/heart-disease/BENCHMARK.md` (four hospitals, natural split,
@@ -170,7 +211,7 @@ batch size {hp.get('batch-size')} (full batch), learning rate {hp.get('learning-
 clip norm {hp.get('clip-norm')}; chosen for FedAvg on split 43 only (docs/results.md), not
 re-tuned for FedProx/FedAdam/FedYogi (server learning rate and proximal mu at their
 defaults). DP rows: DP-SGD at every site with the noise calibrated so that each site's
-**whole-run** epsilon is the stated target at delta = {hp.get('delta')} (RDP accountant,
+**whole-run** epsilon is the stated target at delta = {hp.get('delta')} ({accountant} accountant,
 add/remove-one adjacency, q = 1: full batch, so no amplification by sampling);
 "max site eps" is the largest figure any site spent, never an average. FLamby's eps = 0.1
 row was published at delta = 1e-4; ours is at 1e-3.

@@ -14,6 +14,16 @@ own held-out rows score four models (accuracy at 0.5 and ROC AUC):
   same whole-run epsilon and delta, for the rounds' number of steps (all of its budget
   on its own model: no fine-tuning to pay for).
 
+* ``personalised (refined, chosen on validation)``: with ``local-refinement =
+  "site-only"`` each site also chooses, on validation rows carved from its own training
+  rows, among the DP models and models of its own rows trained WITHOUT DP (kept at the site:
+  fedcare.site.refinement); ``personalised variant: X`` is each candidate X scored alone;
+* ``per-site majority prior``: each site predicts its training rows' majority class.
+
+With ``epsilons``, each budget runs the settings ``fedcare plan`` gives for it
+(fedcare.research.heart_plan, tuned on split 43) plus the personalisation settings below;
+the non-private local-only model is the same at every budget (TUNED, Dense 64-32).
+
 The primary figure is the unweighted mean over the four sites.
 """
 
@@ -27,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcare.common.config import RunConfig
+from fedcare.common.personalised import CANDIDATES
 from fedcare.data.datasets import SiteData
 from fedcare.data.datasets.heart_disease import SITES
 from fedcare.research.cluster import one_engine_session
@@ -46,9 +57,15 @@ PERSONALISED: dict[str, Any] = {"personalisation": "offset", "offset-learning-ra
                                  "finetune-learning-rate": 6.0}
 GLOBAL = "global (FedAvg + DP)"
 PERSONAL = "personalised (global + private offset)"
+REFINED = "personalised (refined, chosen on validation)"
 LOCAL = "local only (no privacy)"
 LOCAL_DP = "local only (DP, same eps)"
-SETTINGS = (GLOBAL, PERSONAL, LOCAL, LOCAL_DP)
+PRIOR = "per-site majority prior (reference)"
+VARIANT = "personalised variant: "
+SETTINGS = (GLOBAL, PERSONAL, REFINED, *(VARIANT + c for c in CANDIDATES), LOCAL, LOCAL_DP,
+            PRIOR)
+#: Site-only refinement in the benchmark's runs (the simulation's sites allow it).
+REFINE: dict[str, Any] = {"local-refinement": "site-only"}
 
 
 def _row(setting: str, acc: Mapping[str, float], auc: Mapping[str, float],
@@ -70,9 +87,31 @@ def federated_rows(config: RunConfig) -> list[dict[str, Any]]:
     report = run_simulation(config, num_sites=len(SITES))
     section = report["personalisation"]["sites"]
     eps = {s: r["epsilon"] for s, r in report["sites"].items() if r.get("epsilon") is not None}
-    return [_row(label, {s: _number(r[key]["accuracy"]) for s, r in section.items()},
+    rows = [_row(label, {s: _number(r[key]["accuracy"]) for s, r in section.items()},
                  {s: _number(r[key]["auc"]) for s, r in section.items()}, epsilon=eps)
             for label, key in ((GLOBAL, "global"), (PERSONAL, "personalised"))]
+    refined = {s: r["refined"] for s, r in section.items() if r.get("refined")}
+    if refined:
+        rows.append(_row(REFINED, {s: _number(r["accuracy"]) for s, r in refined.items()},
+                         {s: _number(r["auc"]) for s, r in refined.items()}, epsilon=eps,
+                         choice={s: r["choice"] for s, r in refined.items()}))
+        for candidate in CANDIDATES:
+            scored = {s: r["candidates"][candidate] for s, r in refined.items()
+                      if candidate in r["candidates"]}
+            if scored:
+                rows.append(_row(VARIANT + candidate,
+                                 {s: _number(m["accuracy"]) for s, m in scored.items()},
+                                 {s: _number(m["auc"]) for s, m in scored.items()},
+                                 epsilon=eps))
+    return rows
+
+
+def prior_row(sites: Sequence[SiteData]) -> dict[str, Any]:
+    """Each site predicts its training majority class (AUC of a constant: undefined)."""
+    from fedcare.research.heart_plan import majority_prior
+
+    prior = majority_prior(sites)
+    return _row(PRIOR, prior, {s: math.nan for s in prior})
 
 
 def local_dp_row(config: RunConfig, sites: Sequence[SiteData]) -> dict[str, Any]:
@@ -84,7 +123,7 @@ def local_dp_row(config: RunConfig, sites: Sequence[SiteData]) -> dict[str, Any]
     trainer, init = fresh_trainer(config, input_dim=sites[0].x_train.shape[1])
     acc, auc = {}, {}
     # The whole target spent on the local model's own steps (no fine-tuning to pay for).
-    alone = config.replace(finetune_epochs=0, finetune_budget_share=0.0)
+    alone = config.replace(finetune_epochs=0, finetune_budget_share=0.0, local_refinement="dp")
     for site in sites:
         sigma = noise_multiplier_for(alone, len(site.y_train))
         trainer.set_weights(init)
@@ -99,27 +138,48 @@ def local_dp_row(config: RunConfig, sites: Sequence[SiteData]) -> dict[str, Any]
     return _row(LOCAL_DP, acc, auc)
 
 
+def budget_settings(overrides: Mapping[str, Any], epsilon: float | None) -> dict[str, Any]:
+    """The run settings at one budget: ``fedcare plan``'s for it (None: TUNED's as before),
+    the personalisation settings, site-only refinement, then the caller's overrides."""
+    if epsilon is None:
+        return {**PERSONALISED, **overrides}
+    from fedcare.research.heart_plan import plan_for, plan_settings
+
+    return {**plan_settings(plan_for("heart-disease", epsilon), epsilon), **PERSONALISED,
+            **REFINE, **overrides, "target-epsilon": epsilon}
+
+
 @one_engine_session  # Ray and the site workers start once for all runs
 def run_personalisation_benchmark(overrides: Mapping[str, Any], *, split_seeds: Sequence[int],
                                   seeds: Sequence[int], output: Path | None = None,
-                                  run_prefix: str = "heart-personal") -> dict[str, Any]:
-    """Every (split seed, run seed): global, personalised, local-only (plain and DP)."""
+                                  run_prefix: str = "heart-personal",
+                                  epsilons: Sequence[float | None] = (None,)) -> dict[str, Any]:
+    """Every (budget, split seed, run seed): global, personalised (and, with a budget, the
+    refined choice and each candidate), local-only (plain and DP), the majority prior."""
     settings = {**PERSONALISED, **overrides}
     rows: list[dict[str, Any]] = []
     for split_seed in split_seeds:
         for seed in seeds:
             config = protocol_config(settings, split_seed=split_seed, seed=seed)
             sites = load_sites(config)
-            tag = {"split-seed": split_seed, "seed": seed}
+            tag: dict[str, Any] = {"split-seed": split_seed, "seed": seed}
             own = {r["setting"].removeprefix("local only: "): r for r in
                    centralized_rows(config, sites) if "own-site-accuracy" in r}
             rows.append({**_row(LOCAL, {s: r["own-site-accuracy"] for s, r in own.items()},
                                 {s: r["own-site-auc"] for s, r in own.items()}), **tag})
-            rows.append({**local_dp_row(config, sites), **tag})
-            name = f"{config.run_name or run_prefix}-split{split_seed}-seed{seed}"
-            rows += [{**row, **tag} for row in federated_rows(config.replace(run_name=name))]
-            if output is not None:  # keep what is done if a long run is stopped
-                _write(output, settings, split_seeds, seeds, rows)
+            rows.append({**prior_row(sites), **tag})
+            for epsilon in epsilons:
+                budget = protocol_config(budget_settings(overrides, epsilon),
+                                         split_seed=split_seed, seed=seed)
+                at = {**tag, "target-epsilon": budget.target_epsilon}
+                rows.append({**local_dp_row(budget, sites), **at})
+                name = (f"{budget.run_name or run_prefix}-"
+                        + (f"eps{epsilon:g}-" if epsilon is not None else "")
+                        + f"split{split_seed}-seed{seed}")
+                rows += [{**row, **at}
+                         for row in federated_rows(budget.replace(run_name=name))]
+                if output is not None:  # keep what is done if a long run is stopped
+                    _write(output, settings, split_seeds, seeds, rows)
     result = _result(settings, split_seeds, seeds, rows)
     if output is not None:
         _write(output, settings, split_seeds, seeds, rows)
@@ -130,7 +190,7 @@ def _result(settings: Mapping[str, Any], split_seeds: Sequence[int], seeds: Sequ
             rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"protocol": PROTOCOL, "hyper-parameters": {**TUNED, **settings},
             "split-seeds": list(split_seeds), "seeds": list(seeds), "rows": rows,
-            "table": format_personal_table(rows)}
+            "table": format_personal_table(rows) + "\n\n" + format_against_local(rows)}
 
 
 def _write(output: Path, settings: Mapping[str, Any], split_seeds: Sequence[int],
@@ -141,8 +201,25 @@ def _write(output: Path, settings: Mapping[str, Any], split_seeds: Sequence[int]
 
 
 def format_personal_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown: per setting, mean ± std over all (split, seed) runs of each site's accuracy
-    and AUC on its own held-out rows, and of their mean over sites."""
+    """Markdown: per budget and setting, mean ± std over all (split, seed) runs of each site's
+    accuracy and AUC on its own held-out rows, and of their mean over sites. Rows without a
+    budget (the non-private local-only model, the prior) are shown once, under every budget
+    they were run beside."""
+    budgets = sorted({r["target-epsilon"] for r in rows if r.get("target-epsilon") is not None})
+    if len(budgets) <= 1:
+        return _one_table(rows)
+    parts = []
+    for eps in budgets:
+        ran = {(r.get("split-seed"), r.get("seed")) for r in rows
+               if r.get("target-epsilon") == eps}
+        mine = [r for r in rows if r.get("target-epsilon") == eps or (
+            r.get("target-epsilon") is None and (r.get("split-seed"), r.get("seed")) in ran)]
+        parts.append(f"eps = {eps:g} per site (whole run, what leaves the site):\n\n"
+                     + _one_table(mine))
+    return "\n\n".join(parts)
+
+
+def _one_table(rows: Sequence[Mapping[str, Any]]) -> str:
     header = ("| model (scored on each site's own test rows) | mean site acc | "
               + " | ".join(f"{s} acc" for s in SITES) + " | mean site AUC | "
               + " | ".join(f"{s} AUC" for s in SITES) + " | runs | max site eps |")
@@ -160,3 +237,46 @@ def format_personal_table(rows: Sequence[Mapping[str, Any]]) -> str:
             + " | ".join(mean_std([r["site-auc"].get(s, math.nan) for r in group]) for s in SITES)
             + f" | {len(group)} | {f'{max(eps):.3f}' if eps else '-'} |")
     return "\n".join(lines)
+
+
+def format_against_local(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown, per budget: each site's refined personalised accuracy against its non-private
+    local-only model (mean over the runs that have both), and each split's mean site accuracy
+    (mean over run seeds) of global, refined and local-only: the issue's targets."""
+    budgets = sorted({r["target-epsilon"] for r in rows if r.get("target-epsilon") is not None})
+    local = {(r["split-seed"], r["seed"]): r for r in rows if r["setting"] == LOCAL}
+    splits = sorted({r["split-seed"] for r in rows if "split-seed" in r},
+                    key=lambda s: (s != 43, s))  # 43 (the tuning split) first
+    parts = []
+    for eps in budgets:
+        refined = [r for r in rows if r["setting"] == REFINED and r.get("target-epsilon") == eps
+                   and (r["split-seed"], r["seed"]) in local]
+        if not refined:
+            continue
+        lines = [f"eps = {eps:g}: refined personalised vs local only (no privacy), accuracy on "
+                 f"each site's own test rows, mean over {len(refined)} runs", "",
+                 "| site | refined | local only | refined - local only | runs refined >= local |",
+                 "| --- | --- | --- | --- | --- |"]
+        for site in [*SITES, "mean over sites"]:
+            def acc(row: Mapping[str, Any], site: str = site) -> float:
+                return float(row["mean-site-accuracy"] if site == "mean over sites"
+                             else row["site-accuracy"].get(site, math.nan))
+            pairs = [(acc(r), acc(local[(r["split-seed"], r["seed"])])) for r in refined]
+            pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+            if not pairs:
+                continue
+            mine, theirs = (statistics.fmean(p[i] for p in pairs) for i in (0, 1))
+            lines.append(f"| {site} | {mine:.3f} | {theirs:.3f} | {mine - theirs:+.3f} | "
+                         f"{sum(a >= b for a, b in pairs)}/{len(pairs)} |")
+        lines += ["", "| model | " + " | ".join(f"split {s}" for s in splits) + " |",
+                  "|" + " --- |" * (len(splits) + 1)]
+        for setting in (GLOBAL, PERSONAL, REFINED, LOCAL, PRIOR):
+            cells = []
+            for split in splits:
+                group = [r["mean-site-accuracy"] for r in rows
+                         if r["setting"] == setting and r.get("split-seed") == split
+                         and r.get("target-epsilon") in (None, eps)]
+                cells.append(f"{statistics.fmean(group):.3f}" if group else "-")
+            lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)

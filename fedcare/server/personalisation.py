@@ -23,6 +23,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.server import Grid
 
 from fedcare.common.config import RunConfig
+from fedcare.common.personalised import (
+    CANDIDATES,
+    DP_CANDIDATES,
+    SITE_ONLY_LABEL,
+    candidate_key,
+    choice_key,
+)
 from fedcare.server.report import RunRecorder, _finite_mean, _number
 
 logger = logging.getLogger(__name__)
@@ -77,8 +84,15 @@ def personalisation_section(config: RunConfig, report: Mapping[str, Any],
                              "auc": personal.get("personal-auc")},
             "fine-tuned": site in finetune,
         }
+        refined = refined_scores(personal)
+        if refined is not None:
+            sites[site]["refined"] = refined
     mean = {model: {metric: _finite_mean(_number(row[model][metric]) for row in sites.values())
                     for metric in ("accuracy", "auc")} for model in ("global", "personalised")}
+    refined_sites = [row["refined"] for row in sites.values() if "refined" in row]
+    if refined_sites:
+        mean["refined"] = {metric: _finite_mean(_number(r[metric]) for r in refined_sites)
+                           for metric in ("accuracy", "auc")}
     return {
         "kind": config.personalisation, "finetune-epochs": config.finetune_epochs,
         "sites": sites, "mean-over-sites": mean,
@@ -86,8 +100,27 @@ def personalisation_section(config: RunConfig, report: Mapping[str, Any],
                 "Fed-Heart-Disease metric); personalised = the shared model plus the site's "
                 "private part (a logit offset trained in the same DP steps"
                 + (", then fine-tuned under DP" if finetune else "") + "), which never leaves "
-                "the site. Each site's epsilon covers both (this run, incl. fine-tuning).",
+                "the site. Each site's epsilon covers both (this run, incl. fine-tuning)."
+                + (" refined = the model each site chose on validation rows carved from its "
+                   "own training rows (local-refinement = site-only); where it is not the "
+                   f"global or offset model: {SITE_ONLY_LABEL}. The epsilons above cover what "
+                   "left each site and are unchanged by it." if refined_sites else ""),
     }
+
+
+def refined_scores(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A site's refined personalised model as its reply reports it (None: not refined):
+    the chosen candidate's scores, every candidate's, and the site-only label if it has one."""
+    index = metrics.get(choice_key())
+    if index is None:
+        return None
+    choice = CANDIDATES[int(index)]
+    candidates = {c: {"accuracy": metrics[candidate_key(c, "accuracy")],
+                      "auc": metrics.get(candidate_key(c, "auc"))}
+                  for c in CANDIDATES if candidate_key(c, "accuracy") in metrics}
+    return {"choice": choice, **candidates[choice], "candidates": candidates,
+            "label": SITE_ONLY_LABEL if choice not in DP_CANDIDATES else
+            "personalised model: DP-trained global model and private offset only"}
 
 
 def apply_finetune_privacy(report: dict[str, Any], finetune: Mapping[str, Mapping[str, Any]],
@@ -106,10 +139,20 @@ def format_personalisation(section: Mapping[str, Any]) -> str:
     def fmt(value: Any) -> str:
         return "n/a" if value is None or not math.isfinite(float(value)) else f"{value:.3f}"
 
-    lines = [f"{'site':<16}{'global acc':>11}{'global auc':>11}{'pers. acc':>11}{'pers. auc':>11}"]
+    refined = "refined" in section["mean-over-sites"]
+    lines = [f"{'site':<16}{'global acc':>11}{'global auc':>11}{'pers. acc':>11}{'pers. auc':>11}"
+             + (f"{'refined acc':>12}  refined model" if refined else "")]
     rows = {**section["sites"], "mean over sites": section["mean-over-sites"]}
     for site, row in rows.items():
-        lines.append(f"{site:<16}{fmt(row['global']['accuracy']):>11}"
-                     f"{fmt(row['global']['auc']):>11}{fmt(row['personalised']['accuracy']):>11}"
-                     f"{fmt(row['personalised']['auc']):>11}")
+        line = (f"{site:<16}{fmt(row['global']['accuracy']):>11}"
+                f"{fmt(row['global']['auc']):>11}{fmt(row['personalised']['accuracy']):>11}"
+                f"{fmt(row['personalised']['auc']):>11}")
+        if refined and "refined" in row:
+            choice = row["refined"].get("choice")
+            line += f"{fmt(row['refined']['accuracy']):>12}  " + (
+                "" if choice is None else choice + (
+                    " (site-only: never share it)" if choice not in DP_CANDIDATES else ""))
+        lines.append(line)
+    if refined:
+        lines.append(SITE_ONLY_LABEL + " (every model marked site-only above)")
     return "\n".join(lines)

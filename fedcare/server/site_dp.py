@@ -37,6 +37,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
 from fedcare.privacy import RoundSpend, compose_epsilon
+from fedcare.privacy.config import DEFAULT_ACCOUNTANT
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def clip_update(sent: list[np.ndarray], base: list[np.ndarray], clip_norm: float
 
 
 def site_level_epsilon(*, rounds: int, noise_multiplier: float, delta: float,
-                       accountant: str = "rdp") -> float:
+                       accountant: str = DEFAULT_ACCOUNTANT) -> float:
     """Whole-run site-level epsilon after ``rounds`` aggregated rounds."""
     if rounds == 0:
         return 0.0

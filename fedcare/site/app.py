@@ -13,6 +13,7 @@ from fedcare.common.preflight import ANSWER_RECORD, KNOWN_RECORD, REQUEST_RECORD
 from fedcare.common.wire import decode_arrays
 from fedcare.site.faults import maybe_attack, maybe_fail
 from fedcare.site.preflight import answer_preflight
+from fedcare.site.refinement import refine_at_site
 from fedcare.site.replies import (
     REFUSABLE,
     evaluate_content,
@@ -87,9 +88,10 @@ def finetune(msg: Message, context: Context) -> Message:
         outcome, personal = finetune_site(config, site, weights,
                                           run_id=ledger_run_id(round_config),
                                           server_round=int(round_config["server-round"]))
+        refined = refine_at_site(config, site, weights, run_id=ledger_run_id(round_config))
     except REFUSABLE as err:
         return _refuse(err, msg, site, round_config, "finetune")
-    return Message(finetune_content(site, outcome, personal), reply_to=msg)
+    return Message(finetune_content(site, outcome, personal, refined), reply_to=msg)
 
 
 @app.evaluate(mods=[legacy_format_mod])

@@ -32,6 +32,7 @@ from typing import Any
 
 from fedcare.common.config import STRATEGIES, RunConfig
 from fedcare.common.errors import ConfigError
+from fedcare.common.personalised import LOCAL_REFINEMENTS
 from fedcare.common.values import is_real as _is_real
 from fedcare.privacy.statement import format_delta, format_epsilon
 
@@ -51,6 +52,7 @@ __all__ = [
     "effective_budget",
     "format_left",
     "load_policy",
+    "local_refinement",
     "parse_policy",
     "permissive_policy",
     "policy_path_for",
@@ -87,6 +89,8 @@ MEANINGS: dict[str, str] = {
     "require-secure-aggregation": "refuse runs without secure aggregation (secaggplus)",
     "allow-evaluation-metrics": "send evaluation metrics (not covered by DP) to the server",
     "allow-fine-tuning": "allow runs with finetune-epochs > 0",
+    "local-refinement": "\"site-only\": the site may also train its personalised model on its "
+                        "own rows without DP (kept at the site, never shared); \"dp\": not",
 }
 
 
@@ -111,6 +115,7 @@ class SitePolicy:
     require_secure_aggregation: bool = False
     allow_evaluation_metrics: bool = True
     allow_fine_tuning: bool = True
+    local_refinement: str = "dp"
     source: str = BUILT_IN_SOURCE
     simulation: bool = False
 
@@ -226,6 +231,7 @@ def permissive_policy(config: RunConfig) -> SitePolicy:
         require_secure_aggregation=False,
         allow_evaluation_metrics=True,
         allow_fine_tuning=True,
+        local_refinement="site-only",
         source=SIMULATION_SOURCE,
         simulation=True,
     )
@@ -433,6 +439,23 @@ def _names(raw: object) -> tuple[Any, str]:
     return raw, rule
 
 
+def _refinement(raw: object) -> tuple[Any, str]:
+    ok = isinstance(raw, str) and raw in LOCAL_REFINEMENTS
+    return raw, "" if ok else f"one of {', '.join(repr(m) for m in LOCAL_REFINEMENTS)}"
+
+
+def local_refinement(policy: SitePolicy, config: RunConfig) -> str:
+    """The refinement this site runs: ``"site-only"`` only when the run asks for it AND the
+    policy allows it; a run asking for more than the policy allows gets ``"dp"`` (what
+    leaves the site is the same either way, so this is not a refusal)."""
+    if config.local_refinement == "site-only" and policy.local_refinement != "site-only":
+        logger.warning("the run asks local-refinement = \"site-only\"; this site's policy "
+                       "(%s) allows \"dp\" only: the personalised model stays DP-only",
+                       policy.source)
+        return "dp"
+    return config.local_refinement
+
+
 def _bundles(raw: object) -> tuple[Any, str]:
     rule = f"{ANY_BUNDLE!r} or a non-empty list of distinct sha256 hashes (64 hex digits)"
     if raw == ANY_BUNDLE:
@@ -457,6 +480,7 @@ _RULES: dict[str, Callable[[object], tuple[Any, str]]] = {
     "require-secure-aggregation": _boolean,
     "allow-evaluation-metrics": _boolean,
     "allow-fine-tuning": _boolean,
+    "local-refinement": _refinement,
 }
 
 

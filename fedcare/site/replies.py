@@ -75,10 +75,12 @@ def train_content(site: SiteSpec, outcome: TrainOutcome,
                        "site": ConfigRecord(info)})
 
 
-def finetune_content(site: SiteSpec, outcome: TrainOutcome, personal: EvalResult) -> RecordDict:
-    """Scores of the personalised model and the whole-run statement: no arrays."""
+def finetune_content(site: SiteSpec, outcome: TrainOutcome, personal: EvalResult,
+                     refined: Mapping[str, float] | None = None) -> RecordDict:
+    """Scores of the personalised model (and, after a site-only refinement, of each
+    candidate and the index of the chosen one) and the whole-run statement: no arrays."""
     metrics = {**outcome.metrics(), **scores(personal, "personal-"),
-               "test-rows": personal.num_examples}
+               "test-rows": personal.num_examples, **(refined or {})}
     return RecordDict({"metrics": MetricRecord(metrics),
                        "site": ConfigRecord(_site_info(site, outcome))})
 

@@ -45,6 +45,7 @@ from fedcare.common.site_report import (
     SiteReport,
 )
 from fedcare.privacy.accounting import RoundSpend, compose_epsilon
+from fedcare.privacy.config import DEFAULT_ACCOUNTANT
 from fedcare.privacy.ledger import (
     LEDGER_FILENAME,
     LedgerEntry,
@@ -88,7 +89,7 @@ ARCHIVE_DIRNAME = "archive"
 #: Used to state a recovered or migrated spend's running total only when the caller
 #: names no delta/accountant and nothing in the audit log does (the run config's defaults).
 FALLBACK_DELTA = 1e-3
-FALLBACK_ACCOUNTANT = "rdp"
+FALLBACK_ACCOUNTANT = DEFAULT_ACCOUNTANT
 #: Relative tolerance when a recorded lifetime epsilon is compared with the recomputed one
 #: (the same code on the same numbers gives the same float; this only absorbs JSON round trips).
 EPSILON_REL_TOLERANCE = 1e-9
@@ -122,11 +123,11 @@ class SiteHistory:
     audit_head: str
     resets: tuple[ResetEntry, ...]
 
-    def lifetime_epsilon(self, *, delta: float, accountant: str = "rdp") -> float:
+    def lifetime_epsilon(self, *, delta: float, accountant: str = DEFAULT_ACCOUNTANT) -> float:
         """Lifetime epsilon at this site (since its last reset) at ``delta``."""
         return compose_epsilon(self.spends, delta=delta, accountant=accountant)
 
-    def to_record(self, *, delta: float, accountant: str = "rdp",
+    def to_record(self, *, delta: float, accountant: str = DEFAULT_ACCOUNTANT,
                   extends: bool | None = None) -> dict[str, str | int | float]:
         """Flat report keys for the server (a Flower ConfigRecord's values;
         :class:`~fedcare.common.site_report.SiteReport`).
@@ -146,7 +147,7 @@ class SiteHistory:
                            AUDIT_EXTENDS_YES if extends else AUDIT_EXTENDS_NO),
         ).to_record()
 
-    def describe(self, *, delta: float | None = None, accountant: str = "rdp") -> str:
+    def describe(self, *, delta: float | None = None, accountant: str = DEFAULT_ACCOUNTANT) -> str:
         """One paragraph: lifetime spend (with its scope, delta and accountant), the audit
         chain, and every reset as ``budget reset on DATE: REASON``."""
         lines = [f"site {self.site}: {self.entries} ledger entries over {self.runs} run(s); "

@@ -112,7 +112,7 @@ def test_site_over_budget_refuses_in_preflight_and_the_run_goes_on(tmp_path: Pat
     assert refusal["accepted"] is False
     assert len(refusal["reasons"]) == 1
     assert refusal["reasons"][0].startswith("budget: this run needs eps 1.00 (this run, "
-                                            "delta=1e-03, RDP); lifetime at this site would go")
+                                            "delta=1e-03, PLD); lifetime at this site would go")
     assert refusal["reasons"][0].endswith("above its budget 2.00 (0.00 left)")
     assert report["preflight"]["accepted"] == ["site-1"]
     for rnd in report["rounds"]:

@@ -96,7 +96,7 @@ def test_rdp_matches_opacus_published_reference_with_opacus_orders() -> None:
     opacus_accountant = dp_accounting.rdp.RdpAccountant(orders=OPACUS_ORDERS)
 
     with_opacus_orders = opacus_accountant.compose(spend.to_dp_event()).get_epsilon(1e-5)
-    with_default_orders = compose_epsilon([spend], delta=1e-5)
+    with_default_orders = compose_epsilon([spend], delta=1e-5, accountant="rdp")
 
     assert with_opacus_orders == pytest.approx(OPACUS_REFERENCE_EPSILON, abs=1e-8)
     assert with_default_orders == pytest.approx(OPACUS_REFERENCE_EPSILON, abs=1e-8)
@@ -287,7 +287,8 @@ def calibrated_epsilon(sigma: float, *, rounds: int, accountant: str = "rdp",
 
 def calibrate(**overrides: Any) -> float:
     kwargs: dict[str, Any] = {"target_epsilon": 3.0, "delta": 1e-5, "num_examples": 500,
-                              "batch_size": 50, "local_epochs": 1, "rounds": 10}
+                              "batch_size": 50, "local_epochs": 1, "rounds": 10,
+                              "accountant": "rdp"}
     kwargs.update(overrides)
     return calibrate_noise_multiplier(**kwargs)
 
@@ -398,8 +399,8 @@ def test_rdp_epsilon_is_bit_for_bit_the_accountants(spends: list[tuple[float, fl
         accountant.compose(dp_accounting.SelfComposedDpEvent(
             dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(s)), n))
 
-    assert compose_epsilon(rounds, delta=1e-5) == accountant.get_epsilon(1e-5)
-    assert compose_epsilon(rounds, delta=1e-3) == accountant.get_epsilon(1e-3)
+    assert compose_epsilon(rounds, delta=1e-5, accountant="rdp") == accountant.get_epsilon(1e-5)
+    assert compose_epsilon(rounds, delta=1e-3, accountant="rdp") == accountant.get_epsilon(1e-3)
 
 
 # -- fine-tuning at its own noise multiplier, calibrated jointly with the rounds --------
@@ -458,3 +459,47 @@ def test_calibration_refuses_a_share_outside_zero_one() -> None:
         calibrate_noise_multiplier(target_epsilon=1.0, delta=1e-3, num_examples=100,
                                    batch_size=100, local_epochs=1, rounds=5, extra_epochs=1,
                                    extra_share=1.0)
+
+
+# -- the default accountant: PLD calibrates and reports, RDP is its upper bound ----------
+
+def test_pld_is_the_default_for_run_configs_privacy_configs_and_composition() -> None:
+    from fedcare.common.config import RunConfig
+    from fedcare.privacy.config import DEFAULT_ACCOUNTANT
+
+    spend = RoundSpend(sampling_rate=1.0, noise_multiplier=18.35, steps=40)
+
+    assert DEFAULT_ACCOUNTANT == "pld"
+    assert RunConfig().accountant == "pld"
+    assert RunConfig().privacy.accountant == "pld"  # type: ignore[union-attr]
+    assert compose_epsilon([spend], delta=1e-3) == compose_epsilon([spend], delta=1e-3,
+                                                                   accountant="pld")
+
+
+def test_heart_demo_noise_calibrated_by_rdp_to_eps_1_is_eps_0_867_by_pld() -> None:
+    """Issue 17's figure: 40 full-batch steps calibrated by RDP to eps = 1 at delta = 1e-3
+    (sigma 18.351) are eps ~0.867 by PLD, which matches the closed form (pessimistic by at
+    most 1e-4): calibrating by RDP left ~13 % of the budget unused."""
+    sigma = calibrate(target_epsilon=1.0, delta=1e-3, num_examples=200, batch_size=256,
+                      rounds=40, accountant="rdp")
+    spend = RoundSpend(sampling_rate=1.0, noise_multiplier=sigma, steps=40)
+
+    pld = compose_epsilon([spend], delta=1e-3, accountant="pld")
+    exact = analytic_gaussian_epsilon(sigma=sigma, steps=40, delta=1e-3)
+
+    assert sigma == pytest.approx(18.351, abs=1e-3)
+    assert exact - 1e-9 <= pld <= exact + 1e-4
+    assert pld == pytest.approx(0.867, abs=1e-3)
+
+
+def test_calibrating_with_pld_needs_less_noise_and_rdp_bounds_it_from_above() -> None:
+    kwargs: dict[str, Any] = {"target_epsilon": 1.0, "delta": 1e-3, "num_examples": 200,
+                              "batch_size": 256, "rounds": 40}
+    by_pld = calibrate(**{**kwargs, "accountant": "pld"})
+    by_rdp = calibrate(**{**kwargs, "accountant": "rdp"})
+    spend = RoundSpend(sampling_rate=1.0, noise_multiplier=by_pld, steps=40)
+
+    assert by_pld < by_rdp
+    assert 1.0 * (1 - 1e-3) <= compose_epsilon([spend], delta=1e-3, accountant="pld") <= 1.0
+    assert analytic_gaussian_epsilon(sigma=by_pld, steps=40, delta=1e-3) <= 1.0
+    assert compose_epsilon([spend], delta=1e-3, accountant="rdp") == pytest.approx(1.15, abs=0.01)

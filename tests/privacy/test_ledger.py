@@ -21,6 +21,7 @@ from fedcare.privacy import (
     statement_from_entries,
 )
 from fedcare.privacy import ledger as ledger_module
+from fedcare.privacy.statement import format_epsilon
 
 SITE = "hospital-a"
 DELTA = 1e-5
@@ -444,6 +445,33 @@ def test_statement_from_ledger_covers_every_entry(tmp_path: Path) -> None:
     assert "q<=0.2" in statement.short()
     assert statement.to_dict()["short"] == statement.short()
     assert statement.to_dict()["adjacency"] == "add-or-remove-one-example"
+
+
+def test_pld_statement_reports_the_rdp_figure_beside_it_as_an_upper_bound(
+        tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path, site=SITE)
+    record_rounds(ledger, 3, run_id="run-1")
+    rdp = ledger.epsilon(delta=DELTA, accountant="rdp")
+
+    statement = statement_from_entries(ledger.entries, delta=DELTA)  # the default: PLD
+
+    assert statement.accountant == "pld"
+    assert statement.epsilon == ledger.epsilon(delta=DELTA, accountant="pld") < rdp
+    assert statement.upper_bound_epsilon == rdp
+    assert statement.short().endswith(f"PLD, add/remove-one, Poisson sampling q=0.1; "
+                                      f"RDP upper bound eps={format_epsilon(rdp)})")
+    assert f"gives epsilon = {format_epsilon(rdp)} for the same spends" in statement.text()
+    assert statement.to_dict()["upper_bound_epsilon"] == rdp
+
+
+def test_rdp_statement_has_no_second_figure(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path, site=SITE)
+    record_rounds(ledger, 2, run_id="run-1")
+
+    statement = statement_from_entries(ledger.entries, delta=DELTA, accountant="rdp")
+
+    assert statement.upper_bound_epsilon is None
+    assert "upper bound eps" not in statement.short()
 
 
 def test_statement_needs_at_least_one_entry() -> None:

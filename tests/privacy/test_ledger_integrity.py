@@ -24,6 +24,7 @@ from fedcare.privacy import (
     RoundSpend,
     compose_epsilon,
 )
+from fedcare.privacy.statement import format_epsilon
 from fedcare.site.audit import (
     AUDIT_FILENAME,
     GENESIS_HASH,
@@ -329,7 +330,7 @@ def test_fresh_dir_is_accepted_and_gets_a_marker(tmp_path: Path) -> None:
     history = check_site_state(state_dir, site=SITE)
 
     assert (history.entries, history.runs, history.audit_length, history.resets) == (0, 0, 0, ())
-    assert history.lifetime_epsilon(delta=DELTA) == 0.0
+    assert history.lifetime_epsilon(delta=DELTA, accountant=ACCOUNTANT) == 0.0
     marker = read_marker(state_dir)
     assert marker is not None
     assert (marker.entries, marker.audit_length, marker.resets) == (0, 0, 0)
@@ -353,7 +354,7 @@ def test_each_spend_is_in_the_audit_log_with_entry_hash_and_lifetime_total(
     history = check_site_state(state_dir, site=SITE)
     assert (history.entries, history.runs, history.audit_length) == (6, 2, 10)
     assert history.audit_head == records[-1].hash
-    assert history.lifetime_epsilon(delta=DELTA) == lifetime(6)
+    assert history.lifetime_epsilon(delta=DELTA, accountant=ACCOUNTANT) == lifetime(6)
 
 
 def test_crash_between_ledger_and_audit_is_repaired_as_recovered(
@@ -404,14 +405,14 @@ def test_reset_then_training_again(tmp_path: Path) -> None:
     assert reset.archived_epsilon == lifetime(6)
     assert reset.archived_audit_head == old_head
     assert history.entries == 1 and history.resets == (reset,)
-    assert history.lifetime_epsilon(delta=DELTA) == lifetime(1)
+    assert history.lifetime_epsilon(delta=DELTA, accountant=ACCOUNTANT) == lifetime(1)
     archive = state_dir / reset.archive
     assert sorted(p.name for p in archive.iterdir()) == [AUDIT_FILENAME, LEDGER_FILENAME,
                                                          MARKER_FILENAME]
     first = SiteAuditLog(state_dir, site=SITE).records()[0]
     assert isinstance(first, ResetRecord) and first.entry == reset
     assert f"budget reset on {reset.reset_at[:10]}: new ethics approval 2027" in \
-        history.describe(delta=DELTA)
+        history.describe(delta=DELTA, accountant=ACCOUNTANT)
 
 
 def test_second_reset_keeps_the_first_in_the_ledger(tmp_path: Path) -> None:
@@ -572,8 +573,10 @@ def test_old_ledger_command_form_still_works(tmp_path: Path,
 
     out = capsys.readouterr().out
     assert code == 0
-    assert (f"{SITE}: 6 rounds recorded; epsilon = {lifetime(6):.4f} at delta = 1e-05 (RDP, "
+    pld = compose_epsilon([SPEND] * 6, delta=DELTA, accountant="pld")  # the default
+    assert (f"{SITE}: 6 rounds recorded; epsilon = {pld:.4f} at delta = 1e-05 (PLD, "
             "lifetime at this site (2 runs))") in out
+    assert f"RDP upper bound eps={format_epsilon(lifetime(6))})" in out
 
 
 def test_ledger_reset_command_archives_and_show_reports_it(
@@ -673,8 +676,31 @@ def test_record_spend_refuses_an_entry_that_is_not_the_ledgers_last(tmp_path: Pa
 def test_describe_states_scope_delta_and_accountant(tmp_path: Path) -> None:
     state_dir = site_with_history(tmp_path / SITE)
 
-    text = check_site_state(state_dir, site=SITE).describe(delta=DELTA)
+    text = check_site_state(state_dir, site=SITE).describe(delta=DELTA, accountant=ACCOUNTANT)
 
     assert text.startswith(f"site {SITE}: 6 ledger entries over 2 run(s); audit log 10 records")
     assert "lifetime at this site (2 runs) at delta=1e-05 (RDP accountant, add/remove-one" in text
     assert "budget reset" not in text
+
+
+def test_a_site_whose_spends_were_recorded_under_rdp_goes_on_under_the_pld_default(
+        tmp_path: Path) -> None:
+    """The ledger format did not change with the default accountant: the same events, and
+    each audit spend record states its running total at the accountant it names."""
+    state_dir = site_with_history(tmp_path / SITE)  # 6 entries, totals recorded at RDP
+    ledger = PrivacyLedger(state_dir, site=SITE)
+    entry = LedgerEntry.now(run_id="run-3", server_round=1, spend=SPEND, clip_norm=1.0,
+                            num_examples=200)
+    check_site_state(state_dir, site=SITE, delta=DELTA, accountant="pld")
+
+    total = ledger.record(entry, delta=DELTA, budget=100.0)  # the default: PLD
+    record_spend(state_dir, site=SITE, entry=entry, phase="round", delta=DELTA,
+                 accountant="pld")
+    history = check_site_state(state_dir, site=SITE, delta=DELTA, accountant="pld")
+
+    spends = [r for r in SiteAuditLog(state_dir, site=SITE).records()
+              if isinstance(r, SpendRecord)]
+    assert [s.accountant for s in spends] == ["rdp"] * 6 + ["pld"]
+    assert total == compose_epsilon([SPEND] * 7, delta=DELTA, accountant="pld")
+    assert spends[-1].epsilon_total == total < lifetime(7)  # PLD is the tighter bound
+    assert history.lifetime_epsilon(delta=DELTA) == total

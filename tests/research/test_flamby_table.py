@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from fedcare.common.config import RunConfig
 from fedcare.data.datasets.heart_disease import SITES
 from fedcare.research.flamby_table import (
     DP_EPSILONS,
+    PLAN_EPSILONS,
     STRATEGIES,
     collect,
     format_table,
@@ -24,10 +26,11 @@ from tests.sweep_factories import fake_result
 def test_cells_cover_every_row_of_the_flamby_table_for_each_split() -> None:
     cells = table_cells({}, split_seeds=[43, 0, 1, 2, 3], seeds=[0])
 
-    per_split = 1 + len(STRATEGIES) + len(DP_EPSILONS)
+    per_split = 1 + len(STRATEGIES) + len(DP_EPSILONS) + len(PLAN_EPSILONS)
     assert len(cells) == 5 * per_split
     dp = [c.config for c in cells
-          if c.kind == FEDERATED and c.labels["epsilon"] is not None]
+          if c.kind == FEDERATED and c.labels["epsilon"] is not None
+          and not c.labels.get("plan")]
     assert sorted({(c.target_epsilon, c.delta, c.strategy) for c in dp}) == [
         (0.1, 1e-3, "fedavg"), (1.0, 1e-3, "fedavg"), (3.0, 1e-3, "fedavg"),
         (10.0, 1e-3, "fedavg")]
@@ -45,8 +48,11 @@ def test_rows_follow_the_flamby_layout() -> None:
 
     assert list(rows)[:9] == ["pooled training", *[f"local only: {s}" for s in SITES],
                               "FedAvg", "FedProx", "FedAdam", "FedYogi"]
-    assert list(rows)[9:] == [f"FedAvg with DP, eps = {e:g}, delta = 1e-3"
-                              for e in DP_EPSILONS]
+    assert list(rows)[9:13] == [f"FedAvg with DP, eps = {e:g}, delta = 1e-3"
+                                for e in DP_EPSILONS]
+    assert [name.split(", eps = ")[1] for name in list(rows)[13:]] == [
+        f"{e:g}, delta = 1e-3" for e in PLAN_EPSILONS]
+    assert all(name.startswith("FedAvg with DP (fedcare plan: ") for name in list(rows)[13:])
     assert all(len(runs) == 2 for runs in rows.values())  # one run per split seed
 
 
@@ -79,13 +85,17 @@ def test_every_cell_kind_is_counted_once_per_run(kind: str) -> None:
 
 
 def test_the_command_renders_from_a_full_cache_without_running_anything(tmp_path: Path) -> None:
-    cells = table_cells({}, split_seeds=[43, 0], seeds=[0])
+    from tests.data_factories import write_heart_dir
+
+    (tmp_path / "data").mkdir()
+    data = {"data-dir": str(write_heart_dir(tmp_path / "data", {s: 40 for s in SITES}))}
+    cells = table_cells(data, split_seeds=[43, 0], seeds=[0])
     (tmp_path / "cache" / "cells").mkdir(parents=True)
     for cell in cells:
         (tmp_path / "cache" / "cells" / f"{cell.key}.json").write_text(
             json.dumps(fake_result(cell, sites=SITES)))
 
-    result = heart_table({}, split_seeds=[43, 0], seeds=[0], cache_dir=tmp_path / "cache",
+    result = heart_table(data, split_seeds=[43, 0], seeds=[0], cache_dir=tmp_path / "cache",
                          out=tmp_path / "table.json", markdown=tmp_path / "table.md",
                          plots_dir=tmp_path / "plots", command="fedcare benchmark-heart-table")
 
@@ -93,3 +103,31 @@ def test_the_command_renders_from_a_full_cache_without_running_anything(tmp_path
     assert "fedcare benchmark-heart-table" in (tmp_path / "table.md").read_text()
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
         ["results.csv", *PLOTS])
+
+
+def test_plan_rows_run_fedcare_plans_settings_and_every_cell_names_its_accountant() -> None:
+    from fedcare.research.heart_plan import plan_for
+
+    cells = table_cells({}, split_seeds=[43], seeds=[0])
+    plans = [c for c in cells if c.labels.get("plan")]
+
+    assert [c.labels["epsilon"] for c in plans] == list(PLAN_EPSILONS)
+    for cell in plans:
+        config = RunConfig.from_mapping(cell.settings)
+        plan = plan_for("heart-disease", cell.labels["epsilon"])
+        assert (config.num_rounds, config.hidden_units) == (plan.settings["num-rounds"],
+                                                             plan.settings["hidden-units"])
+    assert all(c.settings["accountant"] == "pld" for c in cells)
+
+
+def test_the_prior_row_is_each_sites_training_majority_on_its_test_rows(tmp_path: Path) -> None:
+    from fedcare.research.flamby_table import prior_rows
+    from tests.data_factories import write_heart_dir
+
+    data = write_heart_dir(tmp_path, {s: 40 for s in SITES})
+
+    (row,) = prior_rows({"data-dir": str(data)}, split_seeds=[43])
+
+    assert set(row["site-accuracy"]) == set(SITES)
+    assert all(0.0 <= v <= 1.0 for v in row["site-accuracy"].values())
+    assert row["mean-site-accuracy"] == sum(row["site-accuracy"].values()) / len(SITES)

@@ -31,7 +31,8 @@ def test_site_level_epsilon_is_gaussian_composition_without_amplification() -> N
     direct = RdpAccountant().compose(dp_accounting.SelfComposedDpEvent(
         dp_accounting.GaussianDpEvent(2.0), 10)).get_epsilon(1e-2)
 
-    assert site_level_epsilon(rounds=10, noise_multiplier=2.0, delta=1e-2) == pytest.approx(
+    assert site_level_epsilon(rounds=10, noise_multiplier=2.0, delta=1e-2,
+                              accountant="rdp") == pytest.approx(
         direct, rel=1e-12)
     assert site_level_epsilon(rounds=0, noise_multiplier=2.0, delta=1e-2) == 0.0
 

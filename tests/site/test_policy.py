@@ -308,7 +308,7 @@ def test_default_policy_accepts_the_default_run() -> None:
      "policy: noise-multiplier must be >= 0.5 (min-noise-multiplier = 0.5); got 0.4"),
     (SitePolicy(max_epsilon_per_run=2), {"target_epsilon": 2.5},
      "policy: target-epsilon must be <= 2 (max-epsilon-per-run = 2.0); got 2.5 "
-     "(this run, delta=1e-03, RDP)"),
+     "(this run, delta=1e-03, PLD)"),
     (SitePolicy(max_delta=1e-5), {"delta": 1e-4},
      "policy: delta must be <= 1e-05 (max-delta = 1e-05); got 0.0001"),
     (SitePolicy(max_rounds=5), {"num_rounds": 6},

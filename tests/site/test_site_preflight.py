@@ -89,7 +89,7 @@ def test_the_whole_run_is_checked_against_what_the_ledger_already_holds(tmp_path
     # Arrange: one earlier round (noise 4, q = 32/60: eps 0.566 at delta 1e-3, RDP); the
     # policy allows a lifetime of 1.1; this run is calibrated to eps 1 over its 2 rounds,
     # and composed with the earlier round that is eps 1.175 (computed with dp-accounting).
-    config = _config()
+    config = _config(accountant="rdp")  # the figures below are RDP's
     site = _site(tmp_path, config, policy="lifetime-epsilon-budget = 1.1\n")
     spend = plan_round(num_examples=TRAIN_ROWS, batch_size=32, local_epochs=1,
                        noise_multiplier=4.0)
