@@ -71,6 +71,13 @@ MECHANISM = "poisson-gaussian"
 #: epsilon and one composition of a few thousand steps under ~1 s. 1e-3 is visibly
 #: pessimistic (it can exceed RDP); 1e-5 costs ~10x the time for no practical gain.
 PLD_VALUE_DISCRETIZATION_INTERVAL = 1e-4
+#: PLD's grid grows with the size of the figure: 1e-5 of the RDP upper bound, never finer than
+#: the base interval above (so every epsilon up to 10 uses the base) and never coarser than
+#: PLD_MAX_INTERVAL. Without it a spend of tiny noise (epsilon in the thousands, e.g. an
+#: over-budget run a site must refuse) needs ~10^8 grid points: gigabytes and many minutes.
+#: A coarser grid stays pessimistic, so the figure is still an upper bound.
+PLD_RELATIVE_INTERVAL = 1e-5
+PLD_MAX_INTERVAL = 1.0
 
 #: The calibration search gives up above this noise multiplier: a target that
 #: needs more noise than this is reported as unreachable rather than trained.
@@ -222,14 +229,17 @@ def plan_round(
     )
 
 
-def make_accountant(accountant: str = DEFAULT_ACCOUNTANT) -> dp_accounting.PrivacyAccountant:
-    """A fresh, empty accountant of the named kind, add-or-remove-one adjacency."""
+def make_accountant(accountant: str = DEFAULT_ACCOUNTANT, *,
+                    pld_interval: float = PLD_VALUE_DISCRETIZATION_INTERVAL
+                    ) -> dp_accounting.PrivacyAccountant:
+    """A fresh, empty accountant of the named kind, add-or-remove-one adjacency
+    (``pld_interval``: the PLD accountant's value discretisation)."""
     relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
     if _check_accountant("make_accountant", accountant) == "rdp":
         return dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
     return dp_accounting.pld.PLDAccountant(
         neighboring_relation=relation,
-        value_discretization_interval=PLD_VALUE_DISCRETIZATION_INTERVAL,
+        value_discretization_interval=pld_interval,
     )
 
 
@@ -294,7 +304,15 @@ def _epsilon_of(merged: _Merged, delta: float, accountant: str) -> float:
     form, each distinct composition is computed once per process."""
     if accountant == "rdp":
         return _rdp_epsilon(merged, delta)
-    return float(make_accountant(accountant).compose(_event_of(merged)).get_epsilon(delta))
+    interval = _pld_interval(_rdp_epsilon(merged, delta))
+    return float(make_accountant(accountant, pld_interval=interval)
+                 .compose(_event_of(merged)).get_epsilon(delta))
+
+
+def _pld_interval(rdp_bound: float) -> float:
+    """The PLD grid for a composition whose RDP upper bound is ``rdp_bound``."""
+    scaled = rdp_bound * PLD_RELATIVE_INTERVAL if math.isfinite(rdp_bound) else PLD_MAX_INTERVAL
+    return min(max(PLD_VALUE_DISCRETIZATION_INTERVAL, scaled), PLD_MAX_INTERVAL)
 
 
 def _rdp_epsilon(merged: _Merged, delta: float) -> float:

@@ -503,3 +503,23 @@ def test_calibrating_with_pld_needs_less_noise_and_rdp_bounds_it_from_above() ->
     assert 1.0 * (1 - 1e-3) <= compose_epsilon([spend], delta=1e-3, accountant="pld") <= 1.0
     assert analytic_gaussian_epsilon(sigma=by_pld, steps=40, delta=1e-3) <= 1.0
     assert compose_epsilon([spend], delta=1e-3, accountant="rdp") == pytest.approx(1.15, abs=0.01)
+
+
+def test_pld_of_tiny_noise_is_computed_on_a_coarser_grid_and_stays_below_rdp() -> None:
+    # Arrange: an over-budget spend a site must be able to price (and refuse) quickly: at
+    # sigma 0.01 the PLD's base grid would need ~10^8 points.
+    from fedcare.privacy.accounting import (
+        PLD_MAX_INTERVAL,
+        PLD_VALUE_DISCRETIZATION_INTERVAL,
+        _pld_interval,
+    )
+
+    spends = [RoundSpend(sampling_rate=1.0, noise_multiplier=0.01, steps=3)]
+    # Act
+    pld = compose_epsilon(spends, delta=1e-3, accountant="pld")
+    rdp = compose_epsilon(spends, delta=1e-3, accountant="rdp")
+    # Assert: still a (tighter) upper bound, and the grid rules by hand
+    assert 1_000 < pld <= rdp
+    assert _pld_interval(5.0) == PLD_VALUE_DISCRETIZATION_INTERVAL  # every eps <= 10: base
+    assert _pld_interval(16_565.7) == pytest.approx(0.165657)
+    assert _pld_interval(float("inf")) == PLD_MAX_INTERVAL
