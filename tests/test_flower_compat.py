@@ -225,6 +225,41 @@ def test_superlink_fix_registers_the_instruction_tree_before_the_state_sees_it(
     assert calls == ["register in the store", "state"]
 
 
+def test_fast_backoff_shortens_flowers_object_pull_retries_unless_told_otherwise() -> None:
+    # Arrange: a stand-in for Flower's pull functions, recording what it was given
+    seen: list[dict[str, Any]] = []
+
+    def flower_pull(object_ids: list[str], **kwargs: Any) -> str:
+        seen.append(kwargs)
+        return "pulled"
+
+    fast = flower_compat._with_fast_backoff(flower_pull)
+    # Act
+    assert fast(["a"]) == "pulled"
+    assert fast(["a"], initial_backoff=2.0) == "pulled"
+    # Assert: Flower's 1 s first wait (doubling to 10 s) becomes 0.02 s (doubling to 1 s);
+    # an explicit value wins; wrapping again changes nothing
+    assert seen == [{"initial_backoff": 0.02, "backoff_cap": 1.0},
+                    {"initial_backoff": 2.0, "backoff_cap": 1.0}]
+    assert flower_compat._with_fast_backoff(fast) is fast
+
+
+def test_fast_object_pulls_reach_the_supernode_the_site_worker_and_the_serverapp_grid(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import flwr.server.grid.grpc_grid as grid_module
+    import flwr.supernode.runtime.run_clientapp as clientapp_module
+    import flwr.supernode.start_client_internal as supernode_module
+
+    targets = [(supernode_module, "pull_objects"), (grid_module, "pull_objects"),
+               (clientapp_module, "pull_and_inflate_object_from_tree")]
+    for module, name in targets:  # restored after the test
+        monkeypatch.setattr(module, name, getattr(module, name))
+
+    flower_compat.use_fast_object_pulls()
+
+    assert all(getattr(getattr(m, n), "fedcare_fast_backoff", False) for m, n in targets)
+
+
 def test_module_has_no_side_effects_on_import(tmp_path: Path) -> None:
     import importlib
 

@@ -93,6 +93,10 @@ STOP_GRACE = 10.0
 #: Seconds between the consortium SuperExec's looks for a new run (Flower's own: 1 s;
 #: shorter costs the SuperLink CPU all day for a second saved once per run).
 SUPEREXEC_POLL_INTERVAL = 1.0
+#: First wait before pulling again an object that is not there yet, and the longest
+#: wait (Flower: 1 s, doubling to 10 s; it stays a backoff, only shorter at first).
+FAST_PULL_BACKOFF = 0.02
+FAST_PULL_BACKOFF_CAP = 1.0
 
 
 class FlowerVersionError(RuntimeError):
@@ -300,6 +304,7 @@ def run_site_worker(clientappio_address: str, app_loader: Callable[[], Any],
     """Serve this site's messages in this process, one at a time, until stopped (for a
     SuperNode running in another process; :func:`run_site` runs both in one)."""
     check_flower_version()
+    use_fast_object_pulls()
     app = app_loader()  # warm: TensorFlow and the app, once
     _serve_messages(clientappio_address, app, PollPace(interval, interval),
                     threading.Event())
@@ -324,6 +329,41 @@ class _PollClock:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
+
+
+def _with_fast_backoff(pull: Callable[..., Any]) -> Callable[..., Any]:
+    """Flower's object pull (``pull_objects`` or ``pull_and_inflate_object_from_tree``)
+    retrying an object that is not there yet after :data:`FAST_PULL_BACKOFF` seconds
+    instead of 1 s. A message is announced before all its objects are stored (the
+    SuperNode stores an instruction before pulling its arrays; a site pushes its reply
+    before its arrays): a reader polling every 0.1 s finds it in that window and, at
+    Flower's backoff, waited 1-3 s each time."""
+    if getattr(pull, "fedcare_fast_backoff", False):
+        return pull
+
+    def fast(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("initial_backoff", FAST_PULL_BACKOFF)
+        kwargs.setdefault("backoff_cap", FAST_PULL_BACKOFF_CAP)
+        return pull(*args, **kwargs)
+
+    fast.fedcare_fast_backoff = True  # type: ignore[attr-defined]
+    return fast
+
+
+def use_fast_object_pulls() -> None:
+    """Shorter retry waits in every Flower object pull a fedcare process makes: the
+    SuperNode's pull from the SuperLink, the site worker's pull from its SuperNode, and
+    the ServerApp grid's pull of the sites' replies."""
+    import flwr.server.grid.grpc_grid as grid_module
+    import flwr.supernode.runtime.run_clientapp as clientapp_module
+    import flwr.supernode.start_client_internal as supernode_module
+
+    supernode_module.pull_objects = _with_fast_backoff(  # type: ignore[assignment]
+        supernode_module.pull_objects)
+    grid_module.pull_objects = _with_fast_backoff(  # type: ignore[assignment]
+        grid_module.pull_objects)
+    clientapp_module.pull_and_inflate_object_from_tree = (  # type: ignore[assignment]
+        _with_fast_backoff(clientapp_module.pull_and_inflate_object_from_tree))
 
 
 def check_poll_interval(interval: float) -> float:
@@ -386,6 +426,7 @@ def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
         target=_serve_messages, name="fedcare-site-worker", daemon=True,
         args=(node.clientappio_address, app, pace, stopping))
     supernode.time = _PollClock(pace)  # type: ignore[assignment]
+    use_fast_object_pulls()
     supernode.register_signal_handlers = _with_bounded_stop(  # type: ignore[assignment]
         supernode.register_signal_handlers)
     keys = None if node.private_key is None else load_node_key(node.private_key)
@@ -480,7 +521,10 @@ def deployment_poller(grid: Any, interval: float) -> ReplyPoller | None:
     whose in-memory grid already polls fast (fedcare.flower_compat.simulation)."""
     from flwr.server.grid.grpc_grid import GrpcGrid
 
-    return ReplyPoller(grid, interval) if isinstance(grid, GrpcGrid) else None
+    if not isinstance(grid, GrpcGrid):
+        return None
+    use_fast_object_pulls()
+    return ReplyPoller(grid, interval)
 
 
 def _register_objects_first(push_messages: Callable[..., Any]) -> Callable[..., Any]:

@@ -58,7 +58,6 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
-from tensorflow_privacy.privacy.fast_gradient_clipping import clip_grads, layer_registry
 
 from fedcare.common.model import NDArrays, build_model, check_compatible, weights_of
 
@@ -149,6 +148,11 @@ class LocalTrainer:
         if dp_backend == "bookkeeping":
             clipped_sum = self._bookkeeping_clipped_sum
         elif dp_backend == "tfp-fast-clipping":
+            # Imported only here: tensorflow-privacy's package imports TensorFlow
+            # Probability, scikit-learn's and SciPy's optimisers (~45 MB a process) that
+            # the default backend never uses.
+            from tensorflow_privacy.privacy.fast_gradient_clipping import layer_registry
+
             self._registry = layer_registry.make_default_layer_registry()
             clipped_sum = self._tfp_clipped_sum
         else:
@@ -334,6 +338,8 @@ class LocalTrainer:
             if sample_weight is not None:
                 per_example = per_example * sample_weight
             return tf.reduce_sum(per_example)
+
+        from tensorflow_privacy.privacy.fast_gradient_clipping import clip_grads
 
         grads, _, loss_sum = clip_grads.compute_clipped_gradients_and_outputs(
             self.model, clip, self._registry, xb, yb[:, None], clipping_loss=summed_loss)

@@ -523,3 +523,40 @@ def test_pld_of_tiny_noise_is_computed_on_a_coarser_grid_and_stays_below_rdp() -
     assert _pld_interval(5.0) == PLD_VALUE_DISCRETIZATION_INTERVAL  # every eps <= 10: base
     assert _pld_interval(16_565.7) == pytest.approx(0.165657)
     assert _pld_interval(float("inf")) == PLD_MAX_INTERVAL
+
+
+@pytest.mark.parametrize("spends", [
+    [(0.2857, 3.18, 4)],
+    [(0.2857, 3.18, 4), (0.2857, 3.18, 8), (1.0, 12.98, 1)],
+    [(0.5, 3.0, 17), (1.0, 2.5, 3)],
+])
+def test_pld_epsilon_is_bit_for_bit_the_accountants_and_stays_so_from_the_cache(
+        spends: list[tuple[float, float, int]]) -> None:
+    # Arrange: the accountant's own composition of the same merged events
+    from fedcare.privacy.accounting import (
+        PLD_VALUE_DISCRETIZATION_INTERVAL,
+        _one_step_pld,
+    )
+
+    rounds = [RoundSpend(sampling_rate=q, noise_multiplier=s, steps=n) for q, s, n in spends]
+    merged: dict[tuple[float, float], int] = {}
+    for q, s, n in spends:
+        merged[(q, s)] = merged.get((q, s), 0) + n
+    accountant = dp_accounting.pld.PLDAccountant(
+        value_discretization_interval=PLD_VALUE_DISCRETIZATION_INTERVAL)
+    for (q, s), n in sorted(merged.items()):
+        accountant.compose(dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(s)), n))
+    expected = accountant.get_epsilon(1e-3)
+    # Act: twice, the second time from cached one-step PLDs (a shorter prefix first, so
+    # the cached objects have been self-composed before)
+    compose_epsilon(rounds[:1], delta=1e-3, accountant="pld")
+    first = compose_epsilon(rounds, delta=1e-3, accountant="pld")
+    from fedcare.privacy.accounting import _epsilon_of
+    _epsilon_of.cache_clear()  # the figure is recomputed, the one-step PLDs are not
+    hits_before = _one_step_pld.cache_info().hits
+    second = compose_epsilon(rounds, delta=1e-3, accountant="pld")
+    # Assert
+    assert first == expected
+    assert second == expected
+    assert _one_step_pld.cache_info().hits >= hits_before + len(merged)

@@ -232,3 +232,20 @@ def test_unknown_sampling_scheme_is_refused() -> None:
     with pytest.raises(ValueError, match="sampling must be one of poisson, shuffle; got 'x'"):
         make_trainer().train(x, y, epochs=1, batch_size=5, learning_rate=0.1, dp=None,
                              proximal_mu=0.0, sampling_seed=0, noise_seed=0, sampling="x")
+
+
+def test_a_site_on_the_default_backend_never_imports_tensorflow_privacy() -> None:
+    # tensorflow-privacy's package imports TensorFlow Probability and more (~45 MB a
+    # site process); only the tfp-fast-clipping reference backend needs it.
+    import subprocess
+    import sys
+
+    code = ("import sys, fedcare.site.app, fedcare.site.training as t; "
+            "t.get_trainer(input_dim=3, hidden_units=(4,), local_optimizer='sgd', "
+            "dp_backend='bookkeeping'); "
+            "print(sorted(m for m in ('tensorflow_privacy', 'tensorflow_probability') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=300)
+
+    assert done.stdout.strip().splitlines()[-1] == "[]"
