@@ -43,7 +43,7 @@ from typing import Any
 import dp_accounting
 import numpy as np
 from dp_accounting import mechanism_calibration
-from dp_accounting.pld.privacy_loss_distribution import PrivacyLossDistribution
+from dp_accounting.pld import privacy_loss_distribution as pld_lib
 
 from fedcare.common.values import is_int as _is_int
 from fedcare.common.values import is_real as _is_real
@@ -318,17 +318,18 @@ def _pld_epsilon(merged: _Merged, delta: float, interval: float) -> float:
     process: building it is most of a composition's cost (~1 s at the base grid) and a
     site's spends change from round to round only in their step count. A test checks
     the figure equals the accountant's bit for bit."""
-    pld = PrivacyLossDistribution.identity(value_discretization_interval=interval)
+    pld = pld_lib.identity(value_discretization_interval=interval)
     for (q, sigma), steps in merged:  # RoundSpend guarantees q > 0 and sigma > 0
         pld = pld.compose(_one_step_pld(q, sigma, interval).self_compose(steps))
     return float(pld.get_epsilon_for_delta(delta))
 
 
 @functools.lru_cache(maxsize=ONE_STEP_PLD_CACHE_SIZE)
-def _one_step_pld(q: float, sigma: float, interval: float) -> PrivacyLossDistribution:
+def _one_step_pld(q: float, sigma: float, interval: float
+                  ) -> pld_lib.PrivacyLossDistribution:
     """One Poisson-sampled Gaussian step's PLD, as ``PLDAccountant`` builds it (composing
     and self-composing return new objects: the cached one is never changed)."""
-    return PrivacyLossDistribution.from_gaussian_mechanism(
+    return pld_lib.from_gaussian_mechanism(
         standard_deviation=sigma, value_discretization_interval=interval, sampling_prob=q)
 
 

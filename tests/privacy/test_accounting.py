@@ -560,3 +560,13 @@ def test_pld_epsilon_is_bit_for_bit_the_accountants_and_stays_so_from_the_cache(
     assert first == expected
     assert second == expected
     assert _one_step_pld.cache_info().hits >= hits_before + len(merged)
+
+
+def test_pld_composition_logs_no_deprecation_warning(caplog: pytest.LogCaptureFixture) -> None:
+    # dp-accounting logs a warning (on the root logger: the terminal) for its deprecated
+    # PrivacyLossDistribution class methods; fedcare uses the module's factory functions.
+    spend = RoundSpend(sampling_rate=0.25, noise_multiplier=2.7182, steps=3)
+    with caplog.at_level("WARNING"):
+        compose_epsilon([spend], delta=1e-3, accountant="pld")
+
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
