@@ -41,8 +41,15 @@ def cmd_certs_init(args: argparse.Namespace) -> int:
 def cmd_certs_ca(args: argparse.Namespace) -> int:
     path = certs_mod.create_ca(Path(args.certs), name=args.name, days=args.days, force=args.force)
     sys.stdout.write(f"CA certificate: {path} (give this file to every site); CA key: "
-                     f"{Path(args.certs) / certs_mod.CA_KEY} (keep it offline)\n")
+                     f"{Path(args.certs) / certs_mod.CA_KEY} (keep it offline)\n"
+                     f"{_ca_fingerprint_line(path)}\n")
     return EXIT_OK
+
+
+def _ca_fingerprint_line(path: Path) -> str:
+    return (f"{'CA fingerprint':<22} SHA256 {certs_mod.certificate_fingerprint(path)} (read it "
+            "to each hospital over another channel; they compare it with "
+            "`openssl x509 -in certs/ca/ca.pem -noout -fingerprint -sha256`)")
 
 
 def cmd_certs_server(args: argparse.Namespace) -> int:
@@ -91,6 +98,8 @@ def cmd_certs_status(args: argparse.Namespace) -> int:
     now = certs_mod._now()
     for row in rows:
         sys.stdout.write(row.line(now) + "\n")
+    if (certs / certs_mod.CA_CERT).exists():
+        sys.stdout.write(_ca_fingerprint_line(certs / certs_mod.CA_CERT) + "\n")
     if (certs / certs_mod.SERVER_CERT).exists():
         hosts = ", ".join(certs_mod.server_hosts(certs))
         sys.stdout.write(f"{'SuperLink host names':<22} {hosts}\n")

@@ -226,6 +226,14 @@ def fingerprint(public_openssh: bytes) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
+def certificate_fingerprint(path: Path) -> str:
+    """SHA-256 of a PEM certificate's DER bytes, written as
+    ``openssl x509 -noout -fingerprint -sha256`` writes it (``AB:CD:...``), so a hospital can
+    compare the file it received with what the operator reads out."""
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
 def read_allowlist(certs: Path) -> dict[str, dict[str, str]]:
     path = certs / ALLOWLIST
     if not path.exists():

@@ -63,8 +63,10 @@ def probe_once(address: str, root_certificates: bytes | None,
             return ProbeResult(False, f"TLS: the SuperLink's certificate must chain to this "
                                       f"site's CA certificate and name {host}; got "
                                       f"{err.verify_message} (CERTIFICATE_VERIFY_FAILED): "
-                                      "check that --root-certificate is the consortium's "
-                                      "ca.pem (compare its fingerprint)")
+                                      "check that this site's CA certificate (--root-cert, "
+                                      "default CERTS/ca/ca.pem) is the consortium's ca.pem "
+                                      "(compare its fingerprint) and that --superlink uses a "
+                                      "host name in the SuperLink's certificate")
         except (ssl.SSLError, OSError) as err:  # reset, wrong version: not a TLS server
             return ProbeResult(False, f"TLS: the SuperLink at {address} must speak TLS; got "
                                       f"{type(err).__name__}: {err} (is it started with "

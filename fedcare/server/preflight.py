@@ -46,6 +46,7 @@ class Preflight:
     answers: dict[int, PreflightAnswer] = field(default_factory=dict)
     silent: list[int] = field(default_factory=list)
     excluded: dict[str, list[str]] = field(default_factory=dict)
+    timeout: float | None = None  # round-timeout the answers were awaited for (seconds)
 
     @property
     def accepted_nodes(self) -> list[int]:
@@ -59,7 +60,11 @@ class Preflight:
         out = [a.line() for _, a in sorted(self.answers.items(), key=lambda i: i[1].site)]
         out += [f"{site}: EXCLUDED by the server: {'; '.join(why)}"
                 for site, why in sorted(self.excluded.items())]
-        out += [f"node {n}: no pre-flight answer before the timeout" for n in self.silent]
+        waited = ("" if self.timeout is None else
+                  f" (round-timeout={self.timeout:g} s; a site calibrating its noise on a busy "
+                  "host may need longer: raise round-timeout)")
+        out += [f"node {n}: no pre-flight answer before the timeout{waited}"
+                for n in self.silent]
         return out
 
     def to_report(self) -> dict[str, Any]:
@@ -143,7 +148,7 @@ def run_preflight(grid: Grid, config: RunConfig, *, run_name: str, ledger_run_id
         for node in nodes]
     send = poller.send_and_receive if poller is not None else grid.send_and_receive
     replies = list(send(messages, timeout=config.round_timeout))
-    result = Preflight()
+    result = Preflight(timeout=config.round_timeout)
     for reply in replies:
         result.answers[reply.metadata.src_node_id] = _answer_of(reply)
     result.silent = sorted(set(nodes) - set(result.answers))

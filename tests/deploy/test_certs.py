@@ -140,3 +140,25 @@ def test_fingerprint_is_the_one_ssh_keygen_prints(certs: Path) -> None:
     expected = "SHA256:" + base64.b64encode(
         hashlib.sha256(base64.b64decode(line[1])).digest()).decode().rstrip("=")
     assert certs_mod.read_allowlist(certs)["alpha"]["fingerprint"] == expected
+
+
+def _sha256_of_pem_body(path: Path) -> str:
+    """Independent of `cryptography`: the DER bytes are the base64 between the PEM markers."""
+    import base64
+    import hashlib
+    body = "".join(line for line in path.read_text().splitlines() if "-----" not in line)
+    return hashlib.sha256(base64.b64decode(body)).hexdigest()
+
+
+def test_certs_ca_and_status_print_the_ca_fingerprint_as_openssl_writes_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "certs"
+    assert main(["certs", "ca", "--certs", str(root)]) == 0
+    made = capsys.readouterr().out
+    assert main(["certs", "server", "--certs", str(root), "--host", "localhost"]) == 0
+    assert main(["certs", "status", "--certs", str(root)]) == 0
+    shown = capsys.readouterr().out
+    digest = _sha256_of_pem_body(root / certs_mod.CA_CERT).upper()
+    expected = ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+    assert f"SHA256 {expected} " in made
+    assert f"SHA256 {expected} " in shown

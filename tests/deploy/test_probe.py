@@ -76,6 +76,7 @@ def test_another_ca_is_named_as_a_certificate_problem(server: str, certs: Path) 
     result = probe_once(server, _ca(certs, "other"))
     assert not result.ok
     assert "CERTIFICATE_VERIFY_FAILED" in result.problem and "CA certificate" in result.problem
+    assert "(--root-cert, default CERTS/ca/ca.pem)" in result.problem  # the flag supernode has
 
 
 @pytest.mark.parametrize("server", ["plain"], indirect=True)

@@ -69,7 +69,9 @@ def test_accepting_refusing_erring_and_silent_sites_are_told_apart() -> None:
     request = grid.sent[0].content.config_records["config"]
     assert dict(request) == {"run-name": "r", "ledger-run-id": "r/attempt-1",
                              "rounds-planned": 3}
-    assert result.lines()[-1] == "node 4: no pre-flight answer before the timeout"
+    assert result.lines()[-1] == ("node 4: no pre-flight answer before the timeout "
+                                  "(round-timeout=5 s; a site calibrating its noise on a busy "
+                                  "host may need longer: raise round-timeout)")
     report = result.to_report()
     assert report["accepted"] == ["alpha"] and report["silent-nodes"] == [4]
     assert report["sites"]["beta"]["reasons"] == ["budget: no"]
