@@ -117,6 +117,14 @@ def test_secaggplus_across_processes_equals_the_plain_mean(deployment: Deploymen
     print(f"SecAgg+ deployment run (3 sites, 1 round): {seconds:.1f}s (flwr run)")
 
 
+def _restart_stopped_sites(dep: Deployment) -> None:
+    """A site process that stopped (e.g. in the test before) starts again; a restarted
+    site reconnects under its key as a hospital's would after a crash."""
+    for site, io in zip(SITES, dep.spare_ports):
+        if dep.procs[site].poll() is not None:
+            dep.start_site(site, io, epsilon_budget=10.0)
+
+
 def _kill_victim_while_it_trains(dep: Deployment, run: subprocess.Popen[str]) -> None:
     log = dep.root / f"{VICTIM}.log"
     wait_for(f"{VICTIM} to start training in the SecAgg+ round",
@@ -128,6 +136,7 @@ def _kill_victim_while_it_trains(dep: Deployment, run: subprocess.Popen[str]) ->
 
 def test_a_site_killed_mid_secaggplus_round_is_dropped_and_the_round_completes(
         deployment: Deployment) -> None:
+    _restart_stopped_sites(deployment)
     report = _run(deployment, "secagg-dropout", during=_kill_victim_while_it_trains)
 
     survivors = sorted(set(SITES) - {VICTIM})
