@@ -516,6 +516,14 @@ def _from_its_site(reply: Any, destination: Mapping[str, int]) -> Any:
     return reply
 
 
+def reported_gone(reply: Any) -> bool:
+    """Whether ``reply`` is the SuperLink's word that its site is gone (the node missed
+    its heartbeats, e.g. the site process was killed)."""
+    from flwr.common.constant import ErrorCode
+
+    return bool(reply.has_error() and reply.error.code == ErrorCode.NODE_UNAVAILABLE)
+
+
 def deployment_poller(grid: Any, interval: float) -> ReplyPoller | None:
     """A short-interval poller for a deployed run's gRPC grid; ``None`` in simulation,
     whose in-memory grid already polls fast (fedcare.flower_compat.simulation)."""

@@ -11,16 +11,29 @@ hash of the bundle ``flwr run`` ships. Every such name is imported here and nowh
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import recorddict_compat
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
-__all__ = ["MAIN_PARAMS_RECORD", "RECORD_KEY_CONFIGS", "ClientAppCallable", "ClientProxy",
-           "build_fab",
-           "recorddict_compat"]
+__all__ = ["MAIN_PARAMS_RECORD", "RECORD_KEY_CONFIGS", "SECAGG_STAGES", "ClientAppCallable",
+           "ClientProxy", "build_fab", "recorddict_compat", "secaggplus_stage"]
+
+# What each SecAgg+ stage asks of a site, in the words a report uses
+SECAGG_STAGES = {Stage.SETUP: "setup (public keys)",
+                 Stage.SHARE_KEYS: "key-share exchange",
+                 Stage.COLLECT_MASKED_VECTORS: "masked update (training)",
+                 Stage.UNMASK: "unmasking (key shares of the dropped sites)"}
+
+
+def secaggplus_stage(content: Any) -> str | None:
+    """The SecAgg+ stage a server message (its ``RecordDict``) asks for; ``None`` if it
+    is no SecAgg+ message."""
+    record = content.config_records.get(RECORD_KEY_CONFIGS)
+    return None if record is None else str(record.get(Key.STAGE))
 
 
 def build_fab(folder: Path) -> bytes:

@@ -26,7 +26,7 @@ from fedcare.common.preflight import (
     REQUEST_RECORD,
     PreflightAnswer,
 )
-from fedcare.flower_compat import ReplyPoller
+from fedcare.flower_compat import ReplyPoller, reported_gone
 from fedcare.server.site_registry import SiteRegistry
 
 logger = logging.getLogger(__name__)
@@ -164,26 +164,11 @@ def run_preflight(grid: Grid, config: RunConfig, *, run_name: str, ledger_run_id
     return result
 
 
-class SiteGrid(Grid):  # type: ignore[misc]
-    """The run's grid restricted to the sites that accepted, with a short reply poll
-    (``poller``) in deployment; Flower's strategies sample from it as from any grid.
+class GridWrapper(Grid):  # type: ignore[misc]
+    """A grid that hands every call to ``grid``; subclasses change what they need."""
 
-    Flower's strategies wait, without limit, until ``min-sites`` nodes are online before
-    each round. A site that died mid-run (its node gone from the SuperLink) would hold
-    the run forever; after ``wait_limit`` seconds short of ``min_online`` sites the grid
-    shows every accepted site, so the round goes out, the dead sites' messages come
-    back as Flower's "Node Unavailable" errors, and the report names them."""
-
-    def __init__(self, grid: Grid, nodes: Iterable[int], poller: ReplyPoller | None, *,
-                 min_online: int = 0, wait_limit: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, grid: Grid) -> None:
         self._grid = grid
-        self._nodes = frozenset(nodes)
-        self._poller = poller
-        self._min_online = min_online
-        self._wait_limit = wait_limit
-        self._clock = clock
-        self._short_since: float | None = None
 
     def set_run(self, run_id: int) -> None:
         self._grid.set_run(run_id)
@@ -196,8 +181,51 @@ class SiteGrid(Grid):  # type: ignore[misc]
                        group_id: str, ttl: float | None = None) -> Message:
         return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+class SiteGrid(GridWrapper):
+    """The run's grid restricted to the sites that accepted, with a short reply poll
+    (``poller``) in deployment; Flower's strategies sample from it as from any grid.
+
+    Flower's strategies wait, without limit, until ``min-sites`` nodes are online before
+    each round. A site that died mid-run (its node gone from the SuperLink) would hold
+    the run forever; after ``wait_limit`` seconds short of ``min_online`` sites the grid
+    shows every accepted site, so the round goes out, the dead sites' messages come
+    back as Flower's "Node Unavailable" errors, and the report names them. A site the
+    SuperLink has already reported gone in one of this grid's exchanges (e.g. killed
+    in a SecAgg+ stage) is not waited for again: it is shown at once, so its next
+    message fails at once; it is shown as online again when it reconnects."""
+
+    def __init__(self, grid: Grid, nodes: Iterable[int], poller: ReplyPoller | None, *,
+                 min_online: int = 0, wait_limit: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(grid)
+        self._nodes = frozenset(nodes)
+        self._poller = poller
+        self._min_online = min_online
+        self._wait_limit = wait_limit
+        self._clock = clock
+        self._short_since: float | None = None
+        self._gone: set[int] = set()  # reported gone by the SuperLink, not back since
+
     def get_node_ids(self) -> list[int]:
         online = [n for n in self._grid.get_node_ids() if n in self._nodes]
+        self._gone.difference_update(online)
+        if self._gone and len(online) + len(self._gone) >= self._min_online:
+            self._short_since = None
+            return sorted([*online, *self._gone])
         if len(online) >= self._min_online or self._wait_limit is None:
             self._short_since = None
             return online
@@ -223,11 +251,15 @@ class SiteGrid(Grid):  # type: ignore[misc]
                              f"node(s) {sorted(strays)}")
         return self._grid.push_messages(messages)
 
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
-
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
-        if self._poller is None:
-            return self._grid.send_and_receive(messages, timeout=timeout)
-        return self._poller.send_and_receive(messages, timeout=timeout)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout)
+                       if self._poller is None else
+                       self._poller.send_and_receive(messages, timeout=timeout))
+        gone = {r.metadata.src_node_id for r in replies if reported_gone(r)} & self._nodes
+        if gone - self._gone:
+            logger.warning("the SuperLink reports %d site(s) gone (node ids %s): the run "
+                           "no longer waits for them", len(gone - self._gone),
+                           sorted(gone - self._gone))
+        self._gone.update(gone)
+        return replies

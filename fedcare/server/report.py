@@ -33,6 +33,7 @@ PLOT_EPSILON = "site-epsilon.png"
 #: site refused or failed in every round): no model is written.
 STATUS_REFUSED = "refused"
 STATUS_COMPLETED = "completed"
+NO_REPLY_REASON = "no reply before the round timeout"
 
 
 def _number(value: Any) -> float:
@@ -124,11 +125,8 @@ class RunRecorder:
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
-                site = self.site_of_node.get(node, f"node-{node}")
-                record.failures.append({"node": node, "phase": phase, "code": msg.error.code,
-                                        "reason": msg.error.reason})
-                logger.warning("round %d %s: %s did not contribute: %s", server_round, phase,
-                               site, msg.error.reason)
+                self.record_failure(server_round, phase, node, code=msg.error.code,
+                                    reason=str(msg.error.reason))
                 continue
             content = msg.content
             site = site_of(msg)
@@ -146,14 +144,20 @@ class RunRecorder:
                 if isinstance(info.get("audit-length"), int):
                     metrics["audit-length"] = info["audit-length"]
 
-    def record_dropped(self, server_round: int, phase: str, node: int) -> None:
-        """A site that was sent work and did not reply before the round timeout."""
+    def record_failure(self, server_round: int, phase: str, node: int, *, code: int | None,
+                       reason: str) -> None:
+        """A site that was sent work and replied with an error (``code``), or not at all."""
         record = self.rounds.setdefault(
             server_round, RoundRecord(server_round=server_round, started=time.time()))
-        reason = "no reply before the round timeout"
-        record.failures.append({"node": node, "phase": phase, "code": None, "reason": reason})
-        logger.warning("round %d %s: %s dropped out: %s", server_round, phase,
-                       self.site_of_node.get(node, f"node-{node}"), reason)
+        record.failures.append({"node": node, "phase": phase, "code": code, "reason": reason})
+        logger.warning("round %d %s: %s %s: %s", server_round, phase,
+                       self.site_of_node.get(node, f"node-{node}"),
+                       "dropped out" if code is None else "did not contribute", reason)
+
+    def record_dropped(self, server_round: int, phase: str, node: int) -> None:
+        """A site that was sent work and did not reply before the round timeout."""
+        self.record_failure(server_round, phase, node, code=None,
+                            reason=NO_REPLY_REASON)
 
     def record_rejections(self, server_round: int, rejections: Iterable[Any],
                           capped: Mapping[str, tuple[float, int]],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from flwr.common import (
     Context,
     EvaluateRes,
     FitRes,
+    MessageType,
     Parameters,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
@@ -35,16 +36,56 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from fedcare.common.config import RunConfig
 from fedcare.common.formats import CLIPPING_RANGE, MAX_WEIGHT, QUANTIZATION_RANGE
-from fedcare.flower_compat.legacy import ClientProxy
-from fedcare.server.report import RunRecorder
+from fedcare.flower_compat.legacy import SECAGG_STAGES, ClientProxy, secaggplus_stage
+from fedcare.server.preflight import GridWrapper
+from fedcare.server.report import NO_REPLY_REASON, RunRecorder
 
 logger = logging.getLogger(__name__)
-
-
 
 def secaggplus_parameters(num_sites: int) -> tuple[int, int]:
     """Every site shares with every other (n shares); any 2/3 of them reconstruct."""
     return num_sites, max(2, math.ceil(2 * num_sites / 3))
+
+
+class StageGrid(GridWrapper):
+    """The run's grid as Flower's SecAgg+ workflow sees it.
+
+    The workflow keeps a dropped site only as an anonymous exception; this records each
+    site that fails a stage (an error reply, e.g. the SuperLink's "node unavailable" for a
+    dead site, or no reply within the stage's timeout) in the run's report, by site and
+    with the stage it missed. Flower's evaluate step waits without a timeout; here every
+    exchange waits at most ``timeout`` seconds (the run's round-timeout).
+    """
+
+    def __init__(self, grid: Grid, recorder: RunRecorder, timeout: float) -> None:
+        super().__init__(grid)
+        self._recorder = recorder
+        self._timeout = timeout
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        timeout = self._timeout if timeout is None else min(timeout, self._timeout)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        if not messages:
+            return replies
+        first = messages[0]
+        server_round = int(first.metadata.group_id)
+        if first.metadata.message_type == MessageType.EVALUATE:
+            phase, what = "evaluate", "evaluation"
+        else:
+            stage = secaggplus_stage(first.content)
+            phase, what = "train", f"SecAgg+ {SECAGG_STAGES.get(str(stage), stage)}"
+        for reply in replies:
+            if reply.has_error():
+                self._recorder.record_failure(server_round, phase, reply.metadata.src_node_id,
+                                              code=reply.error.code,
+                                              reason=f"{what}: {reply.error.reason}")
+        answered = {reply.metadata.src_node_id for reply in replies}
+        for node in sorted({m.metadata.dst_node_id for m in messages} - answered):
+            self._recorder.record_failure(server_round, phase, node, code=None,
+                                          reason=f"{what}: {NO_REPLY_REASON} ({timeout:g} s)")
+        return replies
 
 
 def _fit_message(fitres: FitRes, phase: str) -> Message:
@@ -68,9 +109,13 @@ def _recording(base: type[FedAvg]) -> type[FedAvg]:
         recorder: RunRecorder
         on_new_global: Callable[[int, ArrayRecord], None]
 
+        def configure_fit(self, server_round: int, parameters: Parameters,
+                          client_manager: Any) -> list[tuple[ClientProxy, Any]]:
+            self.recorder.start_round(server_round)  # before any stage records a dropout
+            return list(super().configure_fit(server_round, parameters, client_manager))
+
         def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                           failures: list[Any]) -> tuple[Parameters | None, dict[str, Any]]:
-            self.recorder.start_round(server_round)
             self.recorder.record_replies(server_round, "train",
                                          [_fit_message(r, "train") for _, r in results])
             parameters, metrics = super().aggregate_fit(server_round, results, failures)
@@ -127,7 +172,7 @@ def run_secaggplus_rounds(grid: Grid, config: RunConfig, *, initial: list[np.nda
                         run_config={}),
         config=ServerConfig(num_rounds=config.num_rounds, round_timeout=timeout),
         strategy=strategy)
-    workflow(grid, context)
+    workflow(StageGrid(grid, recorder, timeout), context)
     from fedcare.flower_compat.legacy import MAIN_PARAMS_RECORD
 
     return context.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()

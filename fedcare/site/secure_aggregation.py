@@ -94,5 +94,12 @@ def secure_aggregation_mod(msg: Message, ctxt: Context, call_next: ClientAppCall
     """SecAgg+ rounds go through Flower's ``secaggplus_mod``; the rest passes through."""
     if (msg.metadata.message_type == MessageType.TRAIN
             and RECORD_KEY_CONFIGS in msg.content.config_records):
-        return secaggplus_mod(msg, ctxt, lambda m, c: legacy_format_mod(m, c, call_next))
+        return secaggplus_mod(msg, ctxt, lambda m, c: _masked_update(m, c, call_next))
+    return legacy_format_mod(msg, ctxt, call_next)
+
+
+def _masked_update(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    """SecAgg+'s collect-masked-vectors stage: the round's training, whose result
+    ``secaggplus_mod`` masks before it leaves the site."""
+    logger.info("SecAgg+ masked update: training for round %s", msg.metadata.group_id)
     return legacy_format_mod(msg, ctxt, call_next)

@@ -21,7 +21,7 @@ from fedcare.deploy.testbed import wait_until as wait_for
 from fedcare.research.run import PROJECT_ROOT
 
 BIN = Path(sys.executable).parent
-START_TIMEOUT = 90.0
+START_TIMEOUT = 300.0  # generous: the test machine is often shared and busy
 RUN_TIMEOUT = 300.0
 
 
@@ -98,17 +98,30 @@ class Deployment:
             cmd += ["--policy", str(path)]
         return self.start(name or site, cmd)
 
+    def _flwr_run_cmd(self, run_config: str, stream: bool, project: Path) -> list[str]:
+        federation = (f'address="{self.control}" '
+                      f'root-certificates="{self.certs / certs_mod.CA_CERT}"')
+        return [str(BIN / "flwr"), "run", str(project), "deployment",
+                *(["--stream"] if stream else []),
+                "--federation-config", federation, "--run-config", run_config]
+
     def flwr_run(self, run_config: str, *, stream: bool = True, project: Path = PROJECT_ROOT,
                  timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
         """``flwr run <project> deployment`` against this SuperLink."""
-        federation = (f'address="{self.control}" '
-                      f'root-certificates="{self.certs / certs_mod.CA_CERT}"')
-        return subprocess.run(
-            [str(BIN / "flwr"), "run", str(project), "deployment",
-             *(["--stream"] if stream else []),
-             "--federation-config", federation, "--run-config", run_config],
-            env=self.env, capture_output=True, text=True, timeout=timeout,
-            start_new_session=True, check=False)
+        return subprocess.run(self._flwr_run_cmd(run_config, stream, project),
+                              env=self.env, capture_output=True, text=True, timeout=timeout,
+                              start_new_session=True, check=False)
+
+    def flwr_run_background(self, run_config: str, *, project: Path = PROJECT_ROOT
+                            ) -> subprocess.Popen[str]:
+        """:meth:`flwr_run` without waiting (``communicate()`` for its output)."""
+        return subprocess.Popen(self._flwr_run_cmd(run_config, True, project), env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+
+    def signal(self, name: str, sig: int) -> None:
+        """Send ``sig`` to a process and everything in its group."""
+        _kill_group(self.procs[name], sig)
 
     def kill(self, name: str) -> None:
         """SIGKILL a process and everything in its group (a crash: no clean-up runs)."""

@@ -114,3 +114,39 @@ def test_site_grid_shows_and_reaches_only_the_sites_that_accepted() -> None:
         grid.push_messages([to_refused])
     to_accepted = Message(RecordDict(), dst_node_id=3, message_type="train")
     assert list(grid.push_messages([to_accepted])) == ["id"]
+
+
+def _gone(to: Message) -> Message:
+    """The SuperLink's answer for a killed site: Flower's NODE_UNAVAILABLE error (5)."""
+    return Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=to)
+
+
+def _to(*nodes: int) -> list[Message]:
+    return [Message(RecordDict(), dst_node_id=n, message_type="train") for n in nodes]
+
+
+def test_site_grid_stops_waiting_for_a_site_the_superlink_reported_gone() -> None:
+    # Arrange: sites 1-3 accepted, min-sites 3; 3 is killed mid-round, so the SuperLink
+    # answers for it "node unavailable" and no longer lists it; 2 refuses (another error)
+    inner = FakeGrid([1, 2, 3], {1: _accept("alpha"), 2: lambda m: _reply(m, error="no"),
+                                 3: _gone})
+    grid = SiteGrid(inner, [1, 2, 3], poller=None, min_online=3, wait_limit=600.0,
+                    clock=lambda: 0.0)
+    grid.send_and_receive(_to(1, 2, 3))
+    inner.nodes = [1, 2]
+    # Act / Assert: shown at once (its next message fails at once), no 600 s wait
+    assert grid.get_node_ids() == [1, 2, 3]
+    # Act / Assert: once it reconnects and leaves again without a report, the grid waits
+    inner.nodes = [1, 2, 3]
+    assert grid.get_node_ids() == [1, 2, 3]
+    inner.nodes = [1, 2]
+    assert grid.get_node_ids() == [1, 2]
+
+
+def test_site_grid_still_waits_for_a_site_that_only_refused() -> None:
+    inner = FakeGrid([1, 2, 3], {1: _accept("alpha"), 2: lambda m: _reply(m, error="no")})
+    grid = SiteGrid(inner, [1, 2, 3], poller=None, min_online=3, wait_limit=600.0,
+                    clock=lambda: 0.0)
+    grid.send_and_receive(_to(1, 2, 3))
+    inner.nodes = [1, 3]
+    assert grid.get_node_ids() == [1, 3]
