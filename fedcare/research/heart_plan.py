@@ -139,16 +139,25 @@ class PlanDefaults:
     def describe(self) -> str:
         row = PLAN_TABLE.index(self.plan) + 1
         lines = [f"plan: row {row} of {len(PLAN_TABLE)} of `fedcare plan --dataset "
-                 f"heart-disease` (eps >= {self.plan.min_epsilon:g}) for target eps = "
+                 f"heart-disease` ({_budget_range(row - 1)}) for target eps = "
                  f"{self.target_epsilon:g}: {self.plan.model}",
                  f"  FALLBACK: {self.plan.fallback}" if self.plan.fallback
                  else "  fallback: none (the full model)",
+                 f"  tuned on split seed {TUNING_SPLIT_SEED} only: {self.plan.tuned}",
                  "  from the plan (not set by you): " + (_settings_text(self.taken) or "nothing")]
         if self.kept:
             lines.append("  yours (explicit values win over the plan's): "
                          + _settings_text(self.kept))
         lines.append("  (--set plan=off: no plan; the run config's own defaults)")
         return "\n".join(lines)
+
+
+def _budget_range(index: int) -> str:
+    """``0.5 <= eps < 2``: the budgets ``PLAN_TABLE[index]`` serves."""
+    low = PLAN_TABLE[index].min_epsilon
+    if index + 1 == len(PLAN_TABLE):
+        return f"eps >= {low:g}"
+    return f"{low:g} {'<=' if low > 0 else '<'} eps < {PLAN_TABLE[index + 1].min_epsilon:g}"
 
 
 def _settings_text(settings: Mapping[str, Any]) -> str:
