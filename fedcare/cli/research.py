@@ -37,15 +37,19 @@ from fedcare.research.cluster import add_engine_flags
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fedcare.common.config import RunConfig
+    from fedcare.research.heart_plan import with_plan_defaults
     from fedcare.research.run import run_simulation
 
-    settings = overrides(args)
+    # Heart-disease under a target epsilon: what the user did not set comes from the plan.
+    settings, planned = with_plan_defaults(overrides(args))
     if settings.get("dataset") == "heart-disease" and "partitioning" not in settings:
         settings["partitioning"] = "natural"
     sites = DEFAULT_SITES if args.sites is None else args.sites  # 0 is an error, not 4
     if str(settings.get("site-dp", "")).lower() == "true":
         settings.setdefault("min-sites", sites)  # site-level DP's fixed denominator
     config = RunConfig.from_mapping(settings)
+    if planned is not None:
+        sys.stdout.write(planned.describe() + "\n")
     report = run_simulation(config, num_sites=sites)
     from fedcare.server.report import STATUS_REFUSED
 

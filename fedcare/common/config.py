@@ -35,6 +35,9 @@ SECAGG_MIN_SITES = 3  # with 2, each site learns the other's update from the ave
 PERSONALISATIONS = ("none", "offset")
 FINETUNE_SCOPES = ("private", "all")
 OFFSET_AVERAGINGS = ("none", "tail")
+PLAN_MODES = ("auto", "off")
+PLANNED_DATASETS = ("heart-disease",)
+"""Datasets with a budget-aware plan table (``fedcare plan``; research/heart_plan.py)."""
 MAX_HIDDEN_UNITS = 4096
 NO_HIDDEN_LAYERS = "none"  # hidden-units = "none": logistic regression
 MAX_STEP_SIZE = 100.0
@@ -81,6 +84,8 @@ class RunConfig:
     offset_learning_rate: float = 0.0  # 0: learning-rate
     offset_averaging: str = "none"
     local_refinement: str = "dp"  # site-only: non-DP refinement kept at the site (policy too)
+    # auto: `fedcare simulate` took every setting not set explicitly from `fedcare plan`
+    plan: str = "off"
     # differential privacy
     dp_mode: str = "target-epsilon"
     target_epsilon: float = 1.0
@@ -303,6 +308,11 @@ def _value_problems(c: RunConfig) -> list[str]:
         _check(p, _finite(value) and 0 <= value <= MAX_STEP_SIZE, key,
                f"in [0, {MAX_STEP_SIZE:g}] (0: learning-rate)", value)
     _choice(p, "offset-averaging", c.offset_averaging, OFFSET_AVERAGINGS)
+    _choice(p, "plan", c.plan, PLAN_MODES)
+    if c.plan == "auto" and (c.dataset not in PLANNED_DATASETS or c.dp_mode != "target-epsilon"):
+        p.append(f"config: plan must be off unless dataset is one of "
+                 f"{', '.join(PLANNED_DATASETS)} and dp-mode is target-epsilon (the plan is "
+                 f"chosen by the target budget); got {c.plan!r}")
     _choice(p, "local-refinement", c.local_refinement, LOCAL_REFINEMENTS)
     if c.local_refinement == "site-only" and (c.personalisation == "none"
                                               or c.finetune_epochs < 1):

@@ -24,14 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcare.common.config import PLANNED_DATASETS, RunConfig
 from fedcare.common.errors import ConfigError
 
-__all__ = ["PLAN_TABLE", "TUNING_SPLIT_SEED", "Plan", "add_parsers", "majority_prior",
-           "plan_for"]
+__all__ = ["PLAN_TABLE", "TUNING_SPLIT_SEED", "Plan", "PlanDefaults", "add_parsers",
+           "majority_prior", "plan_for", "with_plan_defaults"]
 
 #: The only split seed tuning may look at (BENCHMARK.md: choose hyper-parameters on 43).
 TUNING_SPLIT_SEED = 43
-PLAN_DATASETS = ("heart-disease",)
+PLAN_DATASETS = PLANNED_DATASETS
 DEFAULT_EPSILON_BUDGET = 5.0  # the run config's default lifetime budget per site
 
 
@@ -120,6 +121,87 @@ def format_plan(plan: Plan, target_epsilon: float) -> str:
               "  run it with: fedcare simulate " + " ".join(
                   f"--set {k}={v}" for k, v in s.items())]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- simulate defaults
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanDefaults:
+    """What ``fedcare simulate`` took from the plan: the row, the settings it filled in
+    (the user had not set them) and the user's own values that won over the plan's."""
+
+    plan: Plan
+    target_epsilon: float
+    taken: Mapping[str, Any]
+    kept: Mapping[str, Any]
+
+    def describe(self) -> str:
+        row = PLAN_TABLE.index(self.plan) + 1
+        lines = [f"plan: row {row} of {len(PLAN_TABLE)} of `fedcare plan --dataset "
+                 f"heart-disease` ({_budget_range(row - 1)}) for target eps = "
+                 f"{self.target_epsilon:g}: {self.plan.model}",
+                 f"  FALLBACK: {self.plan.fallback}" if self.plan.fallback
+                 else "  fallback: none (the full model)",
+                 f"  tuned on split seed {TUNING_SPLIT_SEED} only: {self.plan.tuned}",
+                 "  from the plan (not set by you): " + (_settings_text(self.taken) or "nothing")]
+        if self.kept:
+            lines.append("  yours (explicit values win over the plan's): "
+                         + _settings_text(self.kept))
+        lines.append("  (--set plan=off: no plan; the run config's own defaults)")
+        return "\n".join(lines)
+
+
+def _budget_range(index: int) -> str:
+    """``0.5 <= eps < 2``: the budgets ``PLAN_TABLE[index]`` serves."""
+    low = PLAN_TABLE[index].min_epsilon
+    if index + 1 == len(PLAN_TABLE):
+        return f"eps >= {low:g}"
+    return f"{low:g} {'<=' if low > 0 else '<'} eps < {PLAN_TABLE[index + 1].min_epsilon:g}"
+
+
+def _settings_text(settings: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
+
+
+_PLAN_INPUTS = ("dataset", "target-epsilon")  # what picks the row, not what it sets
+
+
+def with_plan_defaults(explicit: Mapping[str, Any]
+                       ) -> tuple[dict[str, Any], PlanDefaults | None]:
+    """``fedcare simulate``'s settings: ``explicit`` (only what the user set: flags,
+    ``--set``) over the plan's settings for its target epsilon.
+
+    ``plan`` defaults to ``auto`` for a dataset with a plan table under ``dp-mode =
+    target-epsilon`` (the target: the user's, else the run config's default), ``off``
+    otherwise. The result is parsed once by :meth:`RunConfig.from_mapping`, which names a
+    bad ``plan``, ``target-epsilon`` or combination; with such a value nothing is filled in.
+    """
+    dataset = explicit.get("dataset", RunConfig.dataset)
+    dp_mode = explicit.get("dp-mode", RunConfig.dp_mode)
+    planned = dataset in PLAN_DATASETS and dp_mode == "target-epsilon"
+    settings = {**explicit, "plan": explicit.get("plan", "auto" if planned else "off")}
+    target = _budget(explicit.get("target-epsilon", RunConfig.target_epsilon))
+    if settings["plan"] != "auto" or not planned or target is None:
+        return settings, None
+    plan = plan_for(dataset, target)
+    from_plan = {k: v for k, v in plan_settings(plan, target).items()
+                 if k not in _PLAN_INPUTS}
+    taken = {k: v for k, v in from_plan.items() if k not in explicit}
+    kept = {k: explicit[k] for k in from_plan if k in explicit and explicit[k] != from_plan[k]}
+    return ({**taken, **settings},
+            PlanDefaults(plan=plan, target_epsilon=target, taken=taken, kept=kept))
+
+
+def _budget(value: Any) -> float | None:
+    """A usable target epsilon, else None (RunConfig names the bad value)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        eps = float(value)
+    except (TypeError, ValueError):
+        return None
+    return eps if math.isfinite(eps) and eps > 0 else None
 
 
 # ------------------------------------------------------------------------- tuning
