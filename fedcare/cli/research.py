@@ -7,6 +7,7 @@
     fedcare sweep               resumable epsilon x strategy x partitioning x seeds grid
     fedcare perf-epoch          DP vs plain local epoch cost, measured in one run
     fedcare perf                speed and scale ratios (round overhead, vs Flower, 100 sites)
+    fedcare perf-scale          peak memory and s/round at 10, 100, 1000 virtual sites
     fedcare perf-csv            the CSV check's time and memory vs pandas.read_csv
     fedcare perf-web            prediction API before/after FastAPI, console render time
     fedcare perf-deploy         a real TLS loopback federation: s/round, memory, idle CPU, dead site
@@ -218,6 +219,19 @@ def cmd_perf(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_perf_scale(args: argparse.Namespace) -> int:
+    from fedcare.common.files import write_json_atomic
+    from fedcare.research.perf_suite import SCALE_SETTINGS, format_scale, run_scale
+
+    result = run_scale(sites=integers(args.sites, flag="--sites"), rounds=args.rounds,
+                       settings={**SCALE_SETTINGS, **overrides(args)})
+    sys.stdout.write(format_scale(result) + "\n")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(args.out), result)
+    return EXIT_OK
+
+
 def cmd_perf_csv(args: argparse.Namespace) -> int:
     from fedcare.common.files import write_json_atomic
     from fedcare.research.perf_csv import format_result, run_csv_benchmark
@@ -332,6 +346,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     speed.add_argument("--out", help="write the results JSON here")
     speed.set_defaults(func=cmd_perf)
 
+    scale = sub.add_parser("perf-scale", help="peak memory and s/round at 10, 100, 1000 "
+                                              "virtual sites (synthetic data)")
+    add_run_flags(scale)
+    scale.add_argument("--sites", default="10,100,1000", help="site counts, comma-separated")
+    scale.add_argument("--out", help="write the results JSON here")
+    scale.set_defaults(func=cmd_perf_scale, rounds=3)
+
     perf = sub.add_parser("perf-csv", help="time and peak memory of the CSV check vs "
                                            "pandas.read_csv on a generated file")
     perf.add_argument("--megabytes", type=float, default=50.0)
@@ -357,7 +378,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_engine_bench_parsers(sub)  # perf-engine
     for simulating in (sim, bench, bpers, table, sweep):
         add_engine_flags(simulating)  # --ray-address, --cpus-per-site, --gpus-per-site
-    for research in (sim, bench, bpers, table, sweep, speed):
+    for research in (sim, bench, bpers, table, sweep, speed, scale):
         research.set_defaults(quiet_terminal=True)  # bars + answer; logs to files (-v: all)
     from fedcare.research.heart_plan import add_parsers as add_plan_parsers
 

@@ -20,7 +20,7 @@ from fedcare.common.errors import ConfigError
 from fedcare.common.personalised import LOCAL_REFINEMENTS
 from fedcare.privacy.config import DEFAULT_ACCOUNTANT, PrivacyConfig
 
-DATASETS: tuple[str, ...] = ("breast-cancer", "heart-disease")
+DATASETS: tuple[str, ...] = ("breast-cancer", "heart-disease", "synthetic")
 PARTITIONINGS: tuple[str, ...] = ("natural", "iid", "dirichlet")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum")
 DP_MODES = ("target-epsilon", "noise-multiplier", "off")

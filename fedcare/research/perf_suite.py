@@ -91,10 +91,11 @@ class PeakMemory:
         self.peak = max(self.peak, process_tree_rss(os.getpid()))
 
 
-def _fedcare_run(root: Path, *, sites: int, rounds: int, poll: float) -> dict[str, Any]:
+def _fedcare_run(root: Path, *, sites: int, rounds: int, poll: float,
+                 settings: dict[str, Any] | None = None) -> dict[str, Any]:
     from fedcare.research.run import run_simulation, simulation_workers
 
-    config = RunConfig.from_mapping({**SIM_SETTINGS, "num-rounds": rounds,
+    config = RunConfig.from_mapping({**(settings or SIM_SETTINGS), "num-rounds": rounds,
                                      "output-dir": str(root),
                                      "run-name": f"perf-{sites}-{secrets.token_hex(4)}"})
     started = time.perf_counter()
@@ -112,6 +113,7 @@ def _fedcare_run(root: Path, *, sites: int, rounds: int, poll: float) -> dict[st
             "overhead-seconds-per-round": statistics.median(
                 [s - c for s, c in zip(round_s, compute, strict=True)]),
             "peak-rss-bytes": memory.peak, "sites": sites, "rounds": rounds,
+            "load-average": list(os.getloadavg()), "dataset": config.dataset,
             "mean-site-accuracy": report["final"].get("mean-site-accuracy")}
 
 
@@ -261,4 +263,39 @@ def format_summary(result: dict[str, Any]) -> str:
                      f"{row['site-ratio-to-smallest']:g} sites), peak RSS "
                      f"{row['peak-rss-bytes'] / 2**30:.2f} GiB, first round "
                      f"{row['first-round-seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+#: ``fedcare perf-scale``: the synthetic data set (any number of sites, 200 rows each).
+SCALE_SETTINGS: dict[str, Any] = {**SIM_SETTINGS, "dataset": "synthetic"}
+
+
+def run_scale(*, sites: Sequence[int], rounds: int, settings: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """Peak RSS of the whole process tree and seconds per steady round at each site count
+    (one simulation each, smallest first, each in its own engine session; no audit)."""
+    chosen = settings or SCALE_SETTINGS
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fedcare-perf-scale-") as tmp:
+        for n in sites:
+            logger.info("perf-scale: %d sites, %d rounds", n, rounds)
+            rows.append(_fedcare_run(Path(tmp), sites=n, rounds=rounds, poll=0.01,
+                                     settings=chosen))
+    return {"format": "fedcare-perf-scale", "version": 1,
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "platform": platform.platform()},
+            "settings": {**chosen, "rounds": rounds}, "scaling": rows}
+
+
+def format_scale(result: dict[str, Any]) -> str:
+    lines = [f"{'sites':>6}{'peak RSS':>11}{'s/round':>9}{'round 1 s':>11}{'wall s':>9}"
+             f"{'  load average (1/5/15 min, at the end)'}"]
+    for row in result["scaling"]:
+        load = "/".join(f"{v:.1f}" for v in row["load-average"])
+        lines.append(f"{row['sites']:>6}{row['peak-rss-bytes'] / 2**30:>7.2f} GiB"
+                     f"{row['seconds-per-round']:>9.2f}{row['first-round-seconds']:>11.1f}"
+                     f"{row['wall-seconds']:>9.1f}  {load}")
+    lines.append(f"(dataset {result['settings']['dataset']}, {result['settings']['rounds']} "
+                 "rounds; s/round = median of rounds 2..N; peak RSS = this process, Ray and "
+                 "its workers, sampled every 0.2 s)")
     return "\n".join(lines)

@@ -2,7 +2,8 @@
 
 Kept (costly, and the same for every run): TensorFlow, the compiled training step of
 each model shape (``site.training.get_trainer``), each partition's rows
-(``site.site.federated_rows``), the accountant's epsilon tables (pure functions).
+(``site.site.federated_rows``) and the pooled table it was cut from
+(``data.datasets._pooled_parts``), the accountant's epsilon tables (pure functions).
 Dropped before every run: the per-run site cache (``site.site.load_site``: it names
 the run's state folder, where the site's ledger, audit log and model parts live) and the
 calibrated noise per config. A run therefore never sees another run's ledger or model:

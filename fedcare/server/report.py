@@ -277,6 +277,29 @@ def write_report(run_dir: Path, report: Mapping[str, Any], *, plots: bool = True
     return path
 
 
+MAX_SITE_LINES = 12
+"""Above this many sites the epsilon plot shows the range over sites, not a line each."""
+
+
+def epsilon_by_round(rounds: list[dict[str, Any]], site: str) -> list[tuple[int, float]]:
+    """(round, lifetime epsilon) of one site, for the rounds it trained with DP."""
+    pts = [(r["round"], r["train"][site].get("epsilon")) for r in rounds if site in r["train"]]
+    return [(x, float(y)) for x, y in pts if y is not None]
+
+
+def epsilon_band(rounds: list[dict[str, Any]]) -> tuple[list[int], list[float], list[float]]:
+    """Per round with any DP spend: the smallest and the largest site's lifetime epsilon
+    (each site's own figure; nothing is averaged across sites)."""
+    xs, low, high = [], [], []
+    for r in rounds:
+        eps = [float(m["epsilon"]) for m in r["train"].values() if m.get("epsilon") is not None]
+        if eps:
+            xs.append(r["round"])
+            low.append(min(eps))
+            high.append(max(eps))
+    return xs, low, high
+
+
 def plot_report(run_dir: Path, report: Mapping[str, Any]) -> None:
     """Global accuracy/AUC by round, and each site's lifetime epsilon by round."""
     import matplotlib
@@ -302,11 +325,16 @@ def plot_report(run_dir: Path, report: Mapping[str, Any]) -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for site in report["sites"]:
-        pts = [(r["round"], r["train"][site].get("epsilon")) for r in rounds if site in r["train"]]
-        pts = [(x, y) for x, y in pts if y is not None]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=site)
+    if len(report["sites"]) <= MAX_SITE_LINES:
+        for site in report["sites"]:
+            pts = epsilon_by_round(rounds, site)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=site)
+    else:  # hundreds of lines and legend entries say nothing (and took minutes to lay out)
+        xs_band, low, high = epsilon_band(rounds)
+        ax.fill_between(xs_band, low, high, alpha=0.3,
+                        label=f"range over {len(report['sites'])} sites (each its own eps)")
+        ax.plot(xs_band, high, marker="o", label="largest site's eps")
     budget = report["config"].get("epsilon-budget")
     if budget:
         ax.axhline(budget, color="red", linestyle="--", label="site budget")

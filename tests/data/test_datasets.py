@@ -233,3 +233,25 @@ def test_schema_for_names_the_known_datasets() -> None:
     assert schema_for("breast-cancer") is breast_cancer.SCHEMA
     with pytest.raises(ValueError, match="dataset must be one of"):
         schema_for("mnist")
+
+
+def test_a_process_reads_and_partitions_the_pool_once_for_all_its_sites(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import fedcare.data.datasets as datasets
+
+    reads: list[str] = []
+    real = datasets._pooled_table
+
+    def counting(dataset: str, data_dir: str) -> Any:
+        reads.append(dataset)
+        return real(dataset, data_dir)
+
+    monkeypatch.setattr(datasets, "_pooled_table", counting)
+    datasets._pooled_parts.cache_clear()
+    args = site_args(num_partitions=5, partition_seed=11)
+
+    sites = [load_federated_site(**{**args, "partition_id": k}) for k in range(5)]
+
+    assert reads == ["breast-cancer"]
+    assert sum(len(s.y_train) + len(s.y_test) for s in sites) == 569  # still disjoint, complete
+    datasets._pooled_parts.cache_clear()

@@ -84,3 +84,24 @@ def test_process_tree_memory_includes_child_processes() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_perf_scale_runs_each_site_count_on_synthetic_data_and_prints_gib(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, str]] = []
+
+    def fake(root: Path, *, sites: int, rounds: int, poll: float,
+             settings: dict[str, Any]) -> dict[str, Any]:
+        seen.append((sites, settings["dataset"]))
+        return {**_fake_fedcare(root, sites=sites, rounds=rounds, poll=poll),
+                "load-average": [2.0, 1.5, 1.0]}
+
+    monkeypatch.setattr(perf_suite, "_fedcare_run", fake)
+
+    result = perf_suite.run_scale(sites=[10, 1000], rounds=3)
+
+    assert seen == [(10, "synthetic"), (1000, "synthetic")]
+    assert json.loads(json.dumps(result, allow_nan=False))["format"] == "fedcare-perf-scale"
+    table = perf_suite.format_scale(result).splitlines()
+    assert table[2].split()[:3] == ["1000", "0.98", "GiB"]  # 1000 MiB = 0.98 GiB
+    assert table[2].endswith("2.0/1.5/1.0")

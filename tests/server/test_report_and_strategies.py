@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
@@ -19,8 +21,12 @@ from flwr.serverapp.strategy import (
 
 from fedcare.common.config import STRATEGIES, RunConfig
 from fedcare.server.report import (
+    MAX_SITE_LINES,
+    PLOT_EPSILON,
     RunRecorder,
+    epsilon_band,
     format_site_table,
+    plot_report,
     site_table,
     summarize_evaluation,
     write_report,
@@ -133,3 +139,30 @@ def test_report_with_no_defined_auc_anywhere_is_still_written(tmp_path) -> None:
     assert saved["final"]["mean-site-auc"] is None
     assert saved["rounds"][0]["global"]["mean-site-auc"] is None
     assert (tmp_path / "global-metrics.png").stat().st_size > 0
+
+
+def _many_site_rounds(sites: int) -> list[dict[str, Any]]:
+    return [{"round": r, "global": {"mean-site-accuracy": 0.5},
+             "train": {f"site-{k}": {"epsilon": 0.1 * r * (1 + k)} for k in range(sites)},
+             "evaluate": {}, "failures": []} for r in (1, 2)]
+
+
+def test_epsilon_band_is_each_rounds_smallest_and_largest_site() -> None:
+    rounds = _many_site_rounds(3)
+    rounds[1]["train"]["site-1"] = {}  # a site that reported no DP spend in round 2
+
+    xs, low, high = epsilon_band(rounds)
+
+    assert xs == [1, 2]
+    assert low == pytest.approx([0.1, 0.2]) and high == pytest.approx([0.3, 0.6])
+
+
+def test_plot_of_many_sites_is_written_without_a_line_per_site(tmp_path: Path) -> None:
+    sites = MAX_SITE_LINES + 1
+    rounds = _many_site_rounds(sites)
+    report = {"run": "many", "rounds": rounds, "config": {"delta": 1e-3, "epsilon-budget": 10},
+              "sites": {f"site-{k}": {} for k in range(sites)}}
+
+    plot_report(tmp_path, report)
+
+    assert (tmp_path / PLOT_EPSILON).stat().st_size > 0
