@@ -86,6 +86,9 @@ MAX_CALIBRATED_NOISE_MULTIPLIER = 1e4
 
 _SPEND_KEYS = ("mechanism", "sampling_rate", "noise_multiplier", "steps")
 EPSILON_CACHE_SIZE = 1024
+#: The PLD grid the noise calibration searches on (the reported figures use the base
+#: grid): coarser, so each of its few dozen compositions costs ~5x less; pessimistic too.
+CALIBRATION_PLD_INTERVAL = 1e-3
 #: One-step PLDs kept per process (each up to ~1 MB at the base grid; a site uses one or
 #: two, a noise calibration tries a few dozen once).
 ONE_STEP_PLD_CACHE_SIZE = 16
@@ -386,8 +389,10 @@ def calibrate_noise_multiplier(
     The site's ``prior`` spends (its ledger) plus ``rounds`` rounds of
     :func:`plan_round` at the returned noise multiplier compose to an epsilon at
     ``delta`` that is <= ``target_epsilon`` (checked with :func:`compose_epsilon`
-    before returning) and within the search tolerance (relative 1e-6 in the noise
-    multiplier) of it.
+    before returning) and close to it: the search tolerance is relative 1e-6 in the
+    noise multiplier; with PLD the search judges on a coarser grid
+    (:data:`CALIBRATION_PLD_INTERVAL`), whose figure is ~1e-5 relative above the
+    reported one, so the reported epsilon lands that much below the target.
 
     Raises:
         ValueError: bad arguments, or the target is unreachable: the prior spends
@@ -431,6 +436,21 @@ def calibrate_noise_multiplier(
             memo[sigma] = compose_epsilon(spends_at(sigma), delta=delta, accountant=accountant)
         return memo[sigma]
 
+    # The search runs on a coarser PLD grid (~5x faster per try, a few dozen tries):
+    # still a pessimistic figure, ~1e-5 relative above the base grid's; the result is
+    # then checked, and nudged, on the figure the site will report.
+    search_memo: dict[float, float] = {}
+
+    def search_epsilon_at(sigma: float) -> float:
+        if accountant != "pld":
+            return epsilon_at(sigma)
+        if sigma not in search_memo:
+            merged = _merged(spends_at(sigma))
+            interval = max(CALIBRATION_PLD_INTERVAL,
+                           _pld_interval(_rdp_epsilon(merged, delta)))
+            search_memo[sigma] = _pld_epsilon(merged, delta, interval)
+        return search_memo[sigma]
+
     spent = compose_epsilon(prior, delta=delta, accountant=accountant)
     if spent >= target:
         raise ValueError(
@@ -440,7 +460,7 @@ def calibrate_noise_multiplier(
 
     # Bracket: hi satisfies the target, lo does not (epsilon falls as sigma grows).
     hi = 1.0
-    while epsilon_at(hi) > target:
+    while search_epsilon_at(hi) > target:
         hi *= 2.0
         if hi > MAX_CALIBRATED_NOISE_MULTIPLIER:
             raise ValueError(
@@ -448,7 +468,7 @@ def calibrate_noise_multiplier(
                 f"{MAX_CALIBRATED_NOISE_MULTIPLIER:g} after {spent:.6g} already spent "
                 f"(delta={delta:g}, {accountant}, {rounds} rounds); got {target:g}")
     lo = hi / 2.0
-    while epsilon_at(lo) <= target:
+    while search_epsilon_at(lo) <= target:
         hi, lo = lo, lo / 2.0
         if lo < 1e-6:  # a target this loose is met by (almost) any noise
             return hi
@@ -460,7 +480,7 @@ def calibrate_noise_multiplier(
 
     try:
         sigma = float(mechanism_calibration.calibrate_dp_mechanism(
-            lambda: make_accountant(accountant),
+            lambda: make_accountant(accountant, pld_interval=CALIBRATION_PLD_INTERVAL),
             make_event,
             target,
             delta,
@@ -472,7 +492,8 @@ def calibrate_noise_multiplier(
                        err, hi)
         sigma = hi
 
-    # The guarantee is ours, not the root finder's: verify, and nudge up if needed.
+    # The guarantee is ours, not the root finder's: verify on the figure the site
+    # reports, and nudge up if needed (hi met the target on the coarser, higher figure).
     step = tol
     epsilon = epsilon_at(sigma)
     while epsilon > target and sigma < hi:
