@@ -237,10 +237,12 @@ def test_fast_backoff_shortens_flowers_object_pull_retries_unless_told_otherwise
     # Act
     assert fast(["a"]) == "pulled"
     assert fast(["a"], initial_backoff=2.0) == "pulled"
-    # Assert: Flower's 1 s first wait (doubling to 10 s) becomes 0.02 s (doubling to 1 s);
-    # an explicit value wins; wrapping again changes nothing
-    assert seen == [{"initial_backoff": 0.02, "backoff_cap": 1.0},
-                    {"initial_backoff": 2.0, "backoff_cap": 1.0}]
+    # Assert: Flower's 1 s first wait (doubling to 10 s, 500 tries, ~83 min in all)
+    # becomes 0.02 s (doubling to 0.1 s, for at most 10 min); an explicit value wins;
+    # wrapping again changes nothing
+    fast_defaults = {"backoff_cap": 0.1, "max_tries_per_object": None, "max_time": 600.0}
+    assert seen == [{"initial_backoff": 0.02, **fast_defaults},
+                    {"initial_backoff": 2.0, **fast_defaults}]
     assert flower_compat._with_fast_backoff(fast) is fast
 
 

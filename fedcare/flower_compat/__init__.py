@@ -94,9 +94,15 @@ STOP_GRACE = 10.0
 #: shorter costs the SuperLink CPU all day for a second saved once per run).
 SUPEREXEC_POLL_INTERVAL = 1.0
 #: First wait before pulling again an object that is not there yet, and the longest
-#: wait (Flower: 1 s, doubling to 10 s; it stays a backoff, only shorter at first).
+#: wait (Flower: 1 s, doubling to 10 s, at most 500 tries). The objects of a message
+#: arrive within a second or two; a doubling wait that had reached 0.64 s when they did
+#: cost a site most of that, twice a round.
 FAST_PULL_BACKOFF = 0.02
-FAST_PULL_BACKOFF_CAP = 1.0
+FAST_PULL_BACKOFF_CAP = 0.1
+#: Seconds a pull keeps retrying objects that do not come (a sender that died mid-push)
+#: instead of a try limit: Flower's 500 tries of up to 10 s waited ~83 min, and 500 tries
+#: of 0.1 s would give up after 50 s on a large model still being pushed.
+FAST_PULL_MAX_TIME = 600.0
 
 
 class FlowerVersionError(RuntimeError):
@@ -333,17 +339,20 @@ class _PollClock:
 
 def _with_fast_backoff(pull: Callable[..., Any]) -> Callable[..., Any]:
     """Flower's object pull (``pull_objects`` or ``pull_and_inflate_object_from_tree``)
-    retrying an object that is not there yet after :data:`FAST_PULL_BACKOFF` seconds
-    instead of 1 s. A message is announced before all its objects are stored (the
-    SuperNode stores an instruction before pulling its arrays; a site pushes its reply
-    before its arrays): a reader polling every 0.1 s finds it in that window and, at
-    Flower's backoff, waited 1-3 s each time."""
+    retrying an object that is not there yet after :data:`FAST_PULL_BACKOFF` seconds,
+    doubling to :data:`FAST_PULL_BACKOFF_CAP`, instead of 1 s doubling to 10 s. A
+    message is announced before all its objects are stored (the SuperNode stores an
+    instruction before pulling its arrays; a site pushes its reply before its arrays): a
+    reader polling every 0.1 s finds it in that window and, at Flower's backoff, waited
+    1-3 s each time."""
     if getattr(pull, "fedcare_fast_backoff", False):
         return pull
 
     def fast(*args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("initial_backoff", FAST_PULL_BACKOFF)
         kwargs.setdefault("backoff_cap", FAST_PULL_BACKOFF_CAP)
+        kwargs.setdefault("max_tries_per_object", None)
+        kwargs.setdefault("max_time", FAST_PULL_MAX_TIME)
         return pull(*args, **kwargs)
 
     fast.fedcare_fast_backoff = True  # type: ignore[attr-defined]
