@@ -470,7 +470,7 @@ def calibrate_noise_multiplier(
     lo = hi / 2.0
     while search_epsilon_at(lo) <= target:
         hi, lo = lo, lo / 2.0
-        if lo < 1e-6:  # a target this loose is met by (almost) any noise
+        if lo < 1e-6 and epsilon_at(hi) <= target:  # met by (almost) any noise
             return hi
 
     tol = 1e-6 * hi
@@ -493,14 +493,15 @@ def calibrate_noise_multiplier(
         sigma = hi
 
     # The guarantee is ours, not the root finder's: verify on the figure the site
-    # reports, and nudge up if needed (hi met the target on the coarser, higher figure).
+    # reports, and nudge up if needed (past hi too: hi met the target on the search grid,
+    # should the reported figure ever be the higher one).
     step = tol
     epsilon = epsilon_at(sigma)
-    while epsilon > target and sigma < hi:
-        sigma = min(hi, sigma + step)
+    while epsilon > target and sigma < MAX_CALIBRATED_NOISE_MULTIPLIER:
+        sigma = min(MAX_CALIBRATED_NOISE_MULTIPLIER, sigma + step)
         step *= 2.0
         epsilon = epsilon_at(sigma)
-    if epsilon > target:  # cannot happen: hi was checked; kept as a hard stop
+    if epsilon > target:  # cannot happen: eps falls as sigma grows; kept as a hard stop
         raise RuntimeError(f"{where}: calibrated epsilon {epsilon} exceeds target {target}")
     logger.debug("calibrated noise_multiplier=%.6g: epsilon %.6g <= target %.6g (%s, delta=%g)",
                  sigma, epsilon, target, accountant, delta)
