@@ -154,10 +154,13 @@ class RunRecorder:
                        self.site_of_node.get(node, f"node-{node}"),
                        "dropped out" if code is None else "did not contribute", reason)
 
-    def record_dropped(self, server_round: int, phase: str, node: int) -> None:
-        """A site that was sent work and did not reply before the round timeout."""
-        self.record_failure(server_round, phase, node, code=None,
-                            reason=NO_REPLY_REASON)
+    def record_unanswered(self, server_round: int, phase: str, sent: Iterable[int],
+                          replies: Iterable[Message], *, reason: str = NO_REPLY_REASON) -> None:
+        """Each site that was ``sent`` work and is not among the ``replies`` (no reply
+        before the timeout)."""
+        answered = {m.metadata.src_node_id for m in replies}
+        for node in sorted(set(sent) - answered):
+            self.record_failure(server_round, phase, node, code=None, reason=reason)
 
     def record_rejections(self, server_round: int, rejections: Iterable[Any],
                           capped: Mapping[str, tuple[float, int]],

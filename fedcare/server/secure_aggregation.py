@@ -42,6 +42,7 @@ from fedcare.server.report import NO_REPLY_REASON, RunRecorder
 
 logger = logging.getLogger(__name__)
 
+
 def secaggplus_parameters(num_sites: int) -> tuple[int, int]:
     """Every site shares with every other (n shares); any 2/3 of them reconstruct."""
     return num_sites, max(2, math.ceil(2 * num_sites / 3))
@@ -81,10 +82,9 @@ class StageGrid(GridWrapper):
                 self._recorder.record_failure(server_round, phase, reply.metadata.src_node_id,
                                               code=reply.error.code,
                                               reason=f"{what}: {reply.error.reason}")
-        answered = {reply.metadata.src_node_id for reply in replies}
-        for node in sorted({m.metadata.dst_node_id for m in messages} - answered):
-            self._recorder.record_failure(server_round, phase, node, code=None,
-                                          reason=f"{what}: {NO_REPLY_REASON} ({timeout:g} s)")
+        self._recorder.record_unanswered(
+            server_round, phase, [m.metadata.dst_node_id for m in messages], replies,
+            reason=f"{what}: {NO_REPLY_REASON} ({timeout:g} s)")
         return replies
 
 

@@ -174,9 +174,8 @@ class RecordingStrategy(Strategy):
 
     def _screen(self, server_round: int, phase: str, replies: list[Message]) -> list[Message]:
         """Name the sites that did not reply in time; drop replies that fail validation."""
-        answered = {m.metadata.src_node_id for m in replies}
-        for node in sorted(self._sent.pop((server_round, phase), set()) - answered):
-            self.recorder.record_dropped(server_round, phase, node)
+        self.recorder.record_unanswered(server_round, phase,
+                                        self._sent.pop((server_round, phase), set()), replies)
         if self.validator is None:
             return replies
         screened = (self.validator.screen_train(server_round, replies, self._global, self._names)
