@@ -140,7 +140,8 @@ class PlanDefaults:
         row = PLAN_TABLE.index(self.plan) + 1
         lines = [f"plan: row {row} of {len(PLAN_TABLE)} of `fedcare plan --dataset "
                  f"heart-disease` ({_budget_range(row - 1)}) for target eps = "
-                 f"{self.target_epsilon:g}: {self.plan.model}",
+                 f"{self.target_epsilon:g} (this run, at each site; at the run's delta): "
+                 f"{self.plan.model}",
                  f"  FALLBACK: {self.plan.fallback}" if self.plan.fallback
                  else "  fallback: none (the full model)",
                  f"  tuned on split seed {TUNING_SPLIT_SEED} only: {self.plan.tuned}",

@@ -96,7 +96,23 @@ def _file_handler(path: Path) -> logging.Handler:
     return handler
 
 
+class _OncePerRecord(logging.Filter):
+    """A handler on both the root and the ``flwr`` logger sees each Flower record twice
+    while ``flwr`` propagates (Flower can switch that at run time): pass it once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: logging.LogRecord | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record is self._last:
+            return False
+        self._last = record
+        return True
+
+
 def _attach(handler: logging.Handler) -> list[logging.Logger]:
+    handler.addFilter(_OncePerRecord())
     loggers = [logging.getLogger(), logging.getLogger("flwr")]
     for logger in loggers:
         logger.addHandler(handler)

@@ -155,7 +155,8 @@ def test_n_separate_rounds_equal_one_event_with_n_times_the_steps(name: str) -> 
     if name == "rdp":
         direct = dp_accounting.rdp.RdpAccountant()
     else:
-        direct = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+        # the grid for a figure between 1 and 2 (RDP bound 1.9): twice the base, 2e-4
+        direct = dp_accounting.pld.PLDAccountant(value_discretization_interval=2e-4)
     expected = direct.compose(single_event).get_epsilon(1e-5)
 
     composed = compose_epsilon([one_round] * rounds, delta=1e-5, accountant=name)
@@ -510,7 +511,6 @@ def test_pld_of_tiny_noise_is_computed_on_a_coarser_grid_and_stays_below_rdp() -
     # sigma 0.01 the PLD's base grid would need ~10^8 points.
     from fedcare.privacy.accounting import (
         PLD_MAX_INTERVAL,
-        PLD_VALUE_DISCRETIZATION_INTERVAL,
         _pld_interval,
     )
 
@@ -520,9 +520,24 @@ def test_pld_of_tiny_noise_is_computed_on_a_coarser_grid_and_stays_below_rdp() -
     rdp = compose_epsilon(spends, delta=1e-3, accountant="rdp")
     # Assert: still a (tighter) upper bound, and the grid rules by hand
     assert 1_000 < pld <= rdp
-    assert _pld_interval(5.0) == PLD_VALUE_DISCRETIZATION_INTERVAL  # every eps <= 10: base
-    assert _pld_interval(16_565.7) == pytest.approx(0.165657)
     assert _pld_interval(float("inf")) == PLD_MAX_INTERVAL
+    assert _pld_interval(16_565.7) == PLD_MAX_INTERVAL  # 1.66 wanted: capped
+
+
+@pytest.mark.parametrize(("rdp_bound", "grid"), [
+    (0.3, 1e-4), (1.0, 1e-4),  # every figure up to 1: the base grid
+    (1.01, 2e-4), (2.0, 2e-4), (2.5, 4e-4), (5.0, 8e-4), (12.0, 1.6e-3),  # 1e-4 of it, up to 2^k
+])
+def test_pld_grid_is_the_base_times_the_power_of_two_reaching_1e_4_of_the_figure(
+        rdp_bound: float, grid: float) -> None:
+    # Arrange
+    from fedcare.privacy.accounting import _pld_interval
+
+    # Act
+    interval = _pld_interval(rdp_bound)
+    # Assert: hand-computed; few grids, so a site's one-step PLD serves many rounds
+    assert interval == pytest.approx(grid, rel=1e-12)
+    assert interval >= rdp_bound * 1e-4
 
 
 @pytest.mark.parametrize("spends", [
@@ -533,17 +548,15 @@ def test_pld_of_tiny_noise_is_computed_on_a_coarser_grid_and_stays_below_rdp() -
 def test_pld_epsilon_is_bit_for_bit_the_accountants_and_stays_so_from_the_cache(
         spends: list[tuple[float, float, int]]) -> None:
     # Arrange: the accountant's own composition of the same merged events
-    from fedcare.privacy.accounting import (
-        PLD_VALUE_DISCRETIZATION_INTERVAL,
-        _one_step_pld,
-    )
+    from fedcare.privacy.accounting import _one_step_pld, _pld_interval
 
     rounds = [RoundSpend(sampling_rate=q, noise_multiplier=s, steps=n) for q, s, n in spends]
     merged: dict[tuple[float, float], int] = {}
     for q, s, n in spends:
         merged[(q, s)] = merged.get((q, s), 0) + n
-    accountant = dp_accounting.pld.PLDAccountant(
-        value_discretization_interval=PLD_VALUE_DISCRETIZATION_INTERVAL)
+    # on the grid the figure's size picks (its RDP bound's)
+    grid = _pld_interval(compose_epsilon(rounds, delta=1e-3, accountant="rdp"))
+    accountant = dp_accounting.pld.PLDAccountant(value_discretization_interval=grid)
     for (q, s), n in sorted(merged.items()):
         accountant.compose(dp_accounting.SelfComposedDpEvent(
             dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(s)), n))

@@ -127,12 +127,14 @@ def test_the_message_names_the_row_and_its_fallback() -> None:
     assert small is not None and large is not None
     text = small.describe()
     assert text.startswith("plan: row 1 of 3 of `fedcare plan --dataset heart-disease` "
-                           "(0 < eps < 0.5) for target eps = 0.1: logistic regression")
+                           "(0 < eps < 0.5) for target eps = 0.1 (this run, at each site; at the "
+                           "run's delta): logistic regression")
     assert "FALLBACK: logistic regression, 3 rounds, instead of Dense 64-32, 40 rounds" in text
     assert "num-rounds=3" in text and "tuned on split seed 43 only: at eps 0.1: 0.703" in text
     assert large.describe().splitlines()[:2] == [
         "plan: row 3 of 3 of `fedcare plan --dataset heart-disease` (eps >= 2) for target "
-        "eps = 3: Dense 64-32", "  fallback: none (the full model)"]
+        "eps = 3 (this run, at each site; at the run's delta): Dense 64-32",
+        "  fallback: none (the full model)"]
 
 
 @pytest.mark.parametrize("explicit", [

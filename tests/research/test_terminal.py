@@ -108,6 +108,27 @@ def test_run_log_keeps_records_from_before_the_run_folder_exists(tmp_path: Path)
     assert "after the run" not in text
 
 
+def test_run_log_writes_a_flower_record_once_while_flwr_propagates(tmp_path: Path) -> None:
+    # Arrange: the handler sits on the root and on "flwr"; a propagating flwr record
+    # reaches both
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.setLevel(logging.INFO)
+    propagate = flwr_log.propagate
+    flwr_log.propagate = True
+    run_log = terminal.RunLog()
+    try:
+        run_log.open(tmp_path / "run")
+        # Act
+        flwr_log.info("[ROUND 1/2]")
+        flwr_log.info("[ROUND 1/2]")  # a second record with the same text is kept
+    finally:
+        run_log.close()
+        flwr_log.propagate = propagate
+    # Assert
+    text = (tmp_path / "run" / terminal.RUN_LOG).read_text()
+    assert text.count("[ROUND 1/2]") == 2
+
+
 @pytest.mark.parametrize(("argv", "expected"), [
     (["sweep", "--out-dir", "sw"], Path("sw/fedcare-sweep.log")),
     (["benchmark-heart-table"], Path("runs/heart-table/fedcare-benchmark-heart-table.log")),
