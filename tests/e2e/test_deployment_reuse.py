@@ -5,7 +5,11 @@ site processes whose policy allows at most ``MAX_ROUNDS`` rounds a run).
 1. Two SecAgg+ runs back to back reach every site: each site answers the second run's
    pre-flight and trains in it (issue 14: on a reused deployment one site never received
    the second run's pre-flight).
-2. A run every site refuses in pre-flight ends cleanly: the operator's stream names each
+2. A site paused (SIGSTOP) as it starts training, past its heartbeats: the round goes on
+   without it and the report names it with the SuperLink's reason; once resumed, its
+   late reply is refused, it says so in its log and keeps running (it answers the next
+   run's pre-flight, test 3). Issue 14: the late reply ended the site process.
+3. A run every site refuses in pre-flight ends cleanly: the operator's stream names each
    site's reasons and the report, shows no traceback and no Flower exit code 201,
    `fedcare submit` exits with its documented refused status, and `fedcare status` shows
    the refusal from the run folder.
@@ -14,6 +18,7 @@ site processes whose policy allows at most ``MAX_ROUNDS`` rounds a run).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -23,11 +28,13 @@ import pytest
 from fedcare.cli.args import EXIT_REFUSED
 from fedcare.server.summary import REFUSED_MARKER
 from tests.data_factories import write_heart_dir
-from tests.e2e.deploy_helpers import BIN, RUN_TIMEOUT, Deployment
+from tests.e2e.deploy_helpers import BIN, RUN_TIMEOUT, Deployment, wait_for
 
 pytestmark = pytest.mark.slow
 
-SITES = {"alpha": 120, "beta": 100, "gamma": 90}
+SITES = {"alpha": 120, "beta": 100, "gamma": 1500}
+PAUSED = "gamma"  # trains on the most rows: seconds, so it is paused before it replies
+RECEIVED_TRAIN = "Received: train message"  # Flower's SuperNode log line
 MAX_ROUNDS = 2  # every site's policy: max-rounds
 ROUND_TIMEOUT = 180
 # fixed noise and RDP: no calibration search at each site (minutes on a loaded machine)
@@ -37,6 +44,9 @@ SECAGG_RUN = ('dataset="heart-disease" num-rounds=1 min-sites=3 hidden-units="16
 REFUSED_RUN = ('dataset="heart-disease" min-sites=2 hidden-units="16" noise-multiplier=2.0 '
                f'accountant="rdp" delta=0.001 round-timeout={ROUND_TIMEOUT} '
                f'num-rounds={MAX_ROUNDS + 1}')
+PLAIN_RUN = ('dataset="heart-disease" num-rounds=1 min-sites=2 hidden-units="16" '
+             'noise-multiplier=2.0 accountant="rdp" delta=0.001 '
+             f'round-timeout={ROUND_TIMEOUT}')
 RUN_LIMIT = 2 * RUN_TIMEOUT
 
 
@@ -81,6 +91,40 @@ def test_two_secaggplus_runs_back_to_back_reach_every_site(deployment: Deploymen
         assert report["status"] == "completed", name
         assert sorted(report["rounds"][0]["train"]) == sorted(SITES), name
         assert report["rounds"][0]["failures"] == [], name
+
+
+def test_a_site_paused_past_its_heartbeats_is_dropped_and_survives_its_late_reply(
+        deployment: Deployment) -> None:
+    out = deployment.root / "runs"
+    log = deployment.root / f"{PAUSED}.log"
+    seen = len(log.read_text(errors="replace"))
+    run = subprocess.Popen(
+        [str(BIN / "fedcare"), "submit", *deployment.flwr_run_args(
+            f'{PLAIN_RUN} output-dir="{out}" run-name="paused"', stream=True)],
+        env=deployment.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    try:
+        wait_for(f"{PAUSED} to receive its train message",
+                 lambda: RECEIVED_TRAIN in log.read_text(errors="replace")[seen:]
+                 or run.poll() is not None, RUN_LIMIT)
+        deployment.signal(PAUSED, signal.SIGSTOP)  # past its heartbeats: until the run ends
+        stream, _ = run.communicate(timeout=RUN_LIMIT)
+    finally:
+        deployment.signal(PAUSED, signal.SIGCONT)
+        if run.poll() is None:
+            run.kill()
+    report = _report(deployment, "paused", subprocess.CompletedProcess([], 0, stream, ""))
+
+    rnd = report["rounds"][0]
+    assert sorted(rnd["train"]) == sorted(set(SITES) - {PAUSED})
+    failures = [f for f in rnd["failures"] if f["phase"] == "train"]
+    assert [f["site"] for f in failures] == [PAUSED]
+    assert "Node Unavailable" in failures[0]["reason"]
+    wait_for(f"{PAUSED} to log its refused late reply",
+             lambda: "reply was not delivered" in log.read_text(errors="replace")[seen:],
+             RUN_LIMIT)
+    assert "no longer awaited" in log.read_text(errors="replace")[seen:]
+    assert deployment.procs[PAUSED].poll() is None  # still running
 
 
 def test_a_run_every_site_refuses_ends_cleanly_naming_the_reasons(
