@@ -220,3 +220,83 @@ def test_other_failures_of_the_push_still_surface() -> None:
 
     with pytest.raises(RuntimeError, match="a bug"):
         flower_compat._surviving_refused_replies(broken)()
+
+
+# ------------------------------------- a message whose run ends while it is received
+
+
+RUN_ID = 41
+
+
+def _instruction() -> tuple[Message, ObjectTree]:
+    from flwr.app import ConfigRecord
+    from flwr.common.inflatable import get_object_tree
+
+    message = Message(RecordDict({"request": ConfigRecord({"run-name": "first"})}),
+                      dst_node_id=7, message_type="query.preflight", group_id="preflight")
+    message.metadata.__dict__["_run_id"] = RUN_ID
+    message.metadata.__dict__["_message_id"] = message.object_id
+    return message, get_object_tree(message)
+
+
+def _node_state() -> tuple[Any, Any]:
+    from flwr.common import Context
+    from flwr.common.typing import Run
+    from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
+
+    state = InMemoryNodeState()
+    state.store_run(Run.create_empty(RUN_ID))  # the site took part in this run before
+    state.store_context(Context(run_id=RUN_ID, node_id=7, node_config={},
+                                state=RecordDict(), run_config={}))
+    return state, InMemoryObjectStore()
+
+
+def _pull_while_the_run_ends(pull: Any, state: Any, store: Any) -> int | None:
+    from flwr.common.typing import RunNotRunningException
+
+    def run_ended(run_id: int, object_id: str) -> bytes:  # the SuperLink: PERMISSION_DENIED
+        raise RunNotRunningException
+
+    received = _instruction()
+    # Flower's pull_objects swallows the object pulls' errors (thread pool); the
+    # confirmation that follows is refused the same way and ends the receipt
+    return pull(state=state, ffs=None, object_store=store, node_config={},
+                receive=lambda: received, get_run=None, get_fab=None,
+                pull_object=run_ended, confirm_message_received=run_ended)
+
+
+def test_unfixed_flower_keeps_a_half_received_message_for_the_worker() -> None:
+    state, store = _node_state()
+
+    assert _pull_while_the_run_ends(start_client_internal._pull_and_store_message,
+                                    state, store) is None
+
+    assert list(state.get_run_ids_with_pending_messages()) == [RUN_ID]  # served, never whole
+
+
+def test_a_message_whose_run_ends_while_it_arrives_is_forgotten(
+        caplog: pytest.LogCaptureFixture) -> None:
+    state, store = _node_state()
+    pull = flower_compat._forgetting_half_received(start_client_internal._pull_and_store_message)
+
+    with caplog.at_level(logging.WARNING, logger=flower_compat.__name__):
+        assert _pull_while_the_run_ends(pull, state, store) is None
+
+    assert list(state.get_run_ids_with_pending_messages()) == []
+    message, _ = _instruction()
+    assert store.get(message.object_id) is None  # its preregistered objects are gone too
+    assert "arrived only in part" in caplog.records[-1].getMessage()
+
+
+def test_the_site_worker_outlives_a_message_it_cannot_serve(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def objects_never_came(*_: Any) -> None:
+        raise TimeoutError("object pull gave up")
+
+    monkeypatch.setattr(flower_compat, "serve_one_message", objects_never_came)
+
+    with caplog.at_level(logging.ERROR, logger=flower_compat.__name__):
+        flower_compat._serve_or_log("127.0.0.1:1", "token", app=None, verdicts=None)  # type: ignore[arg-type]
+
+    assert "could not serve a message; it goes on" in caplog.records[-1].getMessage()

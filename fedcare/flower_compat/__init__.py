@@ -268,6 +268,17 @@ def serve_one_message(clientappio_address: str, token: str, app: Any,
         channel.close()
 
 
+def _serve_or_log(clientappio_address: str, token: str, app: Any,
+                  verdicts: _VerdictCache) -> None:
+    """:func:`serve_one_message`, logging whatever stops it (e.g. the objects of a
+    message never arrived): the worker thread must outlive one message it cannot serve,
+    or the site stops answering for good while its SuperNode still looks connected."""
+    try:
+        serve_one_message(clientappio_address, token, app, verdicts)
+    except Exception:
+        logger.exception("this site could not serve a message; it goes on with the next")
+
+
 class PollPace:
     """How long a site waits between polls: ``fast`` while a run is active (a message
     handled within the last ``window`` seconds), ``idle`` otherwise, so that short polls
@@ -309,7 +320,7 @@ def _serve_messages(clientappio_address: str, app: Any, pace: PollPace,
             if listed.run_ids:
                 token = stub.RequestToken(RequestTokenRequest(run_id=listed.run_ids[0])).token
                 if token:
-                    serve_one_message(clientappio_address, token, app, verdicts)
+                    _serve_or_log(clientappio_address, token, app, verdicts)
                     pace.mark()
                     continue
             stopping.wait(pace.current())
@@ -449,6 +460,8 @@ def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
     supernode.time = _PollClock(pace)  # type: ignore[assignment]
     supernode._push_messages = _surviving_refused_replies(  # type: ignore[assignment]
         supernode._push_messages)
+    supernode._pull_and_store_message = _forgetting_half_received(  # type: ignore[assignment]
+        supernode._pull_and_store_message)
     use_fast_object_pulls()
     supernode.register_signal_handlers = _with_bounded_stop(  # type: ignore[assignment]
         supernode.register_signal_handlers)
@@ -469,6 +482,38 @@ def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
             clientappio_api_address=node.clientappio_address)
     finally:
         stopping.set()
+
+
+def _forgetting_half_received(pull_and_store: Callable[..., int | None]
+                              ) -> Callable[..., int | None]:
+    """Flower's SuperNode ``_pull_and_store_message``, forgetting a message that arrived
+    only in part. Flower stores an instruction in the node's state *before* it pulls the
+    instruction's objects; when its run ends meanwhile (a site slow or paused at the end
+    of a run: the SuperLink then refuses the object pulls) Flower logs "not in RUNNING
+    status" and keeps the half-received message. The site worker then takes it up and
+    waits up to :data:`FAST_PULL_MAX_TIME` for objects that never come, while the
+    SuperNode pulls the next run's messages and waits for replies the worker does not
+    give: the next run's pre-flight goes unanswered. Here the message and its objects
+    are removed, with a warning."""
+
+    def pull_or_forget(**kwargs: Any) -> int | None:
+        state, store = kwargs["state"], kwargs["object_store"]
+        held = getattr(state, "msg_store", None)
+        before = set(held) if held is not None else set()
+        run_id = pull_and_store(**kwargs)
+        if run_id is None and held is not None:
+            partial = sorted(mid for mid, entry in list(held.items()) if mid not in before
+                             and not entry.message.metadata.reply_to_message_id)
+            if partial:
+                state.delete_messages(message_ids=partial)
+                for message_id in partial:
+                    store.delete(message_id)
+                logger.warning("message(s) %s arrived only in part (the run ended while this "
+                               "site was receiving them): dropped; the site waits for the "
+                               "next message", ", ".join(partial))
+        return run_id
+
+    return pull_or_forget
 
 
 def _surviving_refused_replies(push_messages: Callable[..., None]) -> Callable[..., None]:
