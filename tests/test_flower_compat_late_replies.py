@@ -300,3 +300,41 @@ def test_the_site_worker_outlives_a_message_it_cannot_serve(
         flower_compat._serve_or_log("127.0.0.1:1", "token", app=None, verdicts=None)  # type: ignore[arg-type]
 
     assert "could not serve a message; it goes on" in caplog.records[-1].getMessage()
+
+
+def test_a_message_the_worker_abandons_ends_the_supernodes_wait_for_its_reply(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    state, _ = _node_state()
+    state.store_message(_instruction()[0])  # pulled; the worker failed on it: no reply
+    abandoned = threading.Event()
+    abandoned.set()
+    pushed: list[Any] = []
+    push = flower_compat._surviving_refused_replies(lambda **kw: pushed.append(kw), abandoned)
+
+    with caplog.at_level(logging.WARNING, logger=flower_compat.__name__):
+        push(state=state, object_store=None, send=None, push_object=None)
+
+    assert pushed == [] and not abandoned.is_set()  # Flower's endless wait is skipped
+    assert "could not answer the message" in caplog.records[-1].getMessage()
+
+
+def test_a_reply_in_the_state_is_pushed_as_flower_does() -> None:
+    import threading
+
+    state, _ = _node_state()
+    state.store_message(_late_reply_with_id())
+    pushed: list[Any] = []
+    push = flower_compat._surviving_refused_replies(lambda **kw: pushed.append(kw),
+                                                    threading.Event())
+
+    push(state=state, object_store=None, send=None, push_object=None)
+
+    assert len(pushed) == 1
+
+
+def _late_reply_with_id() -> Message:
+    reply = _late_reply()
+    reply.metadata.__dict__["_message_id"] = reply.object_id
+    return reply

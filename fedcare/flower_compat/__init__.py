@@ -231,8 +231,9 @@ class _VerdictCache:
 
 
 def serve_one_message(clientappio_address: str, token: str, app: Any,
-                      verdicts: _VerdictCache) -> None:
-    """Pull one message over ClientAppIo, answer it with the installed ``app``, push back.
+                      verdicts: _VerdictCache) -> bool:
+    """Pull one message over ClientAppIo, answer it with the installed ``app``, push back;
+    whether the reply was handed to the SuperNode.
 
     Flower's ``run_clientapp`` minus the FAB install and the app loading: the bundle is
     only hashed and inspected.
@@ -262,21 +263,27 @@ def serve_one_message(clientappio_address: str, token: str, app: Any,
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                   reason=f"{type(err).__name__}: {err}"), reply_to=message)
         push_clientappoutputs(stub=stub, token=token, message=reply, context=context)
+        return True
     except grpc.RpcError as err:
         logger.error("ClientAppIo gRPC error: %s", err)
+        return False
     finally:
         channel.close()
 
 
 def _serve_or_log(clientappio_address: str, token: str, app: Any,
-                  verdicts: _VerdictCache) -> None:
+                  verdicts: _VerdictCache, abandoned: threading.Event | None = None) -> None:
     """:func:`serve_one_message`, logging whatever stops it (e.g. the objects of a
     message never arrived): the worker thread must outlive one message it cannot serve,
-    or the site stops answering for good while its SuperNode still looks connected."""
+    or the site stops answering for good while its SuperNode still looks connected.
+    ``abandoned`` is set when no reply went to the SuperNode, which waits for one."""
     try:
-        serve_one_message(clientappio_address, token, app, verdicts)
+        served = serve_one_message(clientappio_address, token, app, verdicts)
     except Exception:
         logger.exception("this site could not serve a message; it goes on with the next")
+        served = False
+    if not served and abandoned is not None:
+        abandoned.set()
 
 
 class PollPace:
@@ -301,7 +308,8 @@ class PollPace:
 
 
 def _serve_messages(clientappio_address: str, app: Any, pace: PollPace,
-                    stopping: threading.Event) -> None:
+                    stopping: threading.Event,
+                    abandoned: threading.Event | None = None) -> None:
     """Flower's SuperExec loop (ask the SuperNode's ClientAppIo API for a run to serve and
     a token) at ``pace`` instead of every 1 s, answering each message with the installed
     ``app``, until ``stopping`` is set."""
@@ -320,7 +328,7 @@ def _serve_messages(clientappio_address: str, app: Any, pace: PollPace,
             if listed.run_ids:
                 token = stub.RequestToken(RequestTokenRequest(run_id=listed.run_ids[0])).token
                 if token:
-                    _serve_or_log(clientappio_address, token, app, verdicts)
+                    _serve_or_log(clientappio_address, token, app, verdicts, abandoned)
                     pace.mark()
                     continue
             stopping.wait(pace.current())
@@ -453,13 +461,14 @@ def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     app = app_loader()  # TensorFlow and the app, once, before the site connects
     stopping = threading.Event()
+    abandoned = threading.Event()  # the worker gave up on a message: no reply will come
     pace = PollPace(node.poll_interval)
     worker = threading.Thread(
         target=_serve_messages, name="fedcare-site-worker", daemon=True,
-        args=(node.clientappio_address, app, pace, stopping))
+        args=(node.clientappio_address, app, pace, stopping, abandoned))
     supernode.time = _PollClock(pace)  # type: ignore[assignment]
     supernode._push_messages = _surviving_refused_replies(  # type: ignore[assignment]
-        supernode._push_messages)
+        supernode._push_messages, abandoned)
     supernode._pull_and_store_message = _forgetting_half_received(  # type: ignore[assignment]
         supernode._pull_and_store_message)
     use_fast_object_pulls()
@@ -516,16 +525,42 @@ def _forgetting_half_received(pull_and_store: Callable[..., int | None]
     return pull_or_forget
 
 
-def _surviving_refused_replies(push_messages: Callable[..., None]) -> Callable[..., None]:
+def _reply_or_abandoned(state: Any, abandoned: threading.Event,
+                        interval: float = MIN_POLL_INTERVAL) -> bool:
+    """Wait until the node's state holds a reply (True) or the worker abandoned the
+    message (False; the flag is reset)."""
+    held = getattr(state, "msg_store", None)
+    if held is None:  # not Flower 1.23's in-memory node state: Flower's own wait
+        return True
+    while True:
+        if any(entry.message.metadata.reply_to_message_id and not entry.is_retrieved
+               for entry in list(held.values())):
+            return True
+        if abandoned.is_set():
+            abandoned.clear()
+            return False
+        time.sleep(interval)
+
+
+def _surviving_refused_replies(push_messages: Callable[..., None],
+                               abandoned: threading.Event | None = None
+                               ) -> Callable[..., None]:
     """Flower's SuperNode ``_push_messages``, with a reply the SuperLink refuses (a late
     reply to a message it no longer awaits, or any error status other than Flower's
     retried "unavailable") logged and dropped: Flower lets the ``grpc.RpcError`` end the
     SuperNode's loop, and with it the whole site process. Flower's own ``finally`` has
     already removed the reply and its objects; the site goes on pulling messages (its
-    heartbeats bring it back online at the SuperLink)."""
+    heartbeats bring it back online at the SuperLink). Flower waits without limit for
+    the reply; when the worker sets ``abandoned`` (it could not answer the message) the
+    wait ends and the site goes on pulling, instead of never pulling again."""
     import grpc
 
     def push_or_drop(*args: Any, **kwargs: Any) -> None:
+        if abandoned is not None and not _reply_or_abandoned(kwargs["state"], abandoned):
+            logger.warning("the site worker could not answer the message it was given: no "
+                           "reply is sent (the server reports this site for it); the site "
+                           "waits for the next message")
+            return
         try:
             push_messages(*args, **kwargs)
         except grpc.RpcError as err:

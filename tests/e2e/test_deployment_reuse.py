@@ -5,10 +5,12 @@ site processes whose policy allows at most ``MAX_ROUNDS`` rounds a run).
 1. Two SecAgg+ runs back to back reach every site: each site answers the second run's
    pre-flight and trains in it (issue 14: on a reused deployment one site never received
    the second run's pre-flight).
-2. A site paused (SIGSTOP) as it starts training, past its heartbeats: the round goes on
-   without it and the report names it with the SuperLink's reason; once resumed, its
-   late reply is refused, it says so in its log and keeps running (it answers the next
-   run's pre-flight, test 3). Issue 14: the late reply ended the site process.
+2. A site paused (SIGSTOP) as its train message arrives, past its heartbeats: the round
+   goes on without it and the report names it with the SuperLink's reason; once resumed,
+   its late reply is refused (or the message whose run ended while it arrived is
+   forgotten), it says so in its log and keeps running: it answers the next run's
+   pre-flight (test 3). Issue 14: the late reply ended the site process; a message
+   half-received at the end of a run kept the site from answering the next run.
 3. A run every site refuses in pre-flight ends cleanly: the operator's stream names each
    site's reasons and the report, shows no traceback and no Flower exit code 201,
    `fedcare submit` exits with its documented refused status, and `fedcare status` shows
@@ -35,6 +37,7 @@ pytestmark = pytest.mark.slow
 SITES = {"alpha": 120, "beta": 100, "gamma": 1500}
 PAUSED = "gamma"  # trains on the most rows: seconds, so it is paused before it replies
 RECEIVED_TRAIN = "Received: train message"  # Flower's SuperNode log line
+LATE_SIGNS = ("reply was not delivered", "arrived only in part")  # the site's warnings
 MAX_ROUNDS = 2  # every site's policy: max-rounds
 ROUND_TIMEOUT = 180
 # fixed noise and RDP: no calibration search at each site (minutes on a loaded machine)
@@ -120,11 +123,16 @@ def test_a_site_paused_past_its_heartbeats_is_dropped_and_survives_its_late_repl
     failures = [f for f in rnd["failures"] if f["phase"] == "train"]
     assert [f["site"] for f in failures] == [PAUSED]
     assert "Node Unavailable" in failures[0]["reason"]
-    wait_for(f"{PAUSED} to log its refused late reply",
-             lambda: "reply was not delivered" in log.read_text(errors="replace")[seen:],
-             RUN_LIMIT)
-    assert "no longer awaited" in log.read_text(errors="replace")[seen:]
-    assert deployment.procs[PAUSED].poll() is None  # still running
+    # Where the pause fell decides what the resumed site meets: its late reply refused
+    # (paused after it had the whole message), or a message whose run ended while it
+    # was still arriving, forgotten (paused while receiving it). Both leave it running.
+    wait_for(f"{PAUSED} to log what became of the message it was paused on",
+             lambda: any(sign in log.read_text(errors="replace")[seen:]
+                         for sign in LATE_SIGNS), RUN_LIMIT)
+    after = log.read_text(errors="replace")[seen:]
+    print(f"{PAUSED} after the pause: " + "; ".join(s for s in LATE_SIGNS if s in after))
+    assert "reply was not delivered" not in after or "no longer awaited" in after
+    assert deployment.procs[PAUSED].poll() is None  # still running; test 3: it answers
 
 
 def test_a_run_every_site_refuses_ends_cleanly_naming_the_reasons(
