@@ -272,18 +272,20 @@ def serve_one_message(clientappio_address: str, token: str, app: Any,
 
 
 def _serve_or_log(clientappio_address: str, token: str, app: Any,
-                  verdicts: _VerdictCache, abandoned: threading.Event | None = None) -> None:
+                  verdicts: _VerdictCache, abandoned: Abandoned | None = None,
+                  run_id: int = 0) -> None:
     """:func:`serve_one_message`, logging whatever stops it (e.g. the objects of a
     message never arrived): the worker thread must outlive one message it cannot serve,
     or the site stops answering for good while its SuperNode still looks connected.
-    ``abandoned`` is set when no reply went to the SuperNode, which waits for one."""
+    ``abandoned`` notes ``run_id`` when no reply went to the SuperNode, which waits for
+    one."""
     try:
         served = serve_one_message(clientappio_address, token, app, verdicts)
     except Exception:
         logger.exception("this site could not serve a message; it goes on with the next")
         served = False
     if not served and abandoned is not None:
-        abandoned.set()
+        abandoned.add(run_id)
 
 
 class PollPace:
@@ -309,7 +311,7 @@ class PollPace:
 
 def _serve_messages(clientappio_address: str, app: Any, pace: PollPace,
                     stopping: threading.Event,
-                    abandoned: threading.Event | None = None) -> None:
+                    abandoned: Abandoned | None = None) -> None:
     """Flower's SuperExec loop (ask the SuperNode's ClientAppIo API for a run to serve and
     a token) at ``pace`` instead of every 1 s, answering each message with the installed
     ``app``, until ``stopping`` is set."""
@@ -328,7 +330,8 @@ def _serve_messages(clientappio_address: str, app: Any, pace: PollPace,
             if listed.run_ids:
                 token = stub.RequestToken(RequestTokenRequest(run_id=listed.run_ids[0])).token
                 if token:
-                    _serve_or_log(clientappio_address, token, app, verdicts, abandoned)
+                    _serve_or_log(clientappio_address, token, app, verdicts, abandoned,
+                                  listed.run_ids[0])
                     pace.mark()
                     continue
             stopping.wait(pace.current())
@@ -461,7 +464,7 @@ def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     app = app_loader()  # TensorFlow and the app, once, before the site connects
     stopping = threading.Event()
-    abandoned = threading.Event()  # the worker gave up on a message: no reply will come
+    abandoned = Abandoned()  # runs whose message the worker gave up on: no reply comes
     pace = PollPace(node.poll_interval)
     worker = threading.Thread(
         target=_serve_messages, name="fedcare-site-worker", daemon=True,
@@ -525,25 +528,45 @@ def _forgetting_half_received(pull_and_store: Callable[..., int | None]
     return pull_or_forget
 
 
-def _reply_or_abandoned(state: Any, abandoned: threading.Event,
+class Abandoned:
+    """The runs whose message the site worker gave up on (no reply will come), noted by
+    the worker thread and taken by the SuperNode's loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: set[int] = set()
+
+    def add(self, run_id: int) -> None:
+        with self._lock:
+            self._runs.add(run_id)
+
+    def take(self, awaited: set[int]) -> bool:
+        """Whether one of the ``awaited`` runs was given up on; forgets the others
+        (stale: a message of another run, e.g. one forgotten half-received)."""
+        with self._lock:
+            hit = bool(self._runs & awaited)
+            self._runs.clear()
+            return hit
+
+
+def _reply_or_abandoned(state: Any, abandoned: Abandoned,
                         interval: float = MIN_POLL_INTERVAL) -> bool:
-    """Wait until the node's state holds a reply (True) or the worker abandoned the
-    message (False; the flag is reset)."""
+    """Wait until the node's state holds a reply (True) or the worker gave up on the
+    message the SuperNode waits for (False)."""
     held = getattr(state, "msg_store", None)
     if held is None:  # not Flower 1.23's in-memory node state: Flower's own wait
         return True
     while True:
-        if any(entry.message.metadata.reply_to_message_id and not entry.is_retrieved
-               for entry in list(held.values())):
+        entries = [entry.message.metadata for entry in list(held.values())]
+        if any(meta.reply_to_message_id for meta in entries):
             return True
-        if abandoned.is_set():
-            abandoned.clear()
+        if abandoned.take({meta.run_id for meta in entries}):
             return False
         time.sleep(interval)
 
 
 def _surviving_refused_replies(push_messages: Callable[..., None],
-                               abandoned: threading.Event | None = None
+                               abandoned: Abandoned | None = None
                                ) -> Callable[..., None]:
     """Flower's SuperNode ``_push_messages``, with a reply the SuperLink refuses (a late
     reply to a message it no longer awaits, or any error status other than Flower's
@@ -551,8 +574,8 @@ def _surviving_refused_replies(push_messages: Callable[..., None],
     SuperNode's loop, and with it the whole site process. Flower's own ``finally`` has
     already removed the reply and its objects; the site goes on pulling messages (its
     heartbeats bring it back online at the SuperLink). Flower waits without limit for
-    the reply; when the worker sets ``abandoned`` (it could not answer the message) the
-    wait ends and the site goes on pulling, instead of never pulling again."""
+    the reply; when the worker notes in ``abandoned`` that it could not answer the
+    message, the wait ends and the site goes on pulling, instead of never pulling again."""
     import grpc
 
     def push_or_drop(*args: Any, **kwargs: Any) -> None:
