@@ -305,12 +305,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     submit = sub.add_parser(
         "submit", help="operator: `flwr run` without TensorFlow and with telemetry off",
         description="Submit a run: the arguments go to `flwr run` unchanged, e.g. "
-                    "`fedcare submit . deployment --stream --run-config 'num-rounds=5'`.")
+                    "`fedcare submit . deployment --stream --run-config 'num-rounds=5'`. "
+                    "With --stream it exits 3 when the run was refused.")
     submit.add_argument("flwr_args", nargs=argparse.REMAINDER,
                         help="arguments of `flwr run` (project folder, federation, options)")
     submit.set_defaults(func=cmd_submit)
 
-    status = sub.add_parser("status", help="operator: per-site summary of a run folder")
+    status = sub.add_parser("status", help="operator: per-site summary of a run folder "
+                                           "(exit 3: the run was refused)")
     status.add_argument("run_dir", help="runs/NAME (holds report.json)")
     status.set_defaults(func=cmd_status)
 
