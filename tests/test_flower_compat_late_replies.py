@@ -342,3 +342,23 @@ def _late_reply_with_id() -> Message:
     reply = _late_reply()
     reply.metadata.__dict__["_message_id"] = reply.object_id
     return reply
+
+
+def test_a_message_whose_contents_never_came_is_skipped_with_a_warning(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from flwr.common.inflatable_utils import ObjectIdNotPreregisteredError
+
+    def forgotten(*_: Any) -> None:  # the SuperNode dropped the half-received message
+        raise ObjectIdNotPreregisteredError("abc")
+
+    monkeypatch.setattr(flower_compat, "serve_one_message", forgotten)
+    abandoned = flower_compat.Abandoned()
+
+    with caplog.at_level(logging.WARNING, logger=flower_compat.__name__):
+        flower_compat._serve_or_log("127.0.0.1:1", "token", None, None,  # type: ignore[arg-type]
+                                    abandoned, RUN_ID)
+
+    record = caplog.records[-1]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "skipped a message whose contents never arrived" in record.getMessage()
+    assert abandoned.take({RUN_ID})

@@ -279,8 +279,17 @@ def _serve_or_log(clientappio_address: str, token: str, app: Any,
     or the site stops answering for good while its SuperNode still looks connected.
     ``abandoned`` notes ``run_id`` when no reply went to the SuperNode, which waits for
     one."""
+    from flwr.common.inflatable_utils import (
+        ObjectIdNotPreregisteredError,
+        ObjectUnavailableError,
+    )
+
     try:
         served = serve_one_message(clientappio_address, token, app, verdicts)
+    except (ObjectIdNotPreregisteredError, ObjectUnavailableError) as err:
+        logger.warning("this site skipped a message whose contents never arrived (its run "
+                       "ended meanwhile): %s; it goes on with the next", err)
+        served = False
     except Exception:
         logger.exception("this site could not serve a message; it goes on with the next")
         served = False
