@@ -12,6 +12,9 @@ from fedcare.research.cluster import ENGINE_KEYS
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: A run the sites refused in pre-flight (too few accepted): `fedcare submit --stream`
+#: and `fedcare status` exit with it; nothing was trained.
+EXIT_REFUSED = 3
 DEFAULT_SITES = 4
 _SHORTCUTS = (("dataset", "dataset"), ("rounds", "num-rounds"), ("strategy", "strategy"),
               ("target_epsilon", "target-epsilon"), ("output_dir", "output-dir"),

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from fedcare.cli.args import EXIT_FAILED, EXIT_OK
+from fedcare.cli.args import EXIT_FAILED, EXIT_OK, EXIT_REFUSED
 from fedcare.deploy import certs as certs_mod
 from fedcare.deploy import launch, service
 
@@ -166,24 +166,32 @@ def cmd_superlink_status(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """The per-site summary of a run folder (the same as summary.txt), at any time."""
-    from fedcare.server.summary import status_text
+    """The per-site summary of a run folder (the same as summary.txt), at any time; exit
+    :data:`EXIT_REFUSED` for a refused run."""
+    from fedcare.server.summary import REFUSED_MARKER, status_text
 
     try:
-        sys.stdout.write(status_text(Path(args.run_dir)))
+        text = status_text(Path(args.run_dir))
     except (FileNotFoundError, ValueError) as err:
         sys.stderr.write(f"{err}\n")
         return EXIT_FAILED
-    return EXIT_OK
+    sys.stdout.write(text)
+    return EXIT_REFUSED if f"\n{REFUSED_MARKER}: " in text else EXIT_OK
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    """``flwr run ARGS`` in a process that never imports TensorFlow, telemetry off."""
-    argv = [sys.executable, "-m", "fedcare.flower_compat", "flwr", "run", *args.flwr_args]
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": os.environ.get("FLWR_TELEMETRY_ENABLED",
-                                                                  "0")}
-    sys.stdout.flush()
-    os.execve(sys.executable, argv, env)  # replaces this process: nothing after runs
+    """``flwr run ARGS`` in a process that never imports TensorFlow, telemetry off. With
+    ``--stream``: exit :data:`EXIT_REFUSED` when the run was refused (``flwr run`` itself
+    exits 0 whatever became of the run)."""
+    from fedcare.deploy import submit
+
+    if submit.STREAM_FLAG not in args.flwr_args:
+        submit.exec_flwr_run(args.flwr_args)  # replaces this process: nothing after runs
+    outcome = submit.relay_stream(submit.flwr_run_command(args.flwr_args),
+                                  submit.submit_env(os.environ))
+    if outcome.returncode == EXIT_OK and outcome.refused:
+        return EXIT_REFUSED
+    return outcome.returncode
 
 
 def cmd_install_unit(args: argparse.Namespace) -> int:
@@ -297,12 +305,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     submit = sub.add_parser(
         "submit", help="operator: `flwr run` without TensorFlow and with telemetry off",
         description="Submit a run: the arguments go to `flwr run` unchanged, e.g. "
-                    "`fedcare submit . deployment --stream --run-config 'num-rounds=5'`.")
+                    "`fedcare submit . deployment --stream --run-config 'num-rounds=5'`. "
+                    "With --stream it exits 3 when the run was refused.")
     submit.add_argument("flwr_args", nargs=argparse.REMAINDER,
                         help="arguments of `flwr run` (project folder, federation, options)")
     submit.set_defaults(func=cmd_submit)
 
-    status = sub.add_parser("status", help="operator: per-site summary of a run folder")
+    status = sub.add_parser("status", help="operator: per-site summary of a run folder "
+                                           "(exit 3: the run was refused)")
     status.add_argument("run_dir", help="runs/NAME (holds report.json)")
     status.set_defaults(func=cmd_status)
 

@@ -19,10 +19,15 @@ What lives here, and why:
   deletes the instruction and answers "Message Unavailable"). Its ServerAppIo API does the
   same with the ServerApp's instructions, which a site polling every 0.1 s can pull in
   that window. Flower's 3 s polls make both rare; fedcare's short polls made them
-  visible. The fixes register the tree first. The SuperExec the SuperLink starts runs
-  through :func:`run_superexec` (no TensorFlow, a short poll).
+  visible. The fixes register the tree first. A late reply (a site paused past its
+  heartbeats answers a message the SuperLink no longer awaits) is refused with a clear
+  status, and registering a message's objects survives a concurrent deletion of an
+  object it shares (SQLite's "FOREIGN KEY constraint failed", which ended the site).
+  The SuperExec the SuperLink starts runs through :func:`run_superexec` (no TensorFlow,
+  a short poll).
 * :func:`run_site`: a whole site in one process (Flower's SuperNode, its sleeps capped at
-  a fedcare poll interval, and the site worker).
+  a fedcare poll interval, and the site worker); a reply the SuperLink refuses is logged
+  and dropped instead of ending the site.
 * :func:`run_flwr_cli`: Flower's ``flwr`` command without TensorFlow.
 
 Beside this module, the same room holds the other uses of Flower internals:
@@ -103,6 +108,13 @@ FAST_PULL_BACKOFF_CAP = 0.1
 #: instead of a try limit: Flower's 500 tries of up to 10 s waited ~83 min, and 500 tries
 #: of 0.1 s would give up after 50 s on a large model still being pushed.
 FAST_PULL_MAX_TIME = 600.0
+#: Why the SuperLink refuses a site's late reply (the gRPC status details the site logs).
+LATE_REPLY_REFUSED = ("reply refused by the SuperLink: message {message} it answers is no "
+                      "longer awaited (the node was reported gone to the ServerApp after "
+                      "missed heartbeats, the message expired, or its run moved on)")
+#: Attempts at registering a message's objects when a concurrent deletion of an object it
+#: shares (content-addressed) breaks the SQLite foreign key in between.
+REGISTER_ATTEMPTS = 3
 
 
 class FlowerVersionError(RuntimeError):
@@ -219,8 +231,9 @@ class _VerdictCache:
 
 
 def serve_one_message(clientappio_address: str, token: str, app: Any,
-                      verdicts: _VerdictCache) -> None:
-    """Pull one message over ClientAppIo, answer it with the installed ``app``, push back.
+                      verdicts: _VerdictCache) -> bool:
+    """Pull one message over ClientAppIo, answer it with the installed ``app``, push back;
+    whether the reply was handed to the SuperNode.
 
     Flower's ``run_clientapp`` minus the FAB install and the app loading: the bundle is
     only hashed and inspected.
@@ -250,10 +263,38 @@ def serve_one_message(clientappio_address: str, token: str, app: Any,
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                   reason=f"{type(err).__name__}: {err}"), reply_to=message)
         push_clientappoutputs(stub=stub, token=token, message=reply, context=context)
+        return True
     except grpc.RpcError as err:
         logger.error("ClientAppIo gRPC error: %s", err)
+        return False
     finally:
         channel.close()
+
+
+def _serve_or_log(clientappio_address: str, token: str, app: Any,
+                  verdicts: _VerdictCache, abandoned: Abandoned | None = None,
+                  run_id: int = 0) -> None:
+    """:func:`serve_one_message`, logging whatever stops it (e.g. the objects of a
+    message never arrived): the worker thread must outlive one message it cannot serve,
+    or the site stops answering for good while its SuperNode still looks connected.
+    ``abandoned`` notes ``run_id`` when no reply went to the SuperNode, which waits for
+    one."""
+    from flwr.common.inflatable_utils import (
+        ObjectIdNotPreregisteredError,
+        ObjectUnavailableError,
+    )
+
+    try:
+        served = serve_one_message(clientappio_address, token, app, verdicts)
+    except (ObjectIdNotPreregisteredError, ObjectUnavailableError) as err:
+        logger.warning("this site skipped a message whose contents never arrived (its run "
+                       "ended meanwhile): %s; it goes on with the next", err)
+        served = False
+    except Exception:
+        logger.exception("this site could not serve a message; it goes on with the next")
+        served = False
+    if not served and abandoned is not None:
+        abandoned.add(run_id)
 
 
 class PollPace:
@@ -278,7 +319,8 @@ class PollPace:
 
 
 def _serve_messages(clientappio_address: str, app: Any, pace: PollPace,
-                    stopping: threading.Event) -> None:
+                    stopping: threading.Event,
+                    abandoned: Abandoned | None = None) -> None:
     """Flower's SuperExec loop (ask the SuperNode's ClientAppIo API for a run to serve and
     a token) at ``pace`` instead of every 1 s, answering each message with the installed
     ``app``, until ``stopping`` is set."""
@@ -297,7 +339,8 @@ def _serve_messages(clientappio_address: str, app: Any, pace: PollPace,
             if listed.run_ids:
                 token = stub.RequestToken(RequestTokenRequest(run_id=listed.run_ids[0])).token
                 if token:
-                    serve_one_message(clientappio_address, token, app, verdicts)
+                    _serve_or_log(clientappio_address, token, app, verdicts, abandoned,
+                                  listed.run_ids[0])
                     pace.mark()
                     continue
             stopping.wait(pace.current())
@@ -430,11 +473,16 @@ def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     app = app_loader()  # TensorFlow and the app, once, before the site connects
     stopping = threading.Event()
+    abandoned = Abandoned()  # runs whose message the worker gave up on: no reply comes
     pace = PollPace(node.poll_interval)
     worker = threading.Thread(
         target=_serve_messages, name="fedcare-site-worker", daemon=True,
-        args=(node.clientappio_address, app, pace, stopping))
+        args=(node.clientappio_address, app, pace, stopping, abandoned))
     supernode.time = _PollClock(pace)  # type: ignore[assignment]
+    supernode._push_messages = _surviving_refused_replies(  # type: ignore[assignment]
+        supernode._push_messages, abandoned)
+    supernode._pull_and_store_message = _forgetting_half_received(  # type: ignore[assignment]
+        supernode._pull_and_store_message)
     use_fast_object_pulls()
     supernode.register_signal_handlers = _with_bounded_stop(  # type: ignore[assignment]
         supernode.register_signal_handlers)
@@ -455,6 +503,107 @@ def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
             clientappio_api_address=node.clientappio_address)
     finally:
         stopping.set()
+
+
+def _forgetting_half_received(pull_and_store: Callable[..., int | None]
+                              ) -> Callable[..., int | None]:
+    """Flower's SuperNode ``_pull_and_store_message``, forgetting a message that arrived
+    only in part. Flower stores an instruction in the node's state *before* it pulls the
+    instruction's objects; when its run ends meanwhile (a site slow or paused at the end
+    of a run: the SuperLink then refuses the object pulls) Flower logs "not in RUNNING
+    status" and keeps the half-received message. The site worker then takes it up and
+    waits up to :data:`FAST_PULL_MAX_TIME` for objects that never come, while the
+    SuperNode pulls the next run's messages and waits for replies the worker does not
+    give: the next run's pre-flight goes unanswered. Here the message and its objects
+    are removed, with a warning."""
+
+    def pull_or_forget(**kwargs: Any) -> int | None:
+        state, store = kwargs["state"], kwargs["object_store"]
+        held = getattr(state, "msg_store", None)
+        before = set(held) if held is not None else set()
+        run_id = pull_and_store(**kwargs)
+        if run_id is None and held is not None:
+            partial = sorted(mid for mid, entry in list(held.items()) if mid not in before
+                             and not entry.message.metadata.reply_to_message_id)
+            if partial:
+                state.delete_messages(message_ids=partial)
+                for message_id in partial:
+                    store.delete(message_id)
+                logger.warning("message(s) %s arrived only in part (the run ended while this "
+                               "site was receiving them): dropped; the site waits for the "
+                               "next message", ", ".join(partial))
+        return run_id
+
+    return pull_or_forget
+
+
+class Abandoned:
+    """The runs whose message the site worker gave up on (no reply will come), noted by
+    the worker thread and taken by the SuperNode's loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: set[int] = set()
+
+    def add(self, run_id: int) -> None:
+        with self._lock:
+            self._runs.add(run_id)
+
+    def take(self, awaited: set[int]) -> bool:
+        """Whether one of the ``awaited`` runs was given up on; forgets the others
+        (stale: a message of another run, e.g. one forgotten half-received)."""
+        with self._lock:
+            hit = bool(self._runs & awaited)
+            self._runs.clear()
+            return hit
+
+
+def _reply_or_abandoned(state: Any, abandoned: Abandoned,
+                        interval: float = MIN_POLL_INTERVAL) -> bool:
+    """Wait until the node's state holds a reply (True) or the worker gave up on the
+    message the SuperNode waits for (False)."""
+    held = getattr(state, "msg_store", None)
+    if held is None:  # not Flower 1.23's in-memory node state: Flower's own wait
+        return True
+    while True:
+        entries = [entry.message.metadata for entry in list(held.values())]
+        if any(meta.reply_to_message_id for meta in entries):
+            return True
+        if abandoned.take({meta.run_id for meta in entries}):
+            return False
+        time.sleep(interval)
+
+
+def _surviving_refused_replies(push_messages: Callable[..., None],
+                               abandoned: Abandoned | None = None
+                               ) -> Callable[..., None]:
+    """Flower's SuperNode ``_push_messages``, with a reply the SuperLink refuses (a late
+    reply to a message it no longer awaits, or any error status other than Flower's
+    retried "unavailable") logged and dropped: Flower lets the ``grpc.RpcError`` end the
+    SuperNode's loop, and with it the whole site process. Flower's own ``finally`` has
+    already removed the reply and its objects; the site goes on pulling messages (its
+    heartbeats bring it back online at the SuperLink). Flower waits without limit for
+    the reply; when the worker notes in ``abandoned`` that it could not answer the
+    message, the wait ends and the site goes on pulling, instead of never pulling again."""
+    import grpc
+
+    def push_or_drop(*args: Any, **kwargs: Any) -> None:
+        if abandoned is not None and not _reply_or_abandoned(kwargs["state"], abandoned):
+            logger.warning("the site worker could not answer the message it was given: no "
+                           "reply is sent (the server reports this site for it); the site "
+                           "waits for the next message")
+            return
+        try:
+            push_messages(*args, **kwargs)
+        except grpc.RpcError as err:
+            code = err.code() if hasattr(err, "code") else None
+            details = err.details() if hasattr(err, "details") else str(err)
+            logger.warning("this site's reply was not delivered: the SuperLink answered %s: "
+                           "%s. The reply is dropped (the run's report names this site for "
+                           "that message); the site keeps running and waits for the next "
+                           "message", getattr(code, "name", code), details)
+
+    return push_or_drop
 
 
 def _with_bounded_stop(register: Callable[..., None]) -> Callable[..., None]:
@@ -555,6 +704,74 @@ def _register_objects_first(push_messages: Callable[..., Any]) -> Callable[..., 
     return push_registered
 
 
+def _refusing_late_replies(push_messages: Callable[..., Any]) -> Callable[..., Any]:
+    """The Fleet API's ``PushMessages`` refusing, with a clear gRPC status
+    (``FAILED_PRECONDITION``, :data:`LATE_REPLY_REFUSED`), a reply to a message the
+    SuperLink no longer holds: a site paused past its heartbeats (load, SIGSTOP) whose
+    node the ServerApp was told is gone answers after the round moved on. Flower would
+    register the reply's objects, drop the reply itself with an error in its own log
+    only, and tell the site "sent successfully"."""
+    import grpc
+
+    def push_or_refuse(servicer: Any, request: Any, context: Any) -> Any:
+        if request.messages_list:
+            meta = request.messages_list[0].metadata
+            awaited = getattr(servicer.state_factory.state(), "get_valid_message_ins", None)
+            if awaited is not None and awaited(meta.reply_to_message_id) is None:
+                logger.warning("late reply from node %s refused: message %s is no longer "
+                               "awaited", meta.src_node_id, meta.reply_to_message_id)
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              LATE_REPLY_REFUSED.format(message=meta.reply_to_message_id))
+        return push_messages(servicer, request, context)
+
+    return push_or_refuse
+
+
+def _registering_despite_deletions(preregister: Callable[..., list[str]]
+                                   ) -> Callable[..., list[str]]:
+    """Flower's ``SqliteObjectStore.preregister`` tried again when SQLite reports a broken
+    foreign key. It registers a message's objects one transaction per object, children
+    first; objects are content-addressed, so a child may be one the store already holds
+    for another message, and when that message is deleted between the child's and the
+    parent's transaction (the ServerApp confirming other sites' replies as a late one
+    arrives), the parent's link to the child fails with ``FOREIGN KEY constraint
+    failed``; the gRPC call then ends in an unknown error, which ended the site. Again,
+    the missing child is registered anew (the failed transaction was rolled back), and
+    the objects still to be pushed are listed again."""
+    import sqlite3
+
+    def preregister_again(store: Any, run_id: int, object_tree: Any) -> list[str]:
+        for attempt in range(1, REGISTER_ATTEMPTS + 1):
+            try:
+                return preregister(store, run_id, object_tree)
+            except sqlite3.IntegrityError as err:
+                if attempt == REGISTER_ATTEMPTS:
+                    raise
+                logger.warning("object store: registering the objects of %s met an object "
+                               "deleted meanwhile (%s); registering again (attempt %d of %d)",
+                               object_tree.object_id, err, attempt + 1, REGISTER_ATTEMPTS)
+        raise AssertionError("unreachable")
+
+    return preregister_again
+
+
+def fix_superlink() -> None:
+    """Install, in this process, the SuperLink fixes of :func:`run_superlink`."""
+    from flwr.server.superlink.fleet.grpc_rere.fleet_servicer import FleetServicer
+    from flwr.server.superlink.fleet.message_handler import message_handler
+    from flwr.server.superlink.serverappio.serverappio_servicer import ServerAppIoServicer
+    from flwr.supercore.object_store.sqlite_object_store import SqliteObjectStore
+
+    message_handler.push_messages = _register_objects_first(  # type: ignore[assignment]
+        message_handler.push_messages)
+    ServerAppIoServicer.PushMessages = _register_instruction_objects_first(  # type: ignore[method-assign]
+        ServerAppIoServicer.PushMessages)
+    FleetServicer.PushMessages = _refusing_late_replies(  # type: ignore[method-assign]
+        FleetServicer.PushMessages)
+    SqliteObjectStore.preregister = _registering_despite_deletions(  # type: ignore[method-assign]
+        SqliteObjectStore.preregister)
+
+
 def block_tensorflow() -> None:
     """Make ``import tensorflow`` fail in this process (ModuleNotFoundError).
 
@@ -584,19 +801,14 @@ def _register_instruction_objects_first(push_messages: Callable[..., Any]
 
 
 def run_superlink(argv: Sequence[str]) -> None:
-    """``flower-superlink ARGV`` in this process, with the reply-ordering fix above and
-    without TensorFlow."""
+    """``flower-superlink ARGV`` in this process, with the fixes of :func:`fix_superlink`
+    and without TensorFlow."""
     block_tensorflow()
     check_flower_version()
     import flwr.server.app as superlink_app
     from flwr.server.app import run_superlink as flower_superlink
-    from flwr.server.superlink.fleet.message_handler import message_handler
-    from flwr.server.superlink.serverappio.serverappio_servicer import ServerAppIoServicer
 
-    message_handler.push_messages = _register_objects_first(  # type: ignore[assignment]
-        message_handler.push_messages)
-    ServerAppIoServicer.PushMessages = _register_instruction_objects_first(  # type: ignore[method-assign]
-        ServerAppIoServicer.PushMessages)
+    fix_superlink()
     superlink_app.subprocess = _OwnSuperExec()  # type: ignore[assignment]
     sys.argv = ["flower-superlink", *argv]
     flower_superlink()

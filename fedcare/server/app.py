@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from logging import INFO
+from logging import ERROR, INFO
 from pathlib import Path
 
 from flwr.app import Context
@@ -12,6 +12,8 @@ from flwr.serverapp import ServerApp
 
 from fedcare.common.config import RunConfig
 from fedcare.server.federation import run_federation
+from fedcare.server.preflight import RunRefused
+from fedcare.server.report import STATUS_REFUSED
 from fedcare.server.summary import SUMMARY_FILENAME
 
 app = ServerApp()
@@ -20,7 +22,16 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = RunConfig.from_mapping(context.run_config)
-    report = run_federation(grid, config)
+    try:
+        report = run_federation(grid, config)
+    except RunRefused as refused:
+        if refused.run_dir is None:  # not a pre-flight verdict: a fault, Flower reports it
+            raise
+        # A refusal is the run's result, not a crash: the reasons and the report, then a
+        # normal end (no traceback, no Flower exit code 201); summary.txt says "refused".
+        log(ERROR, "\n%s\n\n%s", refused, (refused.run_dir / SUMMARY_FILENAME).read_text())
+        return
     run_dir = Path(config.output_dir) / str(report["run"])
     # through Flower's logger: the operator's `flwr run --stream` shows it
-    log(INFO, "\n%s", (run_dir / SUMMARY_FILENAME).read_text())
+    log(ERROR if report.get("status") == STATUS_REFUSED else INFO, "\n%s",
+        (run_dir / SUMMARY_FILENAME).read_text())

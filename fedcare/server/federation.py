@@ -78,13 +78,15 @@ def site_level_statement(config: RunConfig, rounds: int) -> dict[str, Any]:
 def refuse_run(run_dir: Path, recorder: RunRecorder, preflight: Preflight,
                min_sites: int) -> None:
     """Too few sites accepted: write a report that says so (no model) and stop."""
+    accepted = preflight.sites()
+    why = (f"run: at least min-sites={min_sites} site(s) must accept in pre-flight; got "
+           f"{len(accepted)} ({', '.join(accepted) or 'none'})")
     report = recorder.to_dict(final={})
     report["status"] = STATUS_REFUSED
+    report["refusal-reason"] = f"{why}; nothing was trained, no model was saved"
     path = write_report(run_dir, report, plots=False)  # nothing trained: nothing to plot
-    accepted = preflight.sites()
-    raise RunRefused(f"run: at least min-sites={min_sites} site(s) must accept in pre-flight; "
-                     f"got {len(accepted)} ({', '.join(accepted) or 'none'}); refusals:\n  "
-                     + "\n  ".join(preflight.lines()) + f"\nreport: {path}")
+    raise RunRefused(f"{why}; refusals:\n  " + "\n  ".join(preflight.lines())
+                     + f"\nreport: {path}", run_dir=run_dir)
 
 
 def mark_refused(report: dict[str, Any]) -> None:

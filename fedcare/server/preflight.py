@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -36,7 +37,12 @@ CONNECT_POLL_SECONDS = 0.5
 
 
 class RunRefused(FedcareError):
-    """Too few sites accepted the run in pre-flight: it does not start."""
+    """Too few sites accepted the run in pre-flight: it does not start. ``run_dir`` is the
+    run folder whose report says so (``None``: a refusal without a report)."""
+
+    def __init__(self, message: str, *, run_dir: Path | None = None) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any
 from flwr.app import Message
 
 from fedcare.common.files import write_json_atomic
-from fedcare.server.summary import write_summary
+from fedcare.server.summary import REFUSED, write_summary
 from fedcare.server.validation import site_of
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ PLOT_GLOBAL = "global-metrics.png"
 PLOT_EPSILON = "site-epsilon.png"
 #: ``report["status"]`` of a run in which no site trained (refused in pre-flight, or every
 #: site refused or failed in every round): no model is written.
-STATUS_REFUSED = "refused"
+STATUS_REFUSED = REFUSED
 STATUS_COMPLETED = "completed"
 NO_REPLY_REASON = "no reply before the round timeout"
 

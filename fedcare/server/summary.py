@@ -14,6 +14,11 @@ from typing import Any
 from fedcare.common.files import strict_json_loads, write_text_atomic
 
 SUMMARY_FILENAME = "summary.txt"
+#: Opens the lines that say a run was refused and why, per site (summary.txt, the
+#: ServerApp's log, ``fedcare status``); ``fedcare submit --stream`` looks for it.
+REFUSED_MARKER = "RUN REFUSED"
+#: ``report["status"]`` of a refused run (``fedcare.server.report.STATUS_REFUSED``).
+REFUSED = "refused"
 #: Error codes at or above this are a site's own refusals (budget, ledger, policy);
 #: below it, Flower's (the site crashed, vanished, or its reply was lost).
 FIRST_SITE_CODE = 100
@@ -65,6 +70,28 @@ def site_lines(report: Mapping[str, Any]) -> list[SiteLine]:
             for name in names]
 
 
+def refusal_lines(report: Mapping[str, Any]) -> list[str]:
+    """For a refused run: the verdict, then every reason of every site that refused, was
+    excluded or did not answer in pre-flight, or refused or failed in the rounds."""
+    if report.get("status") != REFUSED:
+        return []
+    reasons: dict[str, list[str]] = {}
+    preflight = report.get("preflight", {})
+    for site, answer in sorted(preflight.get("sites", {}).items()):
+        if not answer.get("accepted", True):
+            reasons.setdefault(site, []).extend(answer.get("reasons") or ["refused"])
+        reasons.setdefault(site, []).extend(f"excluded by the server: {why}"
+                                            for why in answer.get("excluded", []))
+    timeout = report.get("config", {}).get("round-timeout")
+    for node in preflight.get("silent-nodes", []):
+        reasons[f"node {node}"] = [f"no pre-flight answer within round-timeout={timeout} s"]
+    for site, why in (report.get("refusals") or {}).items():
+        reasons.setdefault(site, []).extend(why)
+    verdict = report.get("refusal-reason") or "no site trained"
+    return [f"{REFUSED_MARKER}: {verdict}"] + [f"  {site}: {why}" for site, whys in
+                                               reasons.items() for why in whys]
+
+
 def summary_text(report: Mapping[str, Any], report_path: Path) -> str:
     rounds = report.get("rounds", [])
     seconds = report.get("seconds")
@@ -80,7 +107,7 @@ def summary_text(report: Mapping[str, Any], report_path: Path) -> str:
               "'privacy')",
               "refusals = the site's own refusals (pre-flight, budget, policy); dropouts = no "
               "usable reply (crashed, disconnected, lost)",
-              f"report: {report_path}"]
+              *refusal_lines(report), f"report: {report_path}"]
     return "\n".join(lines) + "\n"
 
 

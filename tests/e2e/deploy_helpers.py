@@ -98,12 +98,17 @@ class Deployment:
             cmd += ["--policy", str(path)]
         return self.start(name or site, cmd)
 
-    def _flwr_run_cmd(self, run_config: str, stream: bool, project: Path) -> list[str]:
+    def flwr_run_args(self, run_config: str, *, stream: bool,
+                      project: Path = PROJECT_ROOT) -> list[str]:
+        """The arguments of ``flwr run`` (or ``fedcare submit``) against this SuperLink."""
         federation = (f'address="{self.control}" '
                       f'root-certificates="{self.certs / certs_mod.CA_CERT}"')
-        return [str(BIN / "flwr"), "run", str(project), "deployment",
-                *(["--stream"] if stream else []),
+        return [str(project), "deployment", *(["--stream"] if stream else []),
                 "--federation-config", federation, "--run-config", run_config]
+
+    def _flwr_run_cmd(self, run_config: str, stream: bool, project: Path) -> list[str]:
+        return [str(BIN / "flwr"), "run",
+                *self.flwr_run_args(run_config, stream=stream, project=project)]
 
     def flwr_run(self, run_config: str, *, stream: bool = True, project: Path = PROJECT_ROOT,
                  timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
