@@ -283,9 +283,19 @@ def _commands_text(result: Mapping[str, Any]) -> tuple[str, str]:
     lines = ["Not every row was run by the first command above: it took the others from an "
              "earlier result of the command (`--recorded`, not re-run). Rows by the command "
              "that ran them, with the accountant their DP noise was calibrated with:", ""]
-    lines += [f"- `{command}` ({accountant.upper()} accountant): " + "; ".join(rows)
-              for (command, accountant), rows in ran.items()]
+    lines += [f"- `{command}` (its DP rows: {accountant.upper()} accountant): "
+              + "; ".join(rows) for (command, accountant), rows in ran.items()]
     return commands, "\n".join(lines) + "\n"
+
+
+def _missing_text(rows: Mapping[str, Any]) -> str:
+    """A sentence naming the row groups the table has no row of (not run, not recorded)."""
+    have = {row_group(name) for name in rows}
+    missing = [g for g in ROW_GROUPS if g not in have]
+    if not missing:
+        return ""
+    return ("Row groups not in this table (neither run by the command nor in a recorded "
+            f"result; `--rows {','.join(missing)}` runs them): {', '.join(missing)}.\n")
 
 
 def render_markdown(result: Mapping[str, Any]) -> str:
@@ -337,6 +347,7 @@ Made with (cells are cached under the cache folder; a rerun resumes):
 {sources}
 {result['table']}
 
+{_missing_text(result['rows'])}
 Raw per-run figures: `docs/data/heart-flamby-table.json`; the sweep's tidy table and plots
 of the runs of the command above that has `--plots-dir`: `docs/heart-benchmark/`
 (`results.csv`, `privacy-utility.png`, `accuracy-by-round.png`, `per-site-vs-local.png`).

@@ -140,7 +140,7 @@ def test_rows_runs_only_the_chosen_row_groups_and_names_an_unknown_one() -> None
 
     assert len(cells) == 2 * 2 * len(PLAN_EPSILONS)
     assert all(c.labels.get("plan") for c in cells)
-    with pytest.raises(ConfigError, match="rows must be one or more of .*; got plans"):
+    with pytest.raises(ConfigError, match=r"rows must be one or more of .*; got plans"):
         table_cells({}, split_seeds=[43], seeds=[0], rows=["plan", "plans"])
 
 
@@ -177,7 +177,8 @@ def test_recorded_rows_fill_the_table_and_each_names_its_command_and_accountant(
     assert result["sources"]["per-site majority prior (reference)"] == {
         "command": "fedcare new", "accountant": "pld"}
     text = render_markdown(result)
-    assert "- `fedcare old` (RDP accountant): pooled training;" in text
+    assert "- `fedcare old` (its DP rows: RDP accountant): pooled training;" in text
+    assert "Row groups not in this table" not in text
     assert "```\nfedcare new\nfedcare old\n```" in text
 
 
@@ -194,3 +195,14 @@ def test_recorded_rows_of_other_runs_or_settings_are_refused(tmp_path: Path) -> 
 
     assert "seeds must be this run's [0]; got [0, 1]" in str(err.value)
     assert "num-rounds (40 vs 10)" in str(err.value)
+
+
+def test_markdown_names_the_row_groups_it_has_no_row_of() -> None:
+    rows = _table_rows()
+    only = {k: v for k, v in rows.items() if "fedcare plan" not in k}
+    text = render_markdown({"split-seeds": [43, 0], "seeds": [0], "rows": only,
+                            "hyper-parameters": {"delta": 1e-3}, "command": "fedcare x",
+                            "table": format_table(only)})
+
+    assert ("Row groups not in this table (neither run by the command nor in a recorded "
+            "result; `--rows plan,prior` runs them): plan, prior.") in text
