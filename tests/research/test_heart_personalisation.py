@@ -182,3 +182,24 @@ def test_merge_files_writes_the_commands_tables_and_refuses_a_file_without_rows(
     assert f"| {GLOBAL} | 0.800 ± 0.141 |" in merged["table"]
     with pytest.raises(ConfigError, match=r"bad\.json"):
         merge_result_files([tmp_path / "a.json", tmp_path / "bad.json"])
+
+
+def test_the_merge_command_runs_nothing_and_writes_strict_json(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedcare.cli import main
+    from fedcare.cli.args import EXIT_OK
+
+    monkeypatch.chdir(tmp_path)  # the command log goes under ./runs
+    prior = {**_row(LOCAL, 0.8, float("nan")), "split-seed": 43, "seed": 0}
+    (tmp_path / "a.json").write_text(json.dumps({"rows": [prior]}))  # NaN, as runs write it
+    (tmp_path / "b.json").write_text(json.dumps({"rows": [
+        {**_row(GLOBAL, 0.7, 0.7), "split-seed": 43, "seed": 0, "target-epsilon": 3.0}]}))
+
+    code = main(["benchmark-heart-personal", "--merge", "a.json", "b.json", "--out", "m.json"])
+
+    assert code == EXIT_OK
+    merged = json.loads((tmp_path / "m.json").read_text(), parse_constant=pytest.fail)
+    assert [r["setting"] for r in merged["rows"]] == [LOCAL, GLOBAL]
+    assert merged["rows"][0]["site-auc"]["cleveland"] is None
+    assert "eps 3: 1 runs (split 43 seed 0)" in capsys.readouterr().out
