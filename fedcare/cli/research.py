@@ -146,6 +146,18 @@ def cmd_benchmark_heart_personal(args: argparse.Namespace) -> int:
     from fedcare.research.heart_personalisation import run_personalisation_benchmark
     from fedcare.research.sweep import parse_epsilon
 
+    if args.merge:  # no runs: the parts' rows, each run once, and the tables
+        from fedcare.common.files import write_json_atomic
+        from fedcare.research.heart_personalisation import merge_result_files
+
+        merged = merge_result_files([Path(p) for p in args.merge])
+        if args.out:
+            write_json_atomic(Path(args.out), merged)
+        for key in merged["differing-copies"]:
+            sys.stderr.write(f"benchmark-heart-personal: kept the first of differing copies "
+                             f"of {key}\n")
+        sys.stdout.write(merged["runs"] + "\n\n" + merged["table"] + "\n")
+        return EXIT_OK
     epsilons: list[float | None] = [parse_epsilon(e) for e in names(args.epsilons)]
     if None in epsilons:
         raise FedcareError(f"--epsilons must be comma-separated numbers > 0 (each budget is a "
@@ -194,7 +206,12 @@ def cmd_benchmark_heart_table(args: argparse.Namespace) -> int:
     from fedcare.research.flamby_table import heart_table
 
     command = "fedcare " + " ".join(sys.argv[1:]) if args.record_command else ""
-    result = heart_table(overrides(args),
+    recorded = None
+    if args.recorded:  # our own results JSON (strict: never pickle or eval)
+        from fedcare.common.files import strict_json_loads
+
+        recorded = strict_json_loads(Path(args.recorded).read_text())
+    result = heart_table(overrides(args), rows=names(args.rows), recorded=recorded,
                          split_seeds=integers(args.split_seeds, flag="--split-seeds"),
                          seeds=integers(args.seeds, flag="--seeds"), cache_dir=Path(args.cache_dir),
                          out=Path(args.out) if args.out else None,
@@ -298,6 +315,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     bpers.add_argument("--out", help="write the results JSON here")
     bpers.add_argument("--epsilons", default="", help="budgets, e.g. 0.1,0.5,1,3: each runs "
                        "`fedcare plan`'s settings with site-only refinement (default: none)")
+    bpers.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
+                       help="run nothing: merge these results files of the command (each "
+                       "run once), write --out and print the tables")
     bpers.set_defaults(func=cmd_benchmark_heart_personal)
 
     table = sub.add_parser("benchmark-heart-table",
@@ -310,6 +330,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     table.add_argument("--out", help="write the results JSON here")
     table.add_argument("--markdown", help="write the table and its command as Markdown here")
     table.add_argument("--plots-dir", help="write the sweep's tidy CSV and plots here")
+    table.add_argument("--rows", default="baselines,strategies,dp,plan,prior",
+                       help="row groups to run (the others: none, or from --recorded)")
+    table.add_argument("--recorded", metavar="RESULTS_JSON",
+                       help="an earlier --out of this command (same split seeds, seeds and "
+                       "settings): rows outside --rows are taken from it, each naming the "
+                       "command and accountant that made it")
     table.add_argument("--no-record-command", dest="record_command", action="store_false",
                        help="leave the command out of the outputs")
     table.set_defaults(func=cmd_benchmark_heart_table)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcare.common.config import RunConfig
+from fedcare.common.errors import ConfigError
 from fedcare.common.files import write_json_atomic, write_text_atomic
 from fedcare.data.datasets.heart_disease import SITES
 from fedcare.privacy.config import DEFAULT_ACCOUNTANT
@@ -42,6 +43,11 @@ DP_EPSILONS = (0.1, 1.0, 3.0, 10.0)
 #: Budgets of the "FedAvg with DP (fedcare plan)" rows: `fedcare plan`'s settings for each.
 PLAN_EPSILONS = (0.1, 0.5, 1.0, 3.0)
 PRIOR = "per-site majority prior (reference)"
+#: The table's row groups, in its order: ``--rows`` runs only some of them (the prior
+#: involves no training and is always computed).
+ROW_GROUPS = ("baselines", "strategies", "dp", "plan", "prior")
+#: The accountant of a result recorded before issue 17 (no "accountant" key): RDP.
+LEGACY_ACCOUNTANT = "rdp"
 DEFAULT_SPLIT_SEEDS = (43, 0, 1, 2, 3)
 STRATEGY_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedadam": "FedAdam",
                   "fedyogi": "FedYogi"}
@@ -54,10 +60,32 @@ FLAMBY = {"pooled training": "0.747", "local only: cleveland": "0.735",
           "FedAvg with DP, eps = 1, delta = 1e-3": "0.702"}
 
 
+def check_row_groups(groups: Sequence[str]) -> tuple[str, ...]:
+    """``groups`` in the table's order; ``ConfigError`` naming any unknown one."""
+    unknown = [g for g in groups if g not in ROW_GROUPS]
+    if unknown or not groups:
+        raise ConfigError([f"benchmark-heart-table: rows must be one or more of "
+                           f"{', '.join(ROW_GROUPS)}; got {', '.join(unknown) or 'none'}"])
+    return tuple(g for g in ROW_GROUPS if g in groups)
+
+
+def row_group(setting: str) -> str:
+    """The row group (:data:`ROW_GROUPS`) a table row belongs to."""
+    if setting == "pooled training" or setting.startswith("local only: "):
+        return "baselines"
+    if setting in STRATEGY_NAMES.values():
+        return "strategies"
+    if setting == PRIOR:
+        return "prior"
+    return "plan" if "(fedcare plan" in setting else "dp"
+
+
 def table_cells(overrides: Mapping[str, Any], *, split_seeds: Sequence[int],
-                seeds: Sequence[int]) -> list[Cell]:
+                seeds: Sequence[int], rows: Sequence[str] = ROW_GROUPS) -> list[Cell]:
+    """The cells of the row groups ``rows`` for every (split seed, run seed)."""
     from fedcare.research.heart_plan import plan_for, plan_settings
 
+    groups = check_row_groups(rows)
     cells = []
     base = RunConfig.from_mapping({**PROTOCOL, **TUNED, **overrides})
     for split_seed in split_seeds:
@@ -65,14 +93,15 @@ def table_cells(overrides: Mapping[str, Any], *, split_seeds: Sequence[int],
             data = base.replace(split_seed=split_seed, seed=seed)
             labels = {"partitioning": "natural", "dirichlet-alpha": None,
                       "split-seed": split_seed, "seed": seed}
-            cells.append(Cell(BASELINES, data.replace(dp_mode="off"), len(SITES), labels))
-            for strategy in STRATEGIES:
+            if "baselines" in groups:
+                cells.append(Cell(BASELINES, data.replace(dp_mode="off"), len(SITES), labels))
+            for strategy in STRATEGIES if "strategies" in groups else ():
                 cells.append(Cell(FEDERATED, with_privacy(data.replace(strategy=strategy), None),
                                   len(SITES), {**labels, "strategy": strategy, "epsilon": None}))
-            for eps in DP_EPSILONS:
+            for eps in DP_EPSILONS if "dp" in groups else ():
                 cells.append(Cell(FEDERATED, with_privacy(data.replace(strategy="fedavg"), eps),
                                   len(SITES), {**labels, "strategy": "fedavg", "epsilon": eps}))
-            for eps in PLAN_EPSILONS:
+            for eps in PLAN_EPSILONS if "plan" in groups else ():
                 plan = plan_for("heart-disease", eps)
                 planned = RunConfig.from_mapping({
                     **data.to_run_config(), **plan_settings(plan, eps), "strategy": "fedavg",
@@ -146,20 +175,69 @@ def format_table(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def recorded_rows(recorded: Mapping[str, Any], *, hyper_parameters: Mapping[str, Any],
+                  split_seeds: Sequence[int], seeds: Sequence[int], skip: Sequence[str]
+                  ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, str]]]:
+    """The rows of an earlier result of this command outside the groups ``skip`` (run now),
+    and each one's source (the command that ran it, its accountant). The earlier result must
+    hold the same runs (split seeds, run seeds) and hyper-parameters (the accountant aside:
+    each row keeps its own and the table names it); else ``ConfigError`` naming what differs."""
+    problems = []
+    for key, mine in (("split-seeds", list(split_seeds)), ("seeds", list(seeds))):
+        if list(recorded.get(key, [])) != mine:
+            problems.append(f"benchmark-heart-table: the recorded result's {key} must be "
+                            f"this run's {mine}; got {recorded.get(key)}")
+    theirs = dict(recorded.get("hyper-parameters", {}))
+    differ = sorted(k for k in {*theirs, *hyper_parameters} - {"accountant"}
+                    if theirs.get(k) != hyper_parameters.get(k))
+    if differ:
+        problems.append("benchmark-heart-table: the recorded result's hyper-parameters must "
+                        "be this run's (accountant aside); got other " + ", ".join(
+                            f"{k} ({theirs.get(k)!r} vs {hyper_parameters.get(k)!r})"
+                            for k in differ))
+    if problems:
+        raise ConfigError(problems)
+    own = {"command": str(recorded.get("command", "")),
+           "accountant": str(theirs.get("accountant", LEGACY_ACCOUNTANT))}
+    sources = recorded.get("sources", {})
+    rows = {k: list(v) for k, v in recorded.get("rows", {}).items()
+            if row_group(k) not in skip}
+    return rows, {k: dict(sources.get(k, own)) for k in rows}
+
+
+def in_table_order(rows: Mapping[str, Any]) -> dict[str, Any]:
+    """``rows`` by row group (:data:`ROW_GROUPS`), keeping the order within each group."""
+    names = sorted(rows, key=lambda name: ROW_GROUPS.index(row_group(name)))
+    return {name: rows[name] for name in names}
+
+
 def heart_table(overrides: Mapping[str, Any], *, split_seeds: Sequence[int],
                 seeds: Sequence[int], cache_dir: Path, out: Path | None = None,
                 markdown: Path | None = None, plots_dir: Path | None = None,
-                command: str = "") -> dict[str, Any]:
-    cells = table_cells(overrides, split_seeds=split_seeds, seeds=seeds)
+                command: str = "", rows: Sequence[str] = ROW_GROUPS,
+                recorded: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or read from the cache) the cells of the row groups ``rows``; the other rows
+    come from ``recorded`` (an earlier result of this command), each naming its source."""
+    groups = check_row_groups(rows)
+    hyper = {**TUNED, "accountant": DEFAULT_ACCOUNTANT, **overrides}
+    cells = table_cells(overrides, split_seeds=split_seeds, seeds=seeds, rows=groups)
     cached = sum(1 for c in cells if (cache_dir / "cells" / f"{c.key}.json").is_file())
     results = run_cells(cells, cache_dir, progress=Progress(total=len(cells), skipped=cached))
-    rows = collect(results)
-    rows[PRIOR] = prior_rows(overrides, split_seeds=split_seeds)
-    table = format_table(rows)
-    result = {"protocol": PROTOCOL,
-              "hyper-parameters": {**TUNED, "accountant": DEFAULT_ACCOUNTANT, **overrides},
+    table_rows = collect(results)
+    if "prior" in groups:
+        table_rows[PRIOR] = prior_rows(overrides, split_seeds=split_seeds)
+    here = {"command": command, "accountant": str(hyper["accountant"])}
+    sources = {k: dict(here) for k in table_rows}
+    if recorded is not None:
+        carried, carried_sources = recorded_rows(recorded, hyper_parameters=hyper,
+                                                 split_seeds=split_seeds, seeds=seeds,
+                                                 skip=groups)
+        table_rows, sources = {**carried, **table_rows}, {**carried_sources, **sources}
+    table_rows = in_table_order(table_rows)
+    table = format_table(table_rows)
+    result = {"protocol": PROTOCOL, "hyper-parameters": hyper,
               "split-seeds": list(split_seeds), "seeds": list(seeds), "command": command,
-              "rows": rows, "table": table}
+              "rows": table_rows, "sources": in_table_order(sources), "table": table}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out, result)
@@ -191,10 +269,41 @@ def prior_rows(overrides: Mapping[str, Any], *, split_seeds: Sequence[int]
     return rows
 
 
+def _commands_text(result: Mapping[str, Any]) -> tuple[str, str]:
+    """The commands that made the table (this one first) and, when some rows come from an
+    earlier result (``--recorded``), which rows each command ran, with its accountant."""
+    here = (str(result["command"]),
+            str(result["hyper-parameters"].get("accountant", LEGACY_ACCOUNTANT)))
+    ran: dict[tuple[str, str], list[str]] = {}
+    for setting, source in result.get("sources", {}).items():
+        ran.setdefault((str(source["command"]), str(source["accountant"])), []).append(setting)
+    commands = "\n".join(dict.fromkeys([here[0], *(command for command, _ in ran)]))
+    if set(ran) <= {here}:
+        return commands, ""
+    lines = ["Not every row was run by the first command above: it took the others from an "
+             "earlier result of the command (`--recorded`, not re-run). Rows by the command "
+             "that ran them, with the accountant their DP noise was calibrated with:", ""]
+    lines += [f"- `{command}` (its DP rows: {accountant.upper()} accountant): "
+              + "; ".join(rows) for (command, accountant), rows in ran.items()]
+    return commands, "\n".join(lines) + "\n"
+
+
+def _missing_text(rows: Mapping[str, Any]) -> str:
+    """A sentence naming the row groups the table has no row of (not run, not recorded)."""
+    have = {row_group(name) for name in rows}
+    missing = [g for g in ROW_GROUPS if g not in have]
+    if not missing:
+        return ""
+    return ("Row groups not in this table (neither run by the command nor in a recorded "
+            f"result; `--rows {','.join(missing)}` runs them): {', '.join(missing)}.\n")
+
+
 def render_markdown(result: Mapping[str, Any]) -> str:
     splits = ", ".join(str(s) for s in result["split-seeds"])
     hp = result["hyper-parameters"]
-    accountant = str(hp.get("accountant", "rdp")).upper()  # tables before issue 17: RDP
+    accountant = str(hp.get("accountant", LEGACY_ACCOUNTANT)).upper()
+    commands, sources = _commands_text(result)
+    unless = " unless listed below" if sources else ""
     return f"""# Heart disease beside FLamby's Fed-Heart-Disease table
 
 The protocol of `../shared/data/heart-disease/BENCHMARK.md` (four hospitals, natural split,
@@ -205,14 +314,16 @@ laid out like its FLamby table. Each figure is the mean ± standard deviation ov
 the four sites of the global model's test accuracy; "local only: X" is X's own model scored on
 all four test sets (FLamby's figure), "own-site acc" the same model on X's own test rows.
 
-Model: fedcare's Dense {hp.get('hidden-units')} (FLamby: logistic regression). Hyper-parameters
-for every row: {hp.get('num-rounds')} rounds, {hp.get('local-epochs')} local epoch a round,
-batch size {hp.get('batch-size')} (full batch), learning rate {hp.get('learning-rate')},
-clip norm {hp.get('clip-norm')}; chosen for FedAvg on split 43 only (docs/results.md), not
-re-tuned for FedProx/FedAdam/FedYogi (server learning rate and proximal mu at their
-defaults). DP rows: DP-SGD at every site with the noise calibrated so that each site's
-**whole-run** epsilon is the stated target at delta = {hp.get('delta')} ({accountant} accountant,
-add/remove-one adjacency, q = 1: full batch, so no amplification by sampling);
+Model: fedcare's Dense {hp.get('hidden-units')} (FLamby: logistic regression).
+Hyper-parameters for every row but the "fedcare plan" rows: {hp.get('num-rounds')} rounds,
+{hp.get('local-epochs')} local epoch a round, batch size {hp.get('batch-size')} (full batch),
+learning rate {hp.get('learning-rate')}, clip norm {hp.get('clip-norm')}; chosen for FedAvg on
+split 43 only (docs/results.md), not re-tuned for FedProx/FedAdam/FedYogi (server learning
+rate and proximal mu at their defaults). The "FedAvg with DP (fedcare plan: ...)" rows run
+`fedcare plan`'s settings for their budget (docs/tuning-heart.md). DP rows: DP-SGD at every
+site with the noise calibrated so that each site's **whole-run** epsilon is the stated target
+at delta = {hp.get('delta')} ({accountant} accountant{unless}, add/remove-one
+adjacency, q = 1: full batch, so no amplification by sampling);
 "max site eps" is the largest figure any site spent, never an average. FLamby's eps = 0.1
 row was published at delta = 1e-4; ours is at 1e-3.
 
@@ -230,14 +341,16 @@ Reading it:
 Made with (cells are cached under the cache folder; a rerun resumes):
 
 ```
-{result['command']}
+{commands}
 ```
 
+{sources}
 {result['table']}
 
-Raw per-run figures: `docs/data/heart-flamby-table.json`; the same runs as the sweep's tidy
-table and plots: `docs/heart-benchmark/` (`results.csv`, `privacy-utility.png`,
-`accuracy-by-round.png`, `per-site-vs-local.png`).
+{_missing_text(result['rows'])}
+Raw per-run figures: `docs/data/heart-flamby-table.json`; the sweep's tidy table and plots
+of the runs of the command above that has `--plots-dir`: `docs/heart-benchmark/`
+(`results.csv`, `privacy-utility.png`, `accuracy-by-round.png`, `per-site-vs-local.png`).
 
 ![privacy-utility](heart-benchmark/privacy-utility.png)
 ![per site](heart-benchmark/per-site-vs-local.png)

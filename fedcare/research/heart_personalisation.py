@@ -280,3 +280,83 @@ def format_against_local(rows: Sequence[Mapping[str, Any]]) -> str:
             lines.append(f"| {setting} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+# ------------------------------------------------------------------------- merging parts
+
+
+def run_key(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a row is a figure of: (setting, split seed, run seed, budget or None)."""
+    return (row["setting"], row.get("split-seed"), row.get("seed"), row.get("target-epsilon"))
+
+
+def _same_figures(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    def figures(row: Mapping[str, Any]) -> list[tuple[str, str, float]]:
+        return sorted((key, site, _number(value)) for key in ("site-accuracy", "site-auc")
+                      for site, value in row.get(key, {}).items())
+
+    left, right = figures(a), figures(b)
+    return len(left) == len(right) and all(
+        k1 == k2 and s1 == s2 and (v1 == v2 or (math.isnan(v1) and math.isnan(v2)))
+        for (k1, s1, v1), (k2, s2, v2) in zip(left, right, strict=True))
+
+
+def merge_rows(parts: Sequence[Sequence[Mapping[str, Any]]]
+               ) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
+    """The rows of several runs of the command (e.g. parts run in parallel, or a stopped run
+    resumed), each (setting, split seed, run seed, budget) once: the first part's copy.
+
+    Budget-free rows (the non-private local-only model, the prior) are made again by every
+    part that ran their (split seed, run seed); the second list names the keys whose later
+    copies had other figures (so a caller can say so instead of hiding it)."""
+    kept: dict[tuple[Any, ...], dict[str, Any]] = {}
+    differ: list[tuple[Any, ...]] = []
+    for rows in parts:
+        for row in rows:
+            key = run_key(row)
+            if key not in kept:
+                kept[key] = dict(row)
+            elif not _same_figures(kept[key], row) and key not in differ:
+                differ.append(key)
+    return list(kept.values()), differ
+
+
+def runs_summary(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Which (split seed, run seed) runs each budget holds, from its global-model rows:
+    ``eps 3: 13 runs (split 43 seed 0, ...)``."""
+    budgets = sorted({r["target-epsilon"] for r in rows if r.get("target-epsilon") is not None})
+    parts = []
+    for eps in budgets:
+        runs = sorted({(r["split-seed"], r["seed"]) for r in rows
+                       if r["setting"] == GLOBAL and r.get("target-epsilon") == eps},
+                      key=lambda run: (run[0] != 43, run[0], run[1]))  # 43 (tuning) first
+        parts.append(f"eps {eps:g}: {len(runs)} runs ("
+                     + ", ".join(f"split {s} seed {seed}" for s, seed in runs) + ")")
+    return "; ".join(parts)
+
+
+def merge_result_files(paths: Sequence[Path]) -> dict[str, Any]:
+    """``fedcare benchmark-heart-personal --merge``: the result files' rows merged
+    (:func:`merge_rows`), the runs each budget holds, and the command's own tables."""
+    from fedcare.common.errors import ConfigError
+
+    parts, problems = [], []
+    for path in paths:
+        try:  # our own result files: JSON (NaN stands for an undefined AUC), never pickle
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            problems.append(f"benchmark-heart-personal: --merge file must be a readable "
+                            f"results JSON; got {path} ({err})")
+            continue
+        if not (isinstance(data, dict) and isinstance(data.get("rows"), list)):
+            problems.append(f"benchmark-heart-personal: --merge file must hold a 'rows' "
+                            f"list (a results JSON of this command); got {path}")
+            continue
+        parts.append(data["rows"])
+    if problems:
+        raise ConfigError(problems)
+    rows, differ = merge_rows(parts)
+    return {"rows": rows, "runs": runs_summary(rows),
+            "merged-from": [str(p) for p in paths],
+            "differing-copies": [list(key) for key in differ],
+            "table": format_personal_table(rows) + "\n\n" + format_against_local(rows)}

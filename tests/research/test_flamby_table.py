@@ -131,3 +131,78 @@ def test_the_prior_row_is_each_sites_training_majority_on_its_test_rows(tmp_path
     assert set(row["site-accuracy"]) == set(SITES)
     assert all(0.0 <= v <= 1.0 for v in row["site-accuracy"].values())
     assert row["mean-site-accuracy"] == sum(row["site-accuracy"].values()) / len(SITES)
+
+
+def test_rows_runs_only_the_chosen_row_groups_and_names_an_unknown_one() -> None:
+    from fedcare.common.errors import ConfigError
+
+    cells = table_cells({}, split_seeds=[43, 0], seeds=[0, 1], rows=["plan"])
+
+    assert len(cells) == 2 * 2 * len(PLAN_EPSILONS)
+    assert all(c.labels.get("plan") for c in cells)
+    with pytest.raises(ConfigError, match=r"rows must be one or more of .*; got plans"):
+        table_cells({}, split_seeds=[43], seeds=[0], rows=["plan", "plans"])
+
+
+def _cache_all(cache: Path, data: dict[str, str], rows: tuple[str, ...]) -> None:
+    (cache / "cells").mkdir(parents=True, exist_ok=True)
+    for cell in table_cells(data, split_seeds=[43, 0], seeds=[0], rows=rows):
+        (cache / "cells" / f"{cell.key}.json").write_text(
+            json.dumps(fake_result(cell, sites=SITES)))
+
+
+def test_recorded_rows_fill_the_table_and_each_names_its_command_and_accountant(
+        tmp_path: Path) -> None:
+    from tests.data_factories import write_heart_dir
+
+    (tmp_path / "data").mkdir()
+    data = {"data-dir": str(write_heart_dir(tmp_path / "data", {s: 40 for s in SITES}))}
+    earlier = ("baselines", "strategies", "dp")
+    _cache_all(tmp_path / "old", data, earlier)
+    old = heart_table(data, split_seeds=[43, 0], seeds=[0], cache_dir=tmp_path / "old",
+                      rows=earlier, command="fedcare old")
+    # A result written before issue 17: no accountant recorded (RDP), no sources.
+    legacy = {**old, "hyper-parameters": {k: v for k, v in old["hyper-parameters"].items()
+                                          if k != "accountant"}}
+    del legacy["sources"]
+    _cache_all(tmp_path / "new", data, ("plan",))  # nothing left to run
+
+    result = heart_table(data, split_seeds=[43, 0], seeds=[0], cache_dir=tmp_path / "new",
+                         rows=["plan", "prior"], recorded=legacy, command="fedcare new")
+
+    assert list(result["rows"]) == [*old["rows"], *[
+        k for k in result["rows"] if "fedcare plan" in k], "per-site majority prior (reference)"]
+    assert result["rows"]["FedAvg"] == old["rows"]["FedAvg"]
+    assert result["sources"]["FedAvg"] == {"command": "fedcare old", "accountant": "rdp"}
+    assert result["sources"]["per-site majority prior (reference)"] == {
+        "command": "fedcare new", "accountant": "pld"}
+    text = render_markdown(result)
+    assert "- `fedcare old` (its DP rows: RDP accountant): pooled training;" in text
+    assert "Row groups not in this table" not in text
+    assert "```\nfedcare new\nfedcare old\n```" in text
+
+
+def test_recorded_rows_of_other_runs_or_settings_are_refused(tmp_path: Path) -> None:
+    from fedcare.common.errors import ConfigError
+    from fedcare.research.flamby_table import recorded_rows
+
+    recorded = {"split-seeds": [43], "seeds": [0, 1], "hyper-parameters": {"num-rounds": 40},
+                "rows": {"FedAvg": []}}
+
+    with pytest.raises(ConfigError) as err:
+        recorded_rows(recorded, hyper_parameters={"num-rounds": 10, "accountant": "pld"},
+                      split_seeds=[43], seeds=[0], skip=["plan"])
+
+    assert "seeds must be this run's [0]; got [0, 1]" in str(err.value)
+    assert "num-rounds (40 vs 10)" in str(err.value)
+
+
+def test_markdown_names_the_row_groups_it_has_no_row_of() -> None:
+    rows = _table_rows()
+    only = {k: v for k, v in rows.items() if "fedcare plan" not in k}
+    text = render_markdown({"split-seeds": [43, 0], "seeds": [0], "rows": only,
+                            "hyper-parameters": {"delta": 1e-3}, "command": "fedcare x",
+                            "table": format_table(only)})
+
+    assert ("Row groups not in this table (neither run by the command nor in a recorded "
+            "result; `--rows plan,prior` runs them): plan, prior.") in text

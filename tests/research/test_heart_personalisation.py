@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
 from fedcare.research.heart_benchmark import protocol_config
 from fedcare.research.heart_personalisation import (
     GLOBAL,
@@ -118,3 +123,83 @@ def test_against_local_compares_each_site_run_by_run_and_lists_each_split() -> N
     assert "mean over 1 runs" in text
     assert "| cleveland | 0.900 | 0.800 | +0.100 | 1/1 |" in text
     assert f"| {LOCAL} | 0.800 | 0.600 |" in text  # split 43 first, then split 0
+
+
+def test_merge_keeps_each_run_once_and_names_budget_free_copies_that_differ() -> None:
+    from fedcare.research.heart_personalisation import merge_rows
+
+    tag = {"split-seed": 0, "seed": 2}
+    first = [{**_row(LOCAL, 0.8, 0.7), **tag},
+             {**_row(GLOBAL, 0.7, 0.7), **tag, "target-epsilon": 0.1}]
+    second = [{**_row(LOCAL, 0.81, 0.7), **tag},  # the same local model, rerun: other figure
+              {**_row(GLOBAL, 0.75, 0.7), **tag, "target-epsilon": 3.0},
+              {**_row(GLOBAL, 0.75, 0.7), **tag, "target-epsilon": 3.0}]
+
+    rows, differ = merge_rows([first, second])
+
+    assert [(r["setting"], r.get("target-epsilon"), r["mean-site-accuracy"]) for r in rows] == [
+        (LOCAL, None, 0.8), (GLOBAL, 0.1, 0.7), (GLOBAL, 3.0, 0.75)]
+    assert differ == [(LOCAL, 0, 2, None)]
+
+
+def test_merge_treats_an_undefined_auc_written_as_null_like_nan() -> None:
+    from fedcare.research.heart_personalisation import PRIOR, merge_rows
+
+    tag = {"split-seed": 43, "seed": 0}
+    nan_copy = {**_row(PRIOR, 0.7, float("nan")), **tag}
+    null_copy = {**nan_copy, "site-auc": {"cleveland": None}}
+
+    assert merge_rows([[nan_copy], [null_copy]])[1] == []
+
+
+def test_runs_summary_lists_each_budgets_runs_tuning_split_first() -> None:
+    from fedcare.research.heart_personalisation import runs_summary
+
+    rows = [{**_row(GLOBAL, 0.7, 0.7), "split-seed": s, "seed": seed, "target-epsilon": 3.0}
+            for s, seed in ((3, 2), (0, 0), (43, 1))] + [
+        {**_row(LOCAL, 0.8, 0.7), "split-seed": 1, "seed": 0}]
+
+    assert runs_summary(rows) == ("eps 3: 3 runs (split 43 seed 1, split 0 seed 0, "
+                                  "split 3 seed 2)")
+
+
+def test_merge_files_writes_the_commands_tables_and_refuses_a_file_without_rows(
+        tmp_path: Path) -> None:
+    from fedcare.common.errors import ConfigError
+    from fedcare.research.heart_personalisation import merge_result_files
+
+    tag = {"split-seed": 43, "seed": 0}
+    (tmp_path / "a.json").write_text(json.dumps(
+        {"rows": [{**_row(GLOBAL, 0.7, 0.7), **tag, "target-epsilon": 3.0}]}))
+    (tmp_path / "b.json").write_text(json.dumps(
+        {"rows": [{**_row(GLOBAL, 0.9, 0.7), "split-seed": 0, "seed": 2,
+                   "target-epsilon": 3.0}]}))
+    (tmp_path / "bad.json").write_text(json.dumps({"table": "x"}))
+
+    merged = merge_result_files([tmp_path / "a.json", tmp_path / "b.json"])
+
+    assert merged["runs"] == "eps 3: 2 runs (split 43 seed 0, split 0 seed 2)"
+    assert f"| {GLOBAL} | 0.800 ± 0.141 |" in merged["table"]
+    with pytest.raises(ConfigError, match=r"bad\.json"):
+        merge_result_files([tmp_path / "a.json", tmp_path / "bad.json"])
+
+
+def test_the_merge_command_runs_nothing_and_writes_strict_json(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedcare.cli import main
+    from fedcare.cli.args import EXIT_OK
+
+    monkeypatch.chdir(tmp_path)  # the command log goes under ./runs
+    prior = {**_row(LOCAL, 0.8, float("nan")), "split-seed": 43, "seed": 0}
+    (tmp_path / "a.json").write_text(json.dumps({"rows": [prior]}))  # NaN, as runs write it
+    (tmp_path / "b.json").write_text(json.dumps({"rows": [
+        {**_row(GLOBAL, 0.7, 0.7), "split-seed": 43, "seed": 0, "target-epsilon": 3.0}]}))
+
+    code = main(["benchmark-heart-personal", "--merge", "a.json", "b.json", "--out", "m.json"])
+
+    assert code == EXIT_OK
+    merged = json.loads((tmp_path / "m.json").read_text(), parse_constant=pytest.fail)
+    assert [r["setting"] for r in merged["rows"]] == [LOCAL, GLOBAL]
+    assert merged["rows"][0]["site-auc"]["cleveland"] is None
+    assert "eps 3: 1 runs (split 43 seed 0)" in capsys.readouterr().out
