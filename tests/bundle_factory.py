@@ -45,8 +45,8 @@ def make_bundle(tmp_path: Path, *, epochs: int = 30, seed: int = 0) -> BundleFil
                   learning_rate=0.1, dp=None, proximal_mu=0.0, sampling_seed=seed,
                   noise_seed=0)
     run_dir = tmp_path / "run"
-    writer = CheckpointWriter(run_dir, build_model(input_dim=x_train.shape[1],
-                                                   hidden_units=(16,), seed=seed))
+    writer = CheckpointWriter(run_dir, input_dim=x_train.shape[1], hidden_units=(16,),
+                              seed=seed)
     model_path = writer.save_final(trainer.get_weights(), {
         "run": "test-run", "fedcare-version": "0.1.0", "dataset": "breast-cancer",
         "schema": breast_cancer.SCHEMA.name,

@@ -246,20 +246,79 @@ def test_fast_backoff_shortens_flowers_object_pull_retries_unless_told_otherwise
     assert flower_compat._with_fast_backoff(fast) is fast
 
 
-def test_fast_object_pulls_reach_the_supernode_the_site_worker_and_the_serverapp_grid(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("side", "patched"), [
+    ("site", {"supernode", "worker"}), ("worker", {"worker"}), ("serverapp", {"grid"})])
+def test_fast_object_pulls_patch_only_the_processs_own_side(
+        monkeypatch: pytest.MonkeyPatch, side: str, patched: set[str]) -> None:
+    # Arrange
     import flwr.server.grid.grpc_grid as grid_module
     import flwr.supernode.runtime.run_clientapp as clientapp_module
     import flwr.supernode.start_client_internal as supernode_module
 
-    targets = [(supernode_module, "pull_objects"), (grid_module, "pull_objects"),
-               (clientapp_module, "pull_and_inflate_object_from_tree")]
-    for module, name in targets:  # restored after the test
+    targets = {"supernode": (supernode_module, "pull_objects"),
+               "grid": (grid_module, "pull_objects"),
+               "worker": (clientapp_module, "pull_and_inflate_object_from_tree")}
+    for module, name in targets.values():  # restored after the test
         monkeypatch.setattr(module, name, getattr(module, name))
 
-    flower_compat.use_fast_object_pulls()
+    # Act
+    flower_compat.use_fast_object_pulls(side)
 
-    assert all(getattr(getattr(m, n), "fedcare_fast_backoff", False) for m, n in targets)
+    # Assert
+    fast = {key for key, (module, name) in targets.items()
+            if getattr(getattr(module, name), "fedcare_fast_backoff", False)}
+    assert fast == patched
+
+
+def test_fast_object_pulls_of_an_unknown_side_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"side must be one of .*; got 'superlink'"):
+        flower_compat.use_fast_object_pulls("superlink")
+
+
+def _loaded_after(code: str) -> dict[str, bool]:
+    """Run ``code`` in a fresh interpreter; which heavy modules did it load, and can
+    TensorFlow still be imported there?"""
+    import json
+    import subprocess
+    import sys
+
+    probe = (f"{code}\nimport importlib.util, json, sys\n"
+             "print(json.dumps({'tensorflow': sys.modules.get('tensorflow') is not None, "
+             "'ray': sys.modules.get('ray') is not None, "
+             "'tensorflow-importable': importlib.util.find_spec('tensorflow') is not None}))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, timeout=120)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_the_serverapp_process_loads_neither_tensorflow_nor_ray() -> None:
+    # Act: what the SuperExec's ServerApp process imports, then fedcare's ServerApp
+    loaded = _loaded_after(f"{flower_compat.SERVERAPP_IMPORTS}\n"
+                           "import fedcare.server.app, fedcare.server.federation")
+
+    # Assert: neither is loaded, and TensorFlow is not blocked for a ServerApp needing it
+    assert loaded == {"tensorflow": False, "ray": False, "tensorflow-importable": True}
+
+
+def test_the_serverapp_bootstrap_hands_its_arguments_to_flowers_serverapp() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", flower_compat.SERVERAPP_BOOTSTRAP,
+                           "flwr-serverapp", "--help"], capture_output=True, text=True,
+                          timeout=120)
+
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: flwr-serverapp")
+    assert "--serverappio-api-address" in done.stdout
+
+
+def test_a_site_process_does_not_load_ray() -> None:
+    loaded = _loaded_after("from fedcare.flower_compat import block_ray, block_tensorflow\n"
+                           "block_tensorflow(); block_ray()\n"
+                           "import flwr.app, flwr.clientapp, flwr.simulation")
+
+    assert loaded["ray"] is False
 
 
 def test_module_has_no_side_effects_on_import(tmp_path: Path) -> None:
@@ -393,23 +452,47 @@ def test_node_key_must_be_an_ec_key(tmp_path: Path) -> None:
         flower_compat.load_node_key(path)
 
 
+def _started_by(shim: Any, monkeypatch: pytest.MonkeyPatch,
+                *commands: list[str]) -> list[list[str]]:
+    import subprocess
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda args, *a, **k: started.append(list(args)))
+    for command in commands:
+        shim.Popen(command)
+    return started
+
+
 def test_the_superlinks_superexec_runs_through_fedcare_and_nothing_else_changes(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
     import sys
 
-    started: list[list[str]] = []
-    monkeypatch.setattr(subprocess, "Popen", lambda args, *a, **k: started.append(list(args)))
-    shim = flower_compat._OwnSuperExec()
+    shim = flower_compat._own_superexec()
 
-    shim.Popen(["flower-superexec", "--insecure", "--plugin-type", "serverapp"])
-    shim.Popen(["flwr-serverapp", "--token", "t"])
+    started = _started_by(shim, monkeypatch,
+                          ["flower-superexec", "--insecure", "--plugin-type", "serverapp"],
+                          ["flwr-serverapp", "--token", "t"])
 
     assert started == [
         [sys.executable, "-m", "fedcare.flower_compat", "superexec", "--insecure",
          "--plugin-type", "serverapp"],
         ["flwr-serverapp", "--token", "t"]]
     assert shim.PIPE is subprocess.PIPE
+
+
+def test_the_superexecs_serverapp_starts_through_the_bootstrap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    started = _started_by(flower_compat._own_serverapp(), monkeypatch,
+                          ["flwr-serverapp", "--insecure", "--token", "t"],
+                          ["flwr-clientapp", "--token", "t"])
+
+    assert started == [
+        [sys.executable, "-c", flower_compat.SERVERAPP_BOOTSTRAP, "flwr-serverapp",
+         "--insecure", "--token", "t"],
+        ["flwr-clientapp", "--token", "t"]]
 
 
 _STUCK_ON_STOP = """

@@ -232,16 +232,18 @@ def run_site(plan: SuperNodePlan) -> None:
     """The whole site in this process: Flower's SuperNode and the installed ClientApp
     (:func:`fedcare.flower_compat.run_site`). The bundle the run names is hashed and
     inspected, never installed or imported."""
+    from fedcare.deploy.memory import ReturningFreeMemory, limit_malloc_arenas
     from fedcare.flower_compat import run_site as run_in_process
 
     if plan.insecure:
         logger.warning(INSECURE_WARNING)
     plan.state_dir.mkdir(parents=True, exist_ok=True)
+    limit_malloc_arenas()  # before TensorFlow and gRPC start their threads
 
     def installed_app() -> object:
         from fedcare.site.app import app
 
-        return app
+        return ReturningFreeMemory(app)
 
     run_in_process(plan.site_node(), installed_app)
 

@@ -87,8 +87,10 @@ ACTIVE_WINDOW = 60.0
 #: Sleeps this long or longer in Flower's loops are polls for new work.
 IDLE_SLEEP = 1.0
 TENSORFLOW = "tensorflow"
+RAY = "ray"
 TELEMETRY_ENV = "FLWR_TELEMETRY_ENABLED"
 SUPEREXEC = "flower-superexec"
+SERVERAPP_COMMAND = "flwr-serverapp"
 #: The node id Flower's SuperLink uses for the errors it writes itself.
 SUPERLINK_NODE_ID = 1
 #: Seconds a site may take to stop once told to (SIGTERM/SIGINT). Flower's SuperNode
@@ -352,8 +354,9 @@ def run_site_worker(clientappio_address: str, app_loader: Callable[[], Any],
                     interval: float = 1.0) -> None:
     """Serve this site's messages in this process, one at a time, until stopped (for a
     SuperNode running in another process; :func:`run_site` runs both in one)."""
+    block_ray()
     check_flower_version()
-    use_fast_object_pulls()
+    use_fast_object_pulls(WORKER)
     app = app_loader()  # warm: TensorFlow and the app, once
     _serve_messages(clientappio_address, app, PollPace(interval, interval),
                     threading.Event())
@@ -402,20 +405,30 @@ def _with_fast_backoff(pull: Callable[..., Any]) -> Callable[..., Any]:
     return fast
 
 
-def use_fast_object_pulls() -> None:
-    """Shorter retry waits in every Flower object pull a fedcare process makes: the
-    SuperNode's pull from the SuperLink, the site worker's pull from its SuperNode, and
-    the ServerApp grid's pull of the sites' replies."""
-    import flwr.server.grid.grpc_grid as grid_module
-    import flwr.supernode.runtime.run_clientapp as clientapp_module
-    import flwr.supernode.start_client_internal as supernode_module
+#: The object pulls of each kind of fedcare process (:func:`use_fast_object_pulls`):
+#: Flower module and function name.
+_SUPERNODE_PULL = ("flwr.supernode.start_client_internal", "pull_objects")
+_WORKER_PULL = ("flwr.supernode.runtime.run_clientapp", "pull_and_inflate_object_from_tree")
+_GRID_PULL = ("flwr.server.grid.grpc_grid", "pull_objects")
+#: A whole site (SuperNode + worker), a site worker alone, a ServerApp.
+SITE, WORKER, SERVERAPP = "site", "worker", "serverapp"
+_PULLS_OF = {SITE: (_SUPERNODE_PULL, _WORKER_PULL), WORKER: (_WORKER_PULL,),
+             SERVERAPP: (_GRID_PULL,)}
 
-    supernode_module.pull_objects = _with_fast_backoff(  # type: ignore[assignment]
-        supernode_module.pull_objects)
-    grid_module.pull_objects = _with_fast_backoff(  # type: ignore[assignment]
-        grid_module.pull_objects)
-    clientapp_module.pull_and_inflate_object_from_tree = (  # type: ignore[assignment]
-        _with_fast_backoff(clientapp_module.pull_and_inflate_object_from_tree))
+
+def use_fast_object_pulls(side: str) -> None:
+    """Shorter retry waits in the Flower object pulls of this process's ``side`` only:
+    ``"site"`` the SuperNode's pull from the SuperLink and the site worker's pull from its
+    SuperNode, ``"worker"`` the latter alone, ``"serverapp"`` the ServerApp grid's pull of
+    the sites' replies. A process imports no Flower module of another side for this."""
+    import importlib
+
+    if side not in _PULLS_OF:
+        raise ValueError(f"flower_compat: side must be one of {sorted(_PULLS_OF)}; "
+                         f"got {side!r}")
+    for module_name, function in _PULLS_OF[side]:
+        module = importlib.import_module(module_name)
+        setattr(module, function, _with_fast_backoff(getattr(module, function)))
 
 
 def check_poll_interval(interval: float) -> float:
@@ -460,6 +473,7 @@ def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
     ``poll_interval``, and the installed ClientApp served by a thread, so the site pays
     one TensorFlow import. Returns (or raises) when the SuperNode stops: it was refused
     (e.g. its key is not registered) or told to stop."""
+    block_ray()
     check_flower_version()
     check_poll_interval(node.poll_interval)
     import faulthandler
@@ -483,7 +497,7 @@ def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
         supernode._push_messages, abandoned)
     supernode._pull_and_store_message = _forgetting_half_received(  # type: ignore[assignment]
         supernode._pull_and_store_message)
-    use_fast_object_pulls()
+    use_fast_object_pulls(SITE)
     supernode.register_signal_handlers = _with_bounded_stop(  # type: ignore[assignment]
         supernode.register_signal_handlers)
     keys = None if node.private_key is None else load_node_key(node.private_key)
@@ -689,7 +703,7 @@ def deployment_poller(grid: Any, interval: float) -> ReplyPoller | None:
 
     if not isinstance(grid, GrpcGrid):
         return None
-    use_fast_object_pulls()
+    use_fast_object_pulls(SERVERAPP)
     return ReplyPoller(grid, interval)
 
 
@@ -772,15 +786,44 @@ def fix_superlink() -> None:
         SqliteObjectStore.preregister)
 
 
+def _block(module: str) -> None:
+    if sys.modules.get(module) is None:
+        sys.modules[module] = None  # type: ignore[assignment]
+
+
 def block_tensorflow() -> None:
     """Make ``import tensorflow`` fail in this process (ModuleNotFoundError).
 
     Flower imports TensorFlow opportunistically (``flwr/server/utils/tensorboard.py``:
-    ``try: import tensorflow``), ~550 MB, in every process that imports ``flwr.server``:
+    ``try: import tensorflow``), ~480 MB, in every process that imports ``flwr.server``:
     the SuperLink and ``flwr run``, which never train. Call before importing Flower.
     """
-    if sys.modules.get(TENSORFLOW) is None:
-        sys.modules[TENSORFLOW] = None  # type: ignore[assignment]
+    _block(TENSORFLOW)
+
+
+def block_ray() -> None:
+    """Make ``import ray`` fail in this process, and Flower see Ray as not installed.
+
+    ``import flwr`` imports its simulation engine, which imports Ray when it is installed
+    (``flwr[simulation]``): ~28 MB in every deployed process, none of which simulates.
+    Call before importing Flower (a process that already imported it keeps Ray)."""
+    _block(RAY)
+
+
+#: How the consortium's SuperExec starts a run's ServerApp: Flower's ``flwr-serverapp``
+#: with TensorFlow and Ray kept out while Flower's modules load (Flower imports both
+#: opportunistically; fedcare's ServerApp needs neither: it writes its ``.keras`` files
+#: without TensorFlow, fedcare.common.mlp), then allowed again, so a ServerApp that does
+#: import one still works. No fedcare module is imported here: Flower loads the ServerApp
+#: from the run's bundle, as ``flwr-serverapp`` does. ``sys.argv[1]`` is the command name.
+SERVERAPP_IMPORTS = (
+    "import sys; kept_out = [m for m in ('tensorflow', 'ray') if m not in sys.modules]; "
+    "sys.modules.update(dict.fromkeys(kept_out)); "
+    "from flwr.server.serverapp import flwr_serverapp; "
+    "[sys.modules.pop(m) for m in kept_out]")
+SERVERAPP_BOOTSTRAP = (
+    f"{SERVERAPP_IMPORTS}; "
+    "sys.argv = sys.argv[1:]; sys.exit(flwr_serverapp())")
 
 
 def _register_instruction_objects_first(push_messages: Callable[..., Any]
@@ -802,29 +845,32 @@ def _register_instruction_objects_first(push_messages: Callable[..., Any]
 
 def run_superlink(argv: Sequence[str]) -> None:
     """``flower-superlink ARGV`` in this process, with the fixes of :func:`fix_superlink`
-    and without TensorFlow."""
+    and without TensorFlow and Ray."""
     block_tensorflow()
+    block_ray()
     check_flower_version()
     import flwr.server.app as superlink_app
     from flwr.server.app import run_superlink as flower_superlink
 
     fix_superlink()
-    superlink_app.subprocess = _OwnSuperExec()  # type: ignore[assignment]
+    superlink_app.subprocess = _own_superexec()  # type: ignore[assignment]
     sys.argv = ["flower-superlink", *argv]
     flower_superlink()
 
 
-class _OwnSuperExec:
-    """Stands in for the ``subprocess`` module inside Flower's SuperLink: the SuperExec it
-    starts (``flower-superexec ...``, which starts each run's ServerApp) becomes
-    ``python -m fedcare.flower_compat superexec ...``: no TensorFlow, short poll."""
+class _RunsThroughFedcare:
+    """Stands in for the ``subprocess`` module inside a Flower module that starts Flower's
+    commands by name: each command in ``commands`` starts as the given argv prefix
+    instead, followed by the same arguments; everything else is the real ``subprocess``."""
+
+    def __init__(self, commands: Mapping[str, Sequence[str]]) -> None:
+        self.commands = commands
 
     def Popen(self, args: Sequence[str], *rest: Any, **kwargs: Any) -> Any:
         import subprocess
 
-        if list(args[:1]) == [SUPEREXEC]:
-            args = [sys.executable, "-m", "fedcare.flower_compat",
-                    "superexec", *args[1:]]
+        if args and args[0] in self.commands:
+            args = [*self.commands[args[0]], *args[1:]]
         return subprocess.Popen(args, *rest, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -833,13 +879,33 @@ class _OwnSuperExec:
         return getattr(subprocess, name)
 
 
+def _own_superexec() -> _RunsThroughFedcare:
+    """The SuperLink's SuperExec (``flower-superexec ...``, which starts each run's
+    ServerApp) becomes ``python -m fedcare.flower_compat superexec ...``: no TensorFlow,
+    short poll."""
+    return _RunsThroughFedcare({SUPEREXEC: [sys.executable, "-m", "fedcare.flower_compat",
+                                            "superexec"]})
+
+
+def _own_serverapp() -> _RunsThroughFedcare:
+    """The SuperExec's ServerApp (``flwr-serverapp ...``) starts through
+    :data:`SERVERAPP_BOOTSTRAP`: no TensorFlow, no Ray."""
+    return _RunsThroughFedcare({SERVERAPP_COMMAND: [sys.executable, "-c", SERVERAPP_BOOTSTRAP,
+                                                    SERVERAPP_COMMAND]})
+
+
 def run_superexec(argv: Sequence[str]) -> None:
     """``flower-superexec ARGV`` without TensorFlow, polling every
-    :data:`SUPEREXEC_POLL_INTERVAL` seconds for a new run (Flower's own: 1 s)."""
+    :data:`SUPEREXEC_POLL_INTERVAL` seconds for a new run (Flower's own: 1 s), starting
+    each ServerApp without TensorFlow and Ray (:data:`SERVERAPP_BOOTSTRAP`)."""
     block_tensorflow()
+    block_ray()
     check_flower_version()
+    import flwr.supercore.superexec.plugin.base_exec_plugin as exec_plugin
     import flwr.supercore.superexec.run_superexec as superexec
     from flwr.supercore.cli import flower_superexec
+
+    exec_plugin.subprocess = _own_serverapp()  # type: ignore[assignment]
 
     superexec.time = _PollClock(PollPace(SUPEREXEC_POLL_INTERVAL, SUPEREXEC_POLL_INTERVAL))  # type: ignore[assignment]
     sys.argv = [SUPEREXEC, *argv]
@@ -852,6 +918,7 @@ def run_flwr_cli(argv: Sequence[str]) -> int:
     import os
 
     block_tensorflow()
+    block_ray()  # a simulation (`flwr run . local-sim`) runs in its own flower-simulation
     os.environ.setdefault(TELEMETRY_ENV, "0")
     check_flower_version()
     from flwr.cli.app import app as flwr_app

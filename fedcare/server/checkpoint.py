@@ -2,22 +2,24 @@
 
 A model travels with its manifest (schema, run, each site's privacy figures), so
 whoever loads it knows what it was trained on and what it cost.
+
+No TensorFlow here: the files are written by :mod:`fedcare.common.mlp` (the Keras v3
+format, loadable by ``tf.keras.models.load_model``), so the ServerApp process does not pay
+~480 MB for a TensorFlow it would use only to save files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from fedcare.common.formats import MANIFEST, MANIFEST_FORMAT
-from fedcare.common.model import check_compatible
+from fedcare.common.mlp import write_keras_file
 from fedcare.server.report import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -27,11 +29,15 @@ FINAL_MODEL = "model.keras"
 
 
 class CheckpointWriter:
-    """Writes the global model after every round and at the end, reusing one Keras model."""
+    """Writes the global model (``build_model(input_dim, hidden_units, seed)``'s
+    architecture) after every round and at the end."""
 
-    def __init__(self, run_dir: Path, model: tf.keras.Model) -> None:
+    def __init__(self, run_dir: Path, *, input_dim: int, hidden_units: Sequence[int],
+                 seed: int) -> None:
         self.run_dir = run_dir
-        self.model = model
+        self.input_dim = input_dim
+        self.hidden_units = tuple(hidden_units)
+        self.seed = seed
         (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
 
     def save_round(self, server_round: int, weights: Sequence[np.ndarray]) -> Path:
@@ -48,13 +54,7 @@ class CheckpointWriter:
         return path
 
     def _save(self, path: Path, weights: Sequence[np.ndarray]) -> Path:
-        check_compatible(self.model, weights)
-        self.model.set_weights(list(weights))
-        tmp = path.with_name(f".{path.stem}.tmp.keras")
-        # Name the format: Keras 2.15 infers it from a thread-local flag that its own first
-        # save from a non-main thread (the ServerApp's) leaves False, so later ".keras"
-        # files would silently be written as legacy HDF5.
-        self.model.save(tmp, save_format="keras_v3")
-        os.replace(tmp, path)
+        write_keras_file(path, weights, input_dim=self.input_dim,
+                         hidden_units=self.hidden_units, seed=self.seed)
         logger.debug("saved %s", path)
         return path

@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import Strategy
 from fedcare import __version__
 from fedcare.common.config import RunConfig
 from fedcare.common.errors import ConfigError
-from fedcare.common.model import build_model, weights_of
+from fedcare.common.mlp import initial_weights
 from fedcare.data.datasets import schema_for
 from fedcare.flower_compat import deployment_poller
 from fedcare.server.checkpoint import CheckpointWriter
@@ -112,8 +112,6 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
     run_dir = Path(config.output_dir) / run_name
     schema = schema_for(config.dataset)
     features = schema.encoded_feature_names()
-    model = build_model(input_dim=len(features), hidden_units=config.hidden_layer_sizes,
-                        seed=config.seed)
     if not config.dp_enabled:
         logger.warning("DP is OFF for this run (dp-mode=off): site updates carry no privacy "
                        "guarantee")
@@ -136,7 +134,9 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
         raise ConfigError(["resume: resume must be false with secure-aggregation = "
                            "secaggplus; got true"])
     inner: Strategy | None = None if secagg else make_strategy(config)
-    weights = weights_of(model)
+    # Keras's initial weights, bit for bit, without importing TensorFlow (common/mlp.py)
+    weights = initial_weights(input_dim=len(features), hidden_units=config.hidden_layer_sizes,
+                              seed=config.seed)
     done = 0
     if resumed is not None:
         assert inner is not None
@@ -166,7 +166,8 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
         refuse_run(run_dir, recorder, preflight, config.min_sites)
     grid = SiteGrid(grid, preflight.accepted_nodes, poller, min_online=config.min_sites,
                     wait_limit=config.round_timeout)
-    checkpoints = CheckpointWriter(run_dir, model)
+    checkpoints = CheckpointWriter(run_dir, input_dim=len(features),
+                                   hidden_units=config.hidden_layer_sizes, seed=config.seed)
 
     def on_new_global(server_round: int, arrays: ArrayRecord) -> None:
         checkpoints.save_round(server_round, arrays.to_numpy_ndarrays())

@@ -57,7 +57,6 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from sklearn.metrics import roc_auc_score
 
 from fedcare.common.model import NDArrays, build_model, check_compatible, weights_of
 
@@ -371,7 +370,7 @@ def evaluate_scores(scores: np.ndarray, y: np.ndarray) -> EvalResult:
     p = np.clip(scores, 1e-7, 1 - 1e-7)
     loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else math.nan
     accuracy = float(np.mean((scores >= DECISION_THRESHOLD) == (y == 1))) if len(y) else math.nan
-    auc = float(roc_auc_score(y, scores)) if len(np.unique(y)) == 2 else math.nan
+    auc = roc_auc(y, scores) if len(np.unique(y)) == 2 else math.nan
     return EvalResult(num_examples=len(y), loss=loss, accuracy=accuracy, auc=auc,
                       positives=int(y.sum()))
 
@@ -383,3 +382,26 @@ def get_trainer(*, input_dim: int, hidden_units: tuple[int, ...], local_optimize
     logger.info("building local trainer: input_dim=%d hidden=%s", input_dim, hidden_units)
     return LocalTrainer(input_dim=input_dim, hidden_units=hidden_units,
                         local_optimizer=local_optimizer, dp_backend=dp_backend)
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve of 0/1 ``labels`` (both present) and ``scores``: the same
+    steps and float operations as scikit-learn's ``roc_auc_score`` (thresholds at the
+    distinct scores, collinear points dropped, trapezoids), so the same figure to the
+    last bit (tested), without importing scikit-learn (~21 MB a site process)."""
+    from scipy.integrate import trapezoid  # scipy is loaded already (dp-accounting)
+
+    positive = (np.asarray(labels) == 1).astype(np.float64)
+    scores = np.asarray(scores)
+    order = np.argsort(scores, kind="stable")[::-1]
+    ranked = scores[order]
+    ends = np.concatenate([np.nonzero(np.diff(ranked))[0], [len(ranked) - 1]])
+    tps = np.cumsum(positive[order], dtype=np.float64)[ends]
+    fps = 1 + ends.astype(np.float64) - tps
+    if len(fps) > 2:
+        corners = np.where(np.concatenate([
+            [True], np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), [True]]))[0]
+        fps, tps = fps[corners], tps[corners]
+    tps = np.concatenate([[0.0], tps])
+    fps = np.concatenate([[0.0], fps])
+    return float(trapezoid(tps / tps[-1], fps / fps[-1]))

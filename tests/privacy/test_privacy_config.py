@@ -201,3 +201,33 @@ def test_run_config_reports_privacy_problems_with_the_others_naming_each_key_onc
 
 def test_with_dp_off_there_is_no_privacy_config() -> None:
     assert RunConfig.from_mapping({"dp-mode": "off"}).privacy is None
+
+
+def _in_fresh_python(code: str) -> object:
+    """What ``code`` prints (one JSON value), run in a fresh interpreter."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    return json.loads(out)
+
+
+def test_reading_settings_and_the_cli_do_not_load_dp_accounting() -> None:
+    # a launcher (`fedcare superlink`) reads settings only: no dp_accounting/scipy (~60 MB)
+    loaded = _in_fresh_python(
+        "import json, sys; import fedcare.cli.main, fedcare.common.config; "
+        "before = [m for m in ('dp_accounting', 'scipy') if m in sys.modules]; "
+        "from fedcare.privacy import compose_epsilon, PrivacyConfig; "
+        "print(json.dumps([before, 'dp_accounting' in sys.modules, "
+        "compose_epsilon.__module__, PrivacyConfig.__module__]))")
+
+    assert loaded == [[], True, "fedcare.privacy.accounting", "fedcare.privacy.config"]
+
+
+def test_an_unknown_name_of_the_privacy_package_is_an_attribute_error() -> None:
+    import fedcare.privacy
+
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        _ = fedcare.privacy.nope  # type: ignore[attr-defined]

@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fedcare.common.model import build_model, weights_of
+from fedcare.common.mlp import initial_weights
 from fedcare.server.checkpoint import CheckpointWriter
+
+SHAPE = {"input_dim": 3, "hidden_units": (4,), "seed": 0}
 
 
 def test_every_checkpoint_from_a_worker_thread_is_a_keras_zip(tmp_path: Path) -> None:
-    # Arrange: the ServerApp runs in a thread, where Keras 2.15 flips its format flag.
-    model = build_model(input_dim=3, hidden_units=(4,), seed=0)
-    writer = CheckpointWriter(tmp_path, model)
-    weights = weights_of(model)
+    # Arrange: the ServerApp runs in a thread (Keras 2.15 saved HDF5 there unless told).
+    writer = CheckpointWriter(tmp_path, **SHAPE)
+    weights = initial_weights(**SHAPE)
     paths: list[Path] = []
 
     # Act
@@ -34,10 +35,9 @@ def test_every_checkpoint_from_a_worker_thread_is_a_keras_zip(tmp_path: Path) ->
 
 
 def test_final_model_round_trips_with_manifest(tmp_path: Path) -> None:
-    model = build_model(input_dim=3, hidden_units=(4,), seed=0)
-    trained = [w + 1.0 for w in weights_of(model)]
+    trained = [w + 1.0 for w in initial_weights(**SHAPE)]
 
-    path = CheckpointWriter(tmp_path, model).save_final(trained, {"run": "r1"})
+    path = CheckpointWriter(tmp_path, **SHAPE).save_final(trained, {"run": "r1"})
 
     loaded = tf.keras.models.load_model(path)
     for a, b in zip(loaded.get_weights(), trained):
@@ -46,7 +46,5 @@ def test_final_model_round_trips_with_manifest(tmp_path: Path) -> None:
 
 
 def test_incompatible_weights_are_refused(tmp_path: Path) -> None:
-    model = build_model(input_dim=3, hidden_units=(4,), seed=0)
-
     with pytest.raises(ValueError, match="weights must have shapes"):
-        CheckpointWriter(tmp_path, model).save_round(1, [np.zeros((2, 2))])
+        CheckpointWriter(tmp_path, **SHAPE).save_round(1, [np.zeros((2, 2))])

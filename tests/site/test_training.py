@@ -236,16 +236,43 @@ def test_unknown_sampling_scheme_is_refused() -> None:
 
 def test_a_site_on_the_default_backend_never_imports_tensorflow_privacy() -> None:
     # tensorflow-privacy's package imports TensorFlow Probability and more (~45 MB a
-    # site process); only the tfp-fast-clipping reference backend needs it.
+    # site process); only the tfp-fast-clipping reference backend needs it. Nor
+    # scikit-learn (~21 MB): the split and the AUC are numpy.
     import subprocess
     import sys
 
     code = ("import sys, fedcare.site.app, fedcare.site.training as t; "
             "t.get_trainer(input_dim=3, hidden_units=(4,), local_optimizer='sgd', "
             "dp_backend='bookkeeping'); "
-            "print(sorted(m for m in ('tensorflow_privacy', 'tensorflow_probability') "
-            "if m in sys.modules))")
+            "print(sorted(m for m in ('tensorflow_privacy', 'tensorflow_probability', "
+            "'sklearn') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=300)
 
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("ties", ["none", "some", "binary scores"])
+@pytest.mark.parametrize("n", [2, 7, 40, 150])
+def test_the_auc_is_scikit_learns_to_the_bit(ties: str, n: int) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from fedcare.site.training import roc_auc
+
+    rng = np.random.default_rng(n)
+    labels = np.array([0, 1] * (n // 2) + [1] * (n % 2))
+    rng.shuffle(labels)
+    scores = rng.random(n).astype(np.float32)
+    if ties == "some":
+        scores = np.round(scores, 1)
+    elif ties == "binary scores":
+        scores = (scores < 0.5).astype(np.float32)
+
+    assert roc_auc(labels, scores) == float(roc_auc_score(labels, scores))
+
+
+def test_the_auc_of_a_hand_made_case() -> None:
+    from fedcare.site.training import roc_auc
+
+    # positives scored 0.9 and 0.4, negatives 0.6 and 0.1: 3 of 4 pairs ordered right
+    assert roc_auc(np.array([1, 0, 1, 0]), np.array([0.9, 0.6, 0.4, 0.1])) == 0.75
