@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 PREFLIGHT_GROUP = "preflight"
 CONNECT_POLL_SECONDS = 0.5
+#: Once min-sites are connected, the node list is read again this often until it stops
+#: growing: sites that connect at the same moment, and a simulation's virtual sites (Flower
+#: starts the ServerApp before its engine has registered them all), get the pre-flight too.
+NODE_SETTLE_SECONDS = 0.1
 
 
 class RunRefused(FedcareError):
@@ -80,12 +84,21 @@ class Preflight:
 
 
 def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
+    """The connected nodes, once at least ``minimum`` are and their number has stopped
+    growing (:data:`NODE_SETTLE_SECONDS`); whatever is connected at ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         nodes = sorted(grid.get_node_ids())
         if len(nodes) >= minimum or time.monotonic() > deadline:
-            return nodes
+            break
         time.sleep(CONNECT_POLL_SECONDS)
+    while time.monotonic() <= deadline:
+        time.sleep(NODE_SETTLE_SECONDS)
+        latest = sorted(grid.get_node_ids())
+        if len(latest) <= len(nodes):
+            return latest
+        nodes = latest
+    return nodes
 
 
 def _answer_of(reply: Message) -> PreflightAnswer:

@@ -9,6 +9,7 @@ from flwr.app import ConfigRecord, Error, Message, RecordDict
 
 from fedcare.common.config import RunConfig
 from fedcare.common.preflight import ANSWER_RECORD, PREFLIGHT_MESSAGE, PreflightAnswer
+from fedcare.server import preflight as server_preflight
 from fedcare.server.preflight import RunRefused, SiteGrid, run_preflight
 
 
@@ -51,6 +52,31 @@ def _accept(site: str) -> Any:
 
 
 CONFIG = RunConfig.from_mapping({"min-sites": 1, "round-timeout": 5.0})
+
+
+class GrowingGrid(FakeGrid):
+    """Nodes still being registered: each read of the node list shows the next of
+    ``steps`` (the last one stays)."""
+
+    def __init__(self, steps: list[list[int]]) -> None:
+        super().__init__(steps[0], {n: _accept(f"site-{n}") for n in steps[-1]})
+        self.steps = steps
+
+    def get_node_ids(self) -> list[int]:
+        nodes = self.steps.pop(0) if len(self.steps) > 1 else self.steps[0]
+        return list(nodes)
+
+
+def test_preflight_waits_until_the_node_list_stops_growing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Arrange: min-sites 1 is met at the first read, while nodes 3..5 still register
+    monkeypatch.setattr(server_preflight, "NODE_SETTLE_SECONDS", 0.0)
+    grid = GrowingGrid([[1, 2], [1, 2, 3], [1, 2, 3, 4, 5]])
+    # Act
+    result = run_preflight(grid, CONFIG, run_name="r", ledger_run_id="r", rounds=1)
+    # Assert: every node got the question and answered
+    assert sorted(m.metadata.dst_node_id for m in grid.sent) == [1, 2, 3, 4, 5]
+    assert sorted(result.answers) == [1, 2, 3, 4, 5] and result.silent == []
 
 
 def test_accepting_refusing_erring_and_silent_sites_are_told_apart() -> None:
