@@ -385,23 +385,17 @@ def get_trainer(*, input_dim: int, hidden_units: tuple[int, ...], local_optimize
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve of 0/1 ``labels`` (both present) and ``scores``: the same
-    steps and float operations as scikit-learn's ``roc_auc_score`` (thresholds at the
-    distinct scores, collinear points dropped, trapezoids), so the same figure to the
-    last bit (tested), without importing scikit-learn (~21 MB a site process)."""
+    """Area under the ROC curve of 0/1 ``labels`` (both present) and ``scores``: the
+    hospital report's ROC curve (:func:`fedcare.hospital.validation_report.roc_points`,
+    the same points as scikit-learn's ``roc_curve``) integrated by trapezoids as
+    scikit-learn's ``roc_auc_score`` does, so the same figure to the last bit (tested),
+    without importing scikit-learn (~21 MB a site process)."""
     from scipy.integrate import trapezoid  # scipy is loaded already (dp-accounting)
 
-    positive = (np.asarray(labels) == 1).astype(np.float64)
-    scores = np.asarray(scores)
-    order = np.argsort(scores, kind="stable")[::-1]
-    ranked = scores[order]
-    ends = np.concatenate([np.nonzero(np.diff(ranked))[0], [len(ranked) - 1]])
-    tps = np.cumsum(positive[order], dtype=np.float64)[ends]
-    fps = 1 + ends.astype(np.float64) - tps
-    if len(fps) > 2:
-        corners = np.where(np.concatenate([
-            [True], np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), [True]]))[0]
-        fps, tps = fps[corners], tps[corners]
-    tps = np.concatenate([[0.0], tps])
-    fps = np.concatenate([[0.0], fps])
-    return float(trapezoid(tps / tps[-1], fps / fps[-1]))
+    from fedcare.hospital.validation_report import roc_points
+
+    curve = roc_points(labels, scores)
+    if curve is None:
+        raise ValueError("roc_auc: labels must hold both classes; got one")
+    fpr, tpr, _ = curve
+    return float(trapezoid(tpr, fpr))
