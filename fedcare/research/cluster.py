@@ -121,10 +121,14 @@ class EngineConfig:
         ``address="local"`` keeps a stray ``RAY_ADDRESS`` in the environment from
         silently sending a run that asked for nothing to somebody's cluster.
         """
-        common: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False,
-                                  "runtime_env": {"env_vars": worker_env()}}
+        common: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
         if self.on_cluster:
-            return {"address": self.ray_address, **common}
+            return {"address": self.ray_address, **common,
+                    "runtime_env": {"env_vars": worker_env()}}
+        # A private Ray's daemons start from this process's environment, and their workers
+        # inherit it: :meth:`EngineSession.start` sets :func:`worker_env` around
+        # ``ray.init``. No runtime_env, so Ray's prestarted workers serve the sites (with
+        # one, Ray starts fresh workers for them: ~1.5 s a session).
         return {"address": "local", "num_cpus": self.workers or local_workers(),
                 "include_dashboard": False, **common}
 
@@ -152,6 +156,22 @@ def worker_env() -> dict[str, str]:
             # Flower's own runtime_env: the driver's import path, so workers import the
             # same fedcare (on a cluster: installed at the same path on every node).
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment inside the block (for the processes it
+    starts), the environment as it was after it."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @dataclass
@@ -183,7 +203,9 @@ class EngineSession:
             logger.info("engine: %s", f"attaching to the Ray cluster at "
                         f"{self.config.ray_address}" if self.config.on_cluster
                         else "starting a private local Ray")
-            ray.init(**self.config.ray_init_args())
+            with contextlib.nullcontext() if self.config.on_cluster else \
+                    environment(worker_env()):
+                ray.init(**self.config.ray_init_args())
             self.started_ray = True
         self.pool = EnginePool()
 

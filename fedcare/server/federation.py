@@ -37,6 +37,7 @@ from fedcare.server.report import (
     RunRecorder,
     format_global,
     format_site_table,
+    prefetch_plotting,
     summarize_evaluation,
     write_report,
 )
@@ -164,6 +165,7 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
     recorder.site_of_node.update({n: a.site for n, a in preflight.answers.items()})
     if len(preflight.accepted_nodes) < config.min_sites:
         refuse_run(run_dir, recorder, preflight, config.min_sites)
+    prefetch_plotting()  # for the report's plots, while the rounds run
     grid = SiteGrid(grid, preflight.accepted_nodes, poller, min_online=config.min_sites,
                     wait_limit=config.round_timeout)
     checkpoints = CheckpointWriter(run_dir, input_dim=len(features),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -303,11 +304,30 @@ def epsilon_band(rounds: list[dict[str, Any]]) -> tuple[list[int], list[float], 
     return xs, low, high
 
 
-def plot_report(run_dir: Path, report: Mapping[str, Any]) -> None:
-    """Global accuracy/AUC by round, and each site's lifetime epsilon by round."""
+def _import_plotting() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+
+def _prefetch() -> None:
+    try:
+        _import_plotting()
+    except Exception:  # plot_report imports it again and reports what is wrong
+        logger.debug("report: matplotlib prefetch failed", exc_info=True)
+
+
+def prefetch_plotting() -> None:
+    """Import matplotlib in a background thread while the rounds run: importing it takes
+    ~1 s of CPU, which otherwise lies between the last round and the report.
+    :func:`plot_report`'s own import waits for this one (Python's import lock)."""
+    threading.Thread(target=_prefetch, name="fedcare-plot-import", daemon=True).start()
+
+
+def plot_report(run_dir: Path, report: Mapping[str, Any]) -> None:
+    """Global accuracy/AUC by round, and each site's lifetime epsilon by round."""
+    _import_plotting()
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 

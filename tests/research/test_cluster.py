@@ -21,6 +21,7 @@ from fedcare.common.errors import ConfigError
 from fedcare.research.cluster import (
     RAY_ADDRESS_ENV,
     EngineConfig,
+    EngineSession,
     add_engine_flags,
     engine_from_args,
     engine_session,
@@ -54,10 +55,37 @@ def test_cluster_engine_attaches_without_claiming_cpus() -> None:
     assert config.backend_config()["client_resources"] == {"num_cpus": 2.0, "num_gpus": 0.5}
 
 
-def test_site_workers_get_the_simulation_flag_and_quiet_tensorflow() -> None:
-    env = EngineConfig().ray_init_args()["runtime_env"]["env_vars"]
+def test_cluster_site_workers_get_the_simulation_flag_and_quiet_tensorflow() -> None:
+    config = EngineConfig.from_settings({"ray-address": "10.0.0.9:6379"}, env={})
+    env = config.ray_init_args()["runtime_env"]["env_vars"]
     assert env["FEDCARE_SIMULATION"] == "1"
     assert env["TF_CPP_MIN_LOG_LEVEL"] == "3"
+
+
+def test_a_private_ray_starts_in_the_workers_environment_without_a_runtime_env(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    monkeypatch.delenv("FEDCARE_SIMULATION", raising=False)
+    seen: dict[str, object] = {}
+
+    def fake_init(**kwargs: object) -> None:
+        seen.update(kwargs=kwargs, simulation=os.environ.get("FEDCARE_SIMULATION"),
+                    pythonpath=os.environ.get("PYTHONPATH"))
+        raise _Stop
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    with pytest.raises(_Stop):
+        EngineSession(EngineConfig()).start()
+    assert "runtime_env" not in seen["kwargs"]  # type: ignore[operator]
+    assert seen["simulation"] == "1"
+    assert str(seen["pythonpath"]).split(os.pathsep) == [p for p in sys.path if p]
+    assert "FEDCARE_SIMULATION" not in os.environ  # only for the daemons Ray starts
+
+
+class _Stop(Exception):
+    """Ends the test at ray.init."""
 
 
 def test_flag_beats_set_beats_environment() -> None:

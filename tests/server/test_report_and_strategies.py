@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import (
 )
 
 from fedcare.common.config import STRATEGIES, RunConfig
+from fedcare.server import report as report_module
 from fedcare.server.report import (
     MAX_SITE_LINES,
     PLOT_EPSILON,
@@ -166,3 +167,16 @@ def test_plot_of_many_sites_is_written_without_a_line_per_site(tmp_path: Path) -
     plot_report(tmp_path, report)
 
     assert (tmp_path / PLOT_EPSILON).stat().st_size > 0
+
+
+def test_a_failed_plotting_prefetch_is_left_to_the_report(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    def broken() -> None:
+        raise ImportError("no matplotlib here")
+
+    monkeypatch.setattr(report_module, "_import_plotting", broken)
+
+    report_module._prefetch()  # logs at debug level; nothing raised in the thread
+
+    with pytest.raises(ImportError, match="no matplotlib"):
+        report_module.plot_report(Path("unused"), {})
