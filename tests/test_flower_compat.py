@@ -285,6 +285,7 @@ def _loaded_after(code: str) -> dict[str, bool]:
     probe = (f"{code}\nimport importlib.util, json, sys\n"
              "print(json.dumps({'tensorflow': sys.modules.get('tensorflow') is not None, "
              "'ray': sys.modules.get('ray') is not None, "
+             "'pandas': 'pandas' in sys.modules, 'scipy': 'scipy' in sys.modules, "
              "'tensorflow-importable': importlib.util.find_spec('tensorflow') is not None}))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True, timeout=120)
@@ -296,8 +297,11 @@ def test_the_serverapp_process_loads_neither_tensorflow_nor_ray() -> None:
     loaded = _loaded_after(f"{flower_compat.SERVERAPP_IMPORTS}\n"
                            "import fedcare.server.app, fedcare.server.federation")
 
-    # Assert: neither is loaded, and TensorFlow is not blocked for a ServerApp needing it
-    assert loaded == {"tensorflow": False, "ray": False, "tensorflow-importable": True}
+    # Assert: none is loaded (pandas: the data loaders; SciPy: dp-accounting, which only
+    # site-level DP needs at the server), and TensorFlow is not blocked for a ServerApp
+    # needing it
+    assert loaded == {"tensorflow": False, "ray": False, "pandas": False, "scipy": False,
+                      "tensorflow-importable": True}
 
 
 def test_the_serverapp_bootstrap_hands_its_arguments_to_flowers_serverapp() -> None:

@@ -16,7 +16,6 @@ from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING, Any
 
 from fedcare.common.runid import run_of
-from fedcare.privacy.accounting import compose_epsilon
 from fedcare.privacy.config import ACCOUNTANTS, DEFAULT_ACCOUNTANT, UPPER_BOUND_ACCOUNTANT
 
 if TYPE_CHECKING:
@@ -204,6 +203,10 @@ def statement_from_entries(
     Raises:
         ValueError: no entries (nothing trained yet: there is no guarantee to state).
     """
+    # dp-accounting (and with it SciPy) is imported by what composes, not by what only
+    # formats statements (the ServerApp; ~45 MB a process)
+    from fedcare.privacy.accounting import compose_epsilon
+
     entries = tuple(entries)
     if not entries:
         raise ValueError("statement_from_entries: entries must not be empty; got none")

@@ -15,7 +15,7 @@ from fedcare import __version__
 from fedcare.common.config import RunConfig
 from fedcare.common.errors import ConfigError
 from fedcare.common.mlp import initial_weights
-from fedcare.data.datasets import schema_for
+from fedcare.data.schemas import schema_for
 from fedcare.flower_compat import deployment_poller
 from fedcare.server.checkpoint import CheckpointWriter
 from fedcare.server.personalisation import (

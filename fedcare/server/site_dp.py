@@ -36,7 +36,6 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
-from fedcare.privacy import RoundSpend, compose_epsilon
 from fedcare.privacy.config import DEFAULT_ACCOUNTANT
 
 logger = logging.getLogger(__name__)
@@ -56,6 +55,8 @@ def clip_update(sent: list[np.ndarray], base: list[np.ndarray], clip_norm: float
 def site_level_epsilon(*, rounds: int, noise_multiplier: float, delta: float,
                        accountant: str = DEFAULT_ACCOUNTANT) -> float:
     """Whole-run site-level epsilon after ``rounds`` aggregated rounds."""
+    from fedcare.privacy.accounting import RoundSpend, compose_epsilon  # with SciPy: on use
+
     if rounds == 0:
         return 0.0
     return compose_epsilon([RoundSpend(sampling_rate=1.0, noise_multiplier=noise_multiplier,

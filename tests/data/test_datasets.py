@@ -255,3 +255,15 @@ def test_a_process_reads_and_partitions_the_pool_once_for_all_its_sites(
     assert reads == ["breast-cancer"]
     assert sum(len(s.y_train) + len(s.y_test) for s in sites) == 569  # still disjoint, complete
     datasets._pooled_parts.cache_clear()
+
+
+def test_the_loaders_use_the_pandas_free_schemas_and_unknown_names_are_refused() -> None:
+    from fedcare.data import schemas
+    from fedcare.data.datasets import breast_cancer, heart_disease, synthetic
+
+    assert schema_for("breast-cancer") is schemas.schema_for("breast-cancer") is \
+        breast_cancer.SCHEMA
+    assert schemas.schema_for("heart-disease") is heart_disease.SCHEMA
+    assert schemas.schema_for("synthetic") is synthetic.SCHEMA
+    with pytest.raises(ValueError, match=r"dataset must be one of .*; got 'mnist'"):
+        schemas.schema_for("mnist")

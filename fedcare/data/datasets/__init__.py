@@ -17,6 +17,7 @@ import pandas as pd
 
 from fedcare.common.config import DATASETS, PARTITIONINGS
 from fedcare.common.errors import ConfigError, DataValidationError
+from fedcare.data import schemas
 from fedcare.data.datasets import breast_cancer, heart_disease, synthetic
 from fedcare.data.partition import dirichlet_partition, iid_partition
 from fedcare.data.preprocess import Preprocessor
@@ -47,14 +48,8 @@ class SiteData:
 
 
 def schema_for(dataset: str) -> TabularSchema:
-    """The schema of a named dataset."""
-    if dataset == "breast-cancer":
-        return breast_cancer.SCHEMA
-    if dataset == "heart-disease":
-        return heart_disease.SCHEMA
-    if dataset == synthetic.NAME:
-        return synthetic.SCHEMA
-    raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+    """The schema of a named dataset (:func:`fedcare.data.schemas.schema_for`)."""
+    return schemas.schema_for(dataset)
 
 
 def prepare_site(

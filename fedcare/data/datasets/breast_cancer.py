@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedcare.data.schema import Column, TabularSchema
+from fedcare.data.schemas import BREAST_CANCER
 from fedcare.data.validate import SiteTable, validate_frame
 
 NAME = "breast-cancer"
@@ -27,49 +27,7 @@ SOURCE = "scikit-learn load_breast_cancer (bundled copy)"
 NUM_ROWS = 569
 NUM_MALIGNANT = 212
 
-# (name, maximum): maximum = 10 x the data set's largest value, rounded up.
-_FEATURES: tuple[tuple[str, float], ...] = (
-    ("mean_radius", 300),
-    ("mean_texture", 400),
-    ("mean_perimeter", 2000),
-    ("mean_area", 30000),
-    ("mean_smoothness", 2),
-    ("mean_compactness", 4),
-    ("mean_concavity", 5),
-    ("mean_concave_points", 3),
-    ("mean_symmetry", 4),
-    ("mean_fractal_dimension", 1),
-    ("radius_error", 30),
-    ("texture_error", 50),
-    ("perimeter_error", 300),
-    ("area_error", 6000),
-    ("smoothness_error", 0.4),
-    ("compactness_error", 2),
-    ("concavity_error", 4),
-    ("concave_points_error", 0.6),
-    ("symmetry_error", 0.8),
-    ("fractal_dimension_error", 0.3),
-    ("worst_radius", 400),
-    ("worst_texture", 500),
-    ("worst_perimeter", 3000),
-    ("worst_area", 50000),
-    ("worst_smoothness", 3),
-    ("worst_compactness", 20),
-    ("worst_concavity", 20),
-    ("worst_concave_points", 3),
-    ("worst_symmetry", 7),
-    ("worst_fractal_dimension", 3),
-)
-
-SCHEMA = TabularSchema(
-    name=NAME,
-    features=tuple(
-        Column(name=name, kind="numeric", minimum=0, maximum=maximum)
-        for name, maximum in _FEATURES
-    ),
-    label=Column(name=LABEL, kind="binary"),
-    label_threshold=None,
-)
+SCHEMA = BREAST_CANCER
 
 
 def csv_name(sklearn_name: str) -> str:

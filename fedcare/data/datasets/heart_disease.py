@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fedcare.data.schema import Column, TabularSchema
+from fedcare.data.schemas import HEART_DISEASE
 from fedcare.data.validate import SiteTable, load_site_csv
 
 NAME = "heart-disease"
@@ -30,28 +30,7 @@ DEFAULT_DATA_DIR = "../shared/data/heart-disease"
 DATA_DIR_ENV = "FEDCARE_HEART_DATA"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
-SCHEMA = TabularSchema(
-    name=NAME,
-    features=(
-        Column(name="age", kind="numeric", minimum=0, maximum=120, optional=True,
-               clinical_range=(1, 110)),
-        Column(name="sex", kind="binary", optional=True),
-        Column(name="cp", kind="categorical", categories=(1, 2, 3, 4), optional=True),
-        Column(name="trestbps", kind="numeric", minimum=0, maximum=300, optional=True,
-               clinical_range=(50, 250)),
-        Column(name="chol", kind="numeric", minimum=0, maximum=1000, optional=True,
-               clinical_range=(70, 700), zero_means_not_measured=True),
-        Column(name="fbs", kind="binary", optional=True),
-        Column(name="restecg", kind="categorical", categories=(0, 1, 2), optional=True),
-        Column(name="thalach", kind="numeric", minimum=0, maximum=250, optional=True,
-               clinical_range=(40, 230)),
-        Column(name="exang", kind="binary", optional=True),
-        Column(name="oldpeak", kind="numeric", minimum=-10, maximum=10, optional=True),
-    ),
-    label=Column(name="num", kind="numeric", minimum=0, maximum=4),
-    label_threshold=0,
-    ignored_columns=("slope", "ca", "thal"),
-)
+SCHEMA = HEART_DISEASE
 
 # The protocol's published counts: rows kept and rows with num > 0.
 EXPECTED_ROWS: dict[str, tuple[int, int]] = {

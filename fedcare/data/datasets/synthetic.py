@@ -27,7 +27,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fedcare.data.schema import Column, TabularSchema
+from fedcare.data.schemas import (
+    SYNTHETIC,
+    SYNTHETIC_BINARY,
+    SYNTHETIC_CATEGORICAL,
+    SYNTHETIC_NUMERIC,
+)
 from fedcare.data.validate import LoadReport, SiteTable
 
 NAME = "synthetic"
@@ -44,30 +49,7 @@ binned columns keep a little less."""
 _MIN_SHARE = 0.02
 """A dirichlet site keeps at least this share of each class (so a split can stratify)."""
 
-# (column, minimum, maximum, centre, spread, sign of the score's shift for outcome 1)
-_NUMERIC: tuple[tuple[str, float, float, float, float, float], ...] = (
-    ("age", 0, 120, 55, 9, 1),
-    ("trestbps", 0, 300, 132, 18, 1),
-    ("chol", 0, 1000, 240, 50, 1),
-    ("thalach", 0, 250, 138, 23, -1),
-    ("oldpeak", -10, 10, 1.0, 1.1, 1),
-)
-_BINARY: tuple[tuple[str, float], ...] = (("sex", 1), ("fbs", 1), ("exang", 1))
-_CATEGORICAL: tuple[tuple[str, tuple[float, ...], float], ...] = (
-    ("cp", (1, 2, 3, 4), 1), ("restecg", (0, 1, 2), 1))
-
-SCHEMA = TabularSchema(
-    name=NAME,
-    features=(
-        *(Column(name=name, kind="numeric", minimum=low, maximum=high)
-          for name, low, high, *_ in _NUMERIC),
-        *(Column(name=name, kind="binary") for name, _ in _BINARY),
-        *(Column(name=name, kind="categorical", categories=cats)
-          for name, cats, _ in _CATEGORICAL),
-    ),
-    label=Column(name=LABEL, kind="binary"),
-    label_threshold=None,
-)
+SCHEMA = SYNTHETIC
 
 
 def site_positive_share(*, partition_id: int, partitioning: str, dirichlet_alpha: float,
@@ -89,17 +71,17 @@ def site_table(*, partition_id: int, partitioning: str, dirichlet_alpha: float,
     positives = max(1, min(rows - 1, round(share * rows)))  # both classes, for the split
     labels = np.zeros(rows, dtype=np.int64)
     labels[rng.permutation(rows)[:positives]] = 1
-    signs = np.array([s for *_, s in _NUMERIC] + [s for _, s in _BINARY] +
-                     [s for *_, s in _CATEGORICAL])
+    signs = np.array([s for *_, s in SYNTHETIC_NUMERIC] + [s for _, s in SYNTHETIC_BINARY] +
+                     [s for *_, s in SYNTHETIC_CATEGORICAL])
     scores = rng.standard_normal((rows, len(signs))) + SIGNAL * signs * labels[:, None]
     columns: dict[str, np.ndarray] = {}
-    for j, (name, low, high, centre, spread, _) in enumerate(_NUMERIC):
+    for j, (name, low, high, centre, spread, _) in enumerate(SYNTHETIC_NUMERIC):
         columns[name] = np.clip(np.round(centre + spread * scores[:, j], 1), low, high)
-    j = len(_NUMERIC)
-    for name, _ in _BINARY:
+    j = len(SYNTHETIC_NUMERIC)
+    for name, _ in SYNTHETIC_BINARY:
         columns[name] = (scores[:, j] > 0).astype(np.float64)
         j += 1
-    for name, cats, _ in _CATEGORICAL:
+    for name, cats, _ in SYNTHETIC_CATEGORICAL:
         # Equal-probability bins of a standard normal score (the outcome shifts the mix).
         edges = _normal_quantiles(len(cats))
         columns[name] = np.asarray(cats, dtype=np.float64)[np.searchsorted(edges,
