@@ -55,11 +55,14 @@ def _push_request(reply_to: str) -> Any:
 def fixed_superlink(monkeypatch: pytest.MonkeyPatch) -> None:
     """:func:`flower_compat.fix_superlink` installed for one test, undone after it."""
     from flwr.server.superlink.fleet.message_handler import message_handler
+    from flwr.server.superlink.linkstate import LinkStateFactory
     from flwr.server.superlink.serverappio.serverappio_servicer import ServerAppIoServicer
+    from flwr.supercore.object_store import ObjectStoreFactory
 
     for owner, name in ((FleetServicer, "PushMessages"), (SqliteObjectStore, "preregister"),
                         (ServerAppIoServicer, "PushMessages"),
-                        (message_handler, "push_messages")):
+                        (message_handler, "push_messages"), (LinkStateFactory, "state"),
+                        (ObjectStoreFactory, "store")):
         monkeypatch.setattr(owner, name, getattr(owner, name))
     flower_compat.fix_superlink()
 
@@ -362,3 +365,30 @@ def test_a_message_whose_contents_never_came_is_skipped_with_a_warning(
     assert record.levelno == logging.WARNING and record.exc_info is None
     assert "skipped a message whose contents never arrived" in record.getMessage()
     assert abandoned.take({RUN_ID})
+
+
+def test_the_superlinks_sqlite_state_is_opened_once_per_thread(
+        fixed_superlink: None, tmp_path: Path) -> None:
+    import threading
+
+    from flwr.server.superlink.linkstate import LinkStateFactory
+    from flwr.supercore.object_store import ObjectStoreFactory
+
+    states = LinkStateFactory(str(tmp_path / "s.db"))
+    stores = ObjectStoreFactory(str(tmp_path / "s.db"))
+    here = (states.state(), stores.store())
+    node = here[0].create_node(owner_aid="a", public_key=b"k", heartbeat_interval=30)
+    seen: list[Any] = []
+
+    def other_thread() -> None:
+        state = states.state()
+        seen.extend([state, stores.store(),
+                     {info.node_id for info in state.get_node_info()}])
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    worker.join()
+
+    assert states.state() is here[0] and stores.store() is here[1]  # no new connection
+    assert seen[0] is not here[0] and seen[1] is not here[1]  # sqlite3: one per thread
+    assert node in seen[2]  # what one thread's connection wrote, another's reads
