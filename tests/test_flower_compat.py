@@ -317,6 +317,24 @@ def test_the_serverapp_bootstrap_hands_its_arguments_to_flowers_serverapp() -> N
     assert "--serverappio-api-address" in done.stdout
 
 
+_CERTS_SYNC = """
+import argparse
+from fedcare.cli import consortium
+from fedcare.deploy import launch
+def sync_sites(certs, control_address):
+    import flwr.server  # what the real one imports on its way to the SuperLink
+    return {"registered": [], "unregistered": [], "kept": []}
+launch.sync_sites = sync_sites
+consortium.cmd_certs_sync(argparse.Namespace(certs="certs", control_address="x:1"))
+"""
+
+
+def test_certs_sync_loads_neither_tensorflow_nor_ray() -> None:
+    loaded = _loaded_after(_CERTS_SYNC)
+
+    assert loaded["tensorflow"] is False and loaded["ray"] is False
+
+
 def test_a_site_process_does_not_load_ray() -> None:
     loaded = _loaded_after("from fedcare.flower_compat import block_ray, block_tensorflow\n"
                            "block_tensorflow(); block_ray()\n"

@@ -85,6 +85,11 @@ def cmd_certs_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_certs_sync(args: argparse.Namespace) -> int:
+    from fedcare.flower_compat import block_ray, block_tensorflow
+
+    # Flower's gRPC client would import both (~480 MB) for a call that trains nothing
+    block_tensorflow()
+    block_ray()
     done = launch.sync_sites(Path(args.certs), control_address=args.control_address)
     sys.stdout.write(f"registered: {', '.join(done['registered']) or 'none'}; unregistered "
                      f"node ids: {', '.join(done['unregistered']) or 'none'}; kept: "
