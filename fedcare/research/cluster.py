@@ -193,7 +193,7 @@ class EngineSession:
         """Start (or attach to) Ray, once per session, when the first run needs it."""
         import ray
 
-        from fedcare.flower_compat.simulation import EnginePool
+        from fedcare.flower_compat.simulation import EnginePool, gcs_first_try
 
         if self.pool is not None:
             return
@@ -203,6 +203,8 @@ class EngineSession:
             logger.info("engine: %s", f"attaching to the Ray cluster at "
                         f"{self.config.ray_address}" if self.config.on_cluster
                         else "starting a private local Ray")
+            if not self.config.on_cluster:
+                gcs_first_try()
             with contextlib.nullcontext() if self.config.on_cluster else \
                     environment(worker_env()):
                 ray.init(**self.config.ray_init_args())
