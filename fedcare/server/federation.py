@@ -18,6 +18,7 @@ from fedcare.common.mlp import initial_weights
 from fedcare.data.schemas import schema_for
 from fedcare.flower_compat import deployment_poller
 from fedcare.server.checkpoint import CheckpointWriter
+from fedcare.server.node_names import NodeNames
 from fedcare.server.personalisation import (
     apply_finetune_privacy,
     format_personalisation,
@@ -155,10 +156,14 @@ def run_federation(grid: Grid, config: RunConfig) -> dict[str, Any]:
 
     poller = deployment_poller(grid, config.server_poll_interval)
     registry = SiteRegistry.in_output_dir(config.output_dir)
+    node_names = NodeNames.in_output_dir(config.output_dir)
     preflight = run_preflight(grid, config, run_name=run_name,
                               ledger_run_id=attempt_run_id(run_name, attempt),
                               rounds=config.num_rounds - done, poller=poller,
-                              known_heads=registry.known_heads())
+                              known_heads=registry.known_heads(),
+                              node_history={node: known.label() for node, known
+                                            in node_names.known().items()})
+    node_names.remember(preflight.deployed_sites_by_node(), run=run_name)
     screen_history(preflight, registry, run_name=run_name,
                    accept_site_resets=config.accept_site_resets)
     recorder.preflight = preflight.to_report()

@@ -57,6 +57,8 @@ class Preflight:
     silent: list[int] = field(default_factory=list)
     excluded: dict[str, list[str]] = field(default_factory=dict)
     timeout: float | None = None  # round-timeout the answers were awaited for (seconds)
+    #: A silent node's history ("answered as SITE in run RUN"), when it answered before.
+    silent_history: dict[int, str] = field(default_factory=dict)
 
     @property
     def accepted_nodes(self) -> list[int]:
@@ -73,14 +75,27 @@ class Preflight:
         waited = ("" if self.timeout is None else
                   f" (round-timeout={self.timeout:g} s; a site calibrating its noise on a busy "
                   "host may need longer: raise round-timeout)")
-        out += [f"node {n}: no pre-flight answer before the timeout{waited}"
+        out += [f"{self.silent_label(n)}: no pre-flight answer before the timeout{waited}"
                 for n in self.silent]
         return out
+
+    def silent_label(self, node: int) -> str:
+        """``node N``, with the site it answered as before when that is known."""
+        history = self.silent_history.get(node)
+        return f"node {node}" + (f" ({history})" if history else "")
 
     def to_report(self) -> dict[str, Any]:
         return {"sites": {a.site: {**a.to_record(), "excluded": self.excluded.get(a.site, [])}
                           for a in self.answers.values()},
-                "accepted": self.sites(), "silent-nodes": list(self.silent)}
+                "accepted": self.sites(), "silent-nodes": list(self.silent),
+                "silent-node-history": {str(n): h for n, h in sorted(self.silent_history.items())
+                                        if n in self.silent}}
+
+    def deployed_sites_by_node(self) -> dict[int, str]:
+        """Each deployed site's node id, from this pre-flight's answers (unique names only:
+        a name two nodes claimed was replaced by a ``(node N)`` label)."""
+        return {node: answer.site for node, answer in self.answers.items()
+                if answer.kind == KIND_DEPLOYED and "(node " not in answer.site}
 
 
 def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
@@ -154,9 +169,11 @@ def remember_outcome(preflight: Preflight, registry: SiteRegistry,
 
 def run_preflight(grid: Grid, config: RunConfig, *, run_name: str, ledger_run_id: str,
                   rounds: int, poller: ReplyPoller | None = None,
-                  known_heads: Mapping[str, str] | None = None) -> Preflight:
+                  known_heads: Mapping[str, str] | None = None,
+                  node_history: Mapping[int, str] | None = None) -> Preflight:
     """Send the pre-flight question to every connected site and read the answers
-    (``known_heads``: site -> "length:head" of the audit chain the server last saw)."""
+    (``known_heads``: site -> "length:head" of the audit chain the server last saw;
+    ``node_history``: node id -> what it answered as before, to label a silent node)."""
     nodes = _wait_for_nodes(grid, config.min_sites, config.round_timeout)
     request = ConfigRecord({"run-name": run_name, "ledger-run-id": ledger_run_id,
                             "rounds-planned": int(rounds)})
@@ -171,6 +188,8 @@ def run_preflight(grid: Grid, config: RunConfig, *, run_name: str, ledger_run_id
     for reply in replies:
         result.answers[reply.metadata.src_node_id] = _answer_of(reply)
     result.silent = sorted(set(nodes) - set(result.answers))
+    result.silent_history = {n: node_history[n] for n in result.silent
+                             if node_history and n in node_history}
     names = [a.site for a in result.answers.values()]
     for node, answer in list(result.answers.items()):
         if names.count(answer.site) > 1:  # two nodes claim one site: neither trains

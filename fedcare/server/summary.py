@@ -83,8 +83,10 @@ def refusal_lines(report: Mapping[str, Any]) -> list[str]:
         reasons.setdefault(site, []).extend(f"excluded by the server: {why}"
                                             for why in answer.get("excluded", []))
     timeout = report.get("config", {}).get("round-timeout")
+    history = preflight.get("silent-node-history", {})
     for node in preflight.get("silent-nodes", []):
-        reasons[f"node {node}"] = [f"no pre-flight answer within round-timeout={timeout} s"]
+        label = f"node {node}" + (f" ({history[str(node)]})" if str(node) in history else "")
+        reasons[label] = [f"no pre-flight answer within round-timeout={timeout} s"]
     for site, why in (report.get("refusals") or {}).items():
         reasons.setdefault(site, []).extend(why)
     verdict = report.get("refusal-reason") or "no site trained"
