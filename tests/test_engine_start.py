@@ -28,12 +28,13 @@ def test_the_wait_gives_up_when_the_process_ended_or_after_its_limit() -> None:
     assert not simulation._wait_for_port("127.0.0.1", port, alive=lambda: True, limit=0.1)
 
 
-def test_the_gcs_wait_is_installed_once() -> None:
+def test_the_gcs_wait_changes_ray_inside_its_block_only() -> None:
     from ray._private.node import Node
 
-    simulation.gcs_first_try()
-    installed = Node.start_gcs_server
-    simulation.gcs_first_try()
+    shipped = Node.start_gcs_server
 
-    assert Node.start_gcs_server is installed
-    assert getattr(installed, "_fedcare_waits", False)
+    with simulation.gcs_first_try():
+        inside = Node.start_gcs_server
+
+    assert inside is not shipped
+    assert Node.start_gcs_server is shipped

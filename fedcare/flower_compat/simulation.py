@@ -49,21 +49,21 @@ GCS_PORT_WAIT_SECONDS = 30.0
 GCS_PORT_POLL_SECONDS = 0.02
 
 
-def gcs_first_try() -> None:
-    """Make a private Ray's head node find its GCS at the first try (this process).
+@contextmanager
+def gcs_first_try() -> Iterator[None]:
+    """Inside this block, a private Ray's head node finds its GCS at the first try.
 
     Ray 2.31's ``Node`` starts the GCS server process, then connects to it at once; the
     process is not listening yet, so that try fails and Ray sleeps 1 s before the next
     (``Node._init_gcs_client``): ~1-1.5 s of every local ``ray.init`` (4.7-6.5 s measured).
     After the process starts, this waits for its port (every 20 ms, at most 30 s or until
-    the process ends); Ray's own connection and its retries then run unchanged.
+    the process ends); Ray's own connection and its retries then run unchanged. Only this
+    block's ``ray.init`` is changed: Ray is as shipped before and after it.
     """
     from ray._private import ray_constants
     from ray._private.node import Node
 
     started = Node.start_gcs_server
-    if getattr(started, "_fedcare_waits", False):
-        return
 
     def start_gcs_server(node: Any) -> None:
         started(node)
@@ -71,8 +71,11 @@ def gcs_first_try() -> None:
         process = node.all_processes[ray_constants.PROCESS_TYPE_GCS_SERVER][0].process
         _wait_for_port(host, int(port), alive=lambda: process.poll() is None)
 
-    start_gcs_server._fedcare_waits = True  # type: ignore[attr-defined]
     Node.start_gcs_server = start_gcs_server  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Node.start_gcs_server = started  # type: ignore[method-assign]
 
 
 def _wait_for_port(host: str, port: int, *, alive: Callable[[], bool],

@@ -203,10 +203,10 @@ class EngineSession:
             logger.info("engine: %s", f"attaching to the Ray cluster at "
                         f"{self.config.ray_address}" if self.config.on_cluster
                         else "starting a private local Ray")
-            if not self.config.on_cluster:
-                gcs_first_try()
-            with contextlib.nullcontext() if self.config.on_cluster else \
-                    environment(worker_env()):
+            with contextlib.ExitStack() as private:
+                if not self.config.on_cluster:  # the workers' environment; a quick GCS
+                    private.enter_context(environment(worker_env()))
+                    private.enter_context(gcs_first_try())
                 ray.init(**self.config.ray_init_args())
             self.started_ray = True
         self.pool = EnginePool()
