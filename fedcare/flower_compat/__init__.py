@@ -790,7 +790,6 @@ def _one_per_thread(create: Callable[[Any], Any]) -> Callable[[Any], Any]:
             found = cache[key] = create(factory)
         return found
 
-    kept.__wrapped__ = create  # type: ignore[attr-defined]
     return kept
 
 

@@ -29,6 +29,7 @@ from fedcare.common.preflight import (
 )
 from fedcare.flower_compat import ReplyPoller, reported_gone
 from fedcare.server.site_registry import SiteRegistry
+from fedcare.server.summary import silent_node_label
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class Preflight:
     silent: list[int] = field(default_factory=list)
     excluded: dict[str, list[str]] = field(default_factory=dict)
     timeout: float | None = None  # round-timeout the answers were awaited for (seconds)
-    #: A silent node's history ("answered as SITE in run RUN"), when it answered before.
+    #: Each silent node's history ("answered as SITE in run RUN"), when it answered before.
     silent_history: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -75,21 +76,15 @@ class Preflight:
         waited = ("" if self.timeout is None else
                   f" (round-timeout={self.timeout:g} s; a site calibrating its noise on a busy "
                   "host may need longer: raise round-timeout)")
-        out += [f"{self.silent_label(n)}: no pre-flight answer before the timeout{waited}"
-                for n in self.silent]
+        out += [f"{silent_node_label(n, self.silent_history.get(n))}: no pre-flight answer "
+                f"before the timeout{waited}" for n in self.silent]
         return out
-
-    def silent_label(self, node: int) -> str:
-        """``node N``, with the site it answered as before when that is known."""
-        history = self.silent_history.get(node)
-        return f"node {node}" + (f" ({history})" if history else "")
 
     def to_report(self) -> dict[str, Any]:
         return {"sites": {a.site: {**a.to_record(), "excluded": self.excluded.get(a.site, [])}
                           for a in self.answers.values()},
                 "accepted": self.sites(), "silent-nodes": list(self.silent),
-                "silent-node-history": {str(n): h for n, h in sorted(self.silent_history.items())
-                                        if n in self.silent}}
+                "silent-node-history": {str(n): h for n, h in sorted(self.silent_history.items())}}
 
     def deployed_sites_by_node(self) -> dict[int, str]:
         """Each deployed site's node id, from this pre-flight's answers (unique names only:

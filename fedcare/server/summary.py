@@ -70,6 +70,11 @@ def site_lines(report: Mapping[str, Any]) -> list[SiteLine]:
             for name in names]
 
 
+def silent_node_label(node: int, history: str | None) -> str:
+    """``node N``, with the site it answered as before (``history``) when that is known."""
+    return f"node {node}" + (f" ({history})" if history else "")
+
+
 def refusal_lines(report: Mapping[str, Any]) -> list[str]:
     """For a refused run: the verdict, then every reason of every site that refused, was
     excluded or did not answer in pre-flight, or refused or failed in the rounds."""
@@ -85,8 +90,8 @@ def refusal_lines(report: Mapping[str, Any]) -> list[str]:
     timeout = report.get("config", {}).get("round-timeout")
     history = preflight.get("silent-node-history", {})
     for node in preflight.get("silent-nodes", []):
-        label = f"node {node}" + (f" ({history[str(node)]})" if str(node) in history else "")
-        reasons[label] = [f"no pre-flight answer within round-timeout={timeout} s"]
+        reasons[silent_node_label(node, history.get(str(node)))] = [
+            f"no pre-flight answer within round-timeout={timeout} s"]
     for site, why in (report.get("refusals") or {}).items():
         reasons.setdefault(site, []).extend(why)
     verdict = report.get("refusal-reason") or "no site trained"
