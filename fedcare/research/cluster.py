@@ -193,7 +193,11 @@ class EngineSession:
         """Start (or attach to) Ray, once per session, when the first run needs it."""
         import ray
 
-        from fedcare.flower_compat.simulation import EnginePool, gcs_first_try
+        from fedcare.flower_compat.simulation import (
+            EnginePool,
+            gcs_first_try,
+            lean_private_ray,
+        )
 
         if self.pool is not None:
             return
@@ -204,9 +208,10 @@ class EngineSession:
                         f"{self.config.ray_address}" if self.config.on_cluster
                         else "starting a private local Ray")
             with contextlib.ExitStack() as private:
-                if not self.config.on_cluster:  # the workers' environment; a quick GCS
-                    private.enter_context(environment(worker_env()))
+                if not self.config.on_cluster:  # the workers' environment; a quick GCS;
+                    private.enter_context(environment(worker_env()))  # no unused daemons
                     private.enter_context(gcs_first_try())
+                    private.enter_context(lean_private_ray())
                 ray.init(**self.config.ray_init_args())
             self.started_ray = True
         self.pool = EnginePool()
