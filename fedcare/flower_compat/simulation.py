@@ -112,8 +112,8 @@ def lean_private_ray() -> Iterator[None]:
     def start_api_server(node: Any, **_: Any) -> None:
         node._webui_url = None
 
-    Node.__init__ = __init__  # type: ignore[method-assign]
-    Node.start_api_server = start_api_server  # type: ignore[method-assign]
+    Node.__init__ = __init__  # type: ignore[method-assign,assignment]
+    Node.start_api_server = start_api_server  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
