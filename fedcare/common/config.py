@@ -18,9 +18,11 @@ from typing import Any
 
 from fedcare.common.errors import ConfigError
 from fedcare.common.personalised import LOCAL_REFINEMENTS
+from fedcare.data.schemas import SCHEMAS
 from fedcare.privacy.config import DEFAULT_ACCOUNTANT, PrivacyConfig
 
-DATASETS: tuple[str, ...] = ("breast-cancer", "heart-disease", "synthetic")
+#: The named data sets: one per schema (``fedcare/data/schemas.py``), in its order.
+DATASETS: tuple[str, ...] = tuple(SCHEMAS)
 PARTITIONINGS: tuple[str, ...] = ("natural", "iid", "dirichlet")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum")
 DP_MODES = ("target-epsilon", "noise-multiplier", "off")

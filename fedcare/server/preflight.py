@@ -60,6 +60,8 @@ class Preflight:
     timeout: float | None = None  # round-timeout the answers were awaited for (seconds)
     #: Each silent node's history ("answered as SITE in run RUN"), when it answered before.
     silent_history: dict[int, str] = field(default_factory=dict)
+    #: Nodes that answered with a site name another node also gave (neither trains).
+    claimed_twice: set[int] = field(default_factory=set)
 
     @property
     def accepted_nodes(self) -> list[int]:
@@ -88,9 +90,9 @@ class Preflight:
 
     def deployed_sites_by_node(self) -> dict[int, str]:
         """Each deployed site's node id, from this pre-flight's answers (unique names only:
-        a name two nodes claimed was replaced by a ``(node N)`` label)."""
+        a name two nodes claimed belongs to neither)."""
         return {node: answer.site for node, answer in self.answers.items()
-                if answer.kind == KIND_DEPLOYED and "(node " not in answer.site}
+                if answer.kind == KIND_DEPLOYED and node not in self.claimed_twice}
 
 
 def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
@@ -188,6 +190,7 @@ def run_preflight(grid: Grid, config: RunConfig, *, run_name: str, ledger_run_id
     names = [a.site for a in result.answers.values()]
     for node, answer in list(result.answers.items()):
         if names.count(answer.site) > 1:  # two nodes claim one site: neither trains
+            result.claimed_twice.add(node)
             result.answers[node] = PreflightAnswer(
                 site=f"{answer.site} (node {node})", accepted=False,
                 reasons=(f"pre-flight: site name must be unique; got {answer.site!r} "

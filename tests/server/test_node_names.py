@@ -51,6 +51,15 @@ def test_preflight_labels_a_silent_node_with_its_history_only() -> None:
     assert result.deployed_sites_by_node() == {1: "alpha"}
 
 
+def test_a_site_name_two_nodes_claimed_is_remembered_for_neither() -> None:
+    grid = FakeGrid([1, 2, 3], {1: _accept("alpha"), 2: _accept("alpha"), 3: _accept("beta")})
+
+    result = run_preflight(grid, CONFIG, run_name="r", ledger_run_id="r", rounds=1)
+
+    assert result.claimed_twice == {1, 2}
+    assert result.deployed_sites_by_node() == {3: "beta"}
+
+
 def test_the_serverapp_names_a_silent_node_by_the_site_it_answered_as(tmp_path: Path) -> None:
     # Arrange: a first run in which both sites answer (and refuse)
     server_app.main(FakeGrid([5, 6], {5: _refuse("alpha"), 6: _refuse("beta")}),
