@@ -177,18 +177,42 @@ def _listening(address: str) -> bool:
 
 
 def cmd_supernode_status(args: argparse.Namespace) -> int:
-    """Health of this site for monitoring: its process answers on the local ClientAppIo
-    port, its policy loads, its ledger is readable; prints spend and budget left."""
+    """Health of this site for monitoring: the process its state folder records is alive
+    and answers on its local ClientAppIo port, its policy loads, its ledger is readable;
+    prints spend and budget left."""
     from fedcare.common.errors import FedcareError
+    from fedcare.deploy import site_process
     from fedcare.site.policy import load_policy, policy_path_for
 
     state = Path(args.state_dir)
     problems: list[str] = []
-    running = _listening(args.clientappio_address)
+    try:
+        record = site_process.read_record(state)
+    except FedcareError as err:
+        problems.append(str(err))
+        record = None
+    address = args.clientappio_address or (record.clientappio_address if record
+                                           else launch.CLIENTAPPIO_ADDRESS)
+    if record is None:  # a site started before the record existed, or none at all
+        running = _listening(address)
+        where = f"local port {address}; no {site_process.SITE_PROCESS_FILENAME} in {state}, " \
+                "so only the port was checked"
+        if not running:
+            problems.append("the site process does not answer")
+    else:
+        if record.site != args.site:
+            problems.append(f"{site_process.record_path(state)} is site {record.site!r}'s, "
+                            f"not {args.site!r}'s: check --site and --state-dir")
+        alive = site_process.process_alive(record.pid)
+        running = alive and _listening(address)
+        where = f"pid {record.pid}, local port {address}, started {record.started}"
+        if not alive:
+            problems.append(f"its process (pid {record.pid}) has ended without stopping "
+                            "cleanly")
+        elif not running:
+            problems.append(f"its process (pid {record.pid}) does not answer on {address}")
     sys.stdout.write(f"site {args.site}: {'running' if running else 'NOT RUNNING'} "
-                     f"(local port {args.clientappio_address})\n")
-    if not running:
-        problems.append("the site process does not answer")
+                     f"({where})\n")
     try:
         site_policy = load_policy(policy_path_for(state, Path(args.policy) if args.policy
                                                   else None))
@@ -221,7 +245,8 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         root_cert=Path(args.root_cert) if args.root_cert else certs / certs_mod.CA_CERT,
         private_key=(Path(args.private_key) if args.private_key
                      else certs_mod.site_key_path(certs, args.site)),
-        clientappio_address=args.clientappio_address, insecure=args.insecure,
+        clientappio_address=args.clientappio_address or launch.CLIENTAPPIO_ADDRESS,
+        insecure=args.insecure,
         strict=args.strict, poll_interval=args.poll_interval,
         max_connect_attempts=args.max_connect_attempts)
     try:
@@ -255,12 +280,18 @@ def cmd_supernode(args: argparse.Namespace) -> int:
     except probe.ConnectError as err:
         sys.stderr.write(f"{err}\nnot starting: the site could not reach its SuperLink\n")
         return EXIT_FAILED
+    from fedcare.deploy import site_process
+
+    site_process.write_record(plan.state_dir, site=plan.site,
+                              clientappio_address=plan.clientappio_address)
     try:
         launch.run_site(plan)
     except SystemExit as done:  # Flower's handler: a stop signal is a clean stop
         return EXIT_OK if done.code in (None, EXIT_OK) else EXIT_FAILED
     except Exception as err:
         logger.error("the SuperNode stopped: %s: %s", type(err).__name__, err)
+    finally:
+        site_process.remove_record(plan.state_dir)
     sys.stderr.write("the SuperNode gave up (refused, removed or unreachable: see the log "
                      "above); this site stopped\n")
     return EXIT_FAILED
@@ -310,7 +341,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                       help="folder with ca/ca.pem and sites/SITE/auth.key")
     node.add_argument("--root-cert", help="CA certificate (default CERTS/ca/ca.pem)")
     node.add_argument("--private-key", help="site key (default CERTS/sites/SITE/auth.key)")
-    node.add_argument("--clientappio-address", default=launch.CLIENTAPPIO_ADDRESS)
+    node.add_argument("--clientappio-address",
+                      help="the local port between the SuperNode and its ClientApp (default "
+                           f"{launch.CLIENTAPPIO_ADDRESS}; `status` reads the running site's "
+                           "from STATE_DIR/site-process.json)")
     node.add_argument("--poll-interval", type=_poll_interval, default=launch.POLL_INTERVAL,
                       help="seconds between polls of the SuperLink (default "
                            f"{launch.POLL_INTERVAL}; Flower's own: 3)")
