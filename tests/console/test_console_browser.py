@@ -122,9 +122,16 @@ def save(page: Any, tmp_path: Path, name: str, *, docs: bool = False) -> Path:
     return path
 
 
-def rounds_shown(page: Any) -> int:
-    text = page.text_content("#rounds-done")
-    return int(text) if text and text.strip().isdigit() else -1
+LIVE_STATE_JS = """() => [document.querySelector('#run-status')?.textContent ?? '',
+                         document.querySelector('#rounds-done')?.textContent ?? '']"""
+"""Status and rounds read in one script, so both come from the same refresh of the live
+fragment (two separate reads can straddle a refresh: the old rounds, the new status)."""
+
+
+def live_state(page: Any) -> tuple[str, int]:
+    status, rounds = page.evaluate(LIVE_STATE_JS)
+    rounds = rounds.strip()
+    return status.strip(), int(rounds) if rounds.isdigit() else -1
 
 
 def watch_until_finished(page: Any, live_run: LiveRun, tmp_path: Path) -> list[int]:
@@ -136,12 +143,12 @@ def watch_until_finished(page: Any, live_run: LiveRun, tmp_path: Path) -> list[i
     exited_at: float | None = None
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
-        shown = rounds_shown(page)
+        status, shown = live_state(page)
         if not seen or shown != seen[-1]:
             seen.append(shown)
             if 1 <= shown < ROUNDS and len([r for r in seen if r >= 1]) == 2:
                 save(page, tmp_path, "console-consortium-running.png")
-        if page.text_content("#run-status") == "finished":
+        if status == "finished":
             return seen
         if exited_at is None and live_run.simulation.proc.poll() is not None:
             exited_at = time.monotonic()
