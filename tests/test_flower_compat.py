@@ -304,6 +304,31 @@ def test_the_serverapp_process_loads_neither_tensorflow_nor_ray() -> None:
                       "tensorflow-importable": True}
 
 
+def test_flower_imported_without_tensorflow_leaves_tensorflow_importable() -> None:
+    # Act: a simulation driver's start, then the Flower modules that try TensorFlow
+    loaded = _loaded_after("from fedcare.flower_compat import import_flower_without_tensorflow\n"
+                           "import_flower_without_tensorflow()\n"
+                           "import sys, flwr.server.utils.tensorboard\n"
+                           "import flwr.simulation.ray_transport.utils as ray_utils\n"
+                           "board = sys.modules['flwr.server.utils.tensorboard']\n"
+                           "assert board.TF is None and ray_utils.TF is None, 'saw TF'")
+
+    # Assert: Flower loaded without it; a later `import tensorflow` is not blocked
+    assert loaded["tensorflow"] is False
+    assert loaded["tensorflow-importable"] is True
+
+
+def test_flower_imported_after_tensorflow_is_left_alone() -> None:
+    loaded = _loaded_after("import tensorflow\n"
+                           "from fedcare.flower_compat import import_flower_without_tensorflow\n"
+                           "import_flower_without_tensorflow()\n"
+                           "import sys, flwr.server.utils.tensorboard\n"
+                           "board = sys.modules['flwr.server.utils.tensorboard']\n"
+                           "assert board.TF is not None, 'TF hidden from Flower'")
+
+    assert loaded["tensorflow"] is True
+
+
 def test_the_serverapp_bootstrap_hands_its_arguments_to_flowers_serverapp() -> None:
     import subprocess
     import sys

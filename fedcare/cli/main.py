@@ -42,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_start_up()  # before anything imports TensorFlow
     args = build_parser().parse_args(argv)
     configure_logging(verbose=args.verbose, quiet=getattr(args, "quiet_terminal", False))
+    if getattr(args, "flower_without_tensorflow", False):
+        from fedcare.flower_compat import import_flower_without_tensorflow
+
+        import_flower_without_tensorflow()  # a driver: TensorFlow only where code needs it
     try:
         # one Ray session for all of a command's runs; its progress bars and log file
         with command_engine(args), command_output(args):

@@ -406,6 +406,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         add_engine_flags(simulating)  # --ray-address, --cpus-per-site, --gpus-per-site
     for research in (sim, bench, bpers, table, sweep, speed, scale):
         research.set_defaults(quiet_terminal=True)  # bars + answer; logs to files (-v: all)
+    for driver in (sim, bench, bpers, table, sweep, speed, scale, audit):
+        driver.set_defaults(flower_without_tensorflow=True)  # the sites train in workers
     from fedcare.research.heart_plan import add_parsers as add_plan_parsers
 
     add_plan_parsers(sub)  # plan, plan-tune (budget-aware settings, tuned on split 43)

@@ -30,6 +30,9 @@ DP_BACKENDS = ("bookkeeping", "tfp-fast-clipping")
 SAMPLINGS = ("poisson", "shuffle")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
 ATTACKS = ("sign-flip", "scale", "noise", "nan")
+#: Set (to "1") by fedcare's simulation runner in its process and workers: only then may a
+#: virtual site take malicious-sites / fail-sites (fedcare.site.faults).
+SIMULATION_ENV = "FEDCARE_SIMULATION"
 FAIL_MODES = ("crash", "hang")
 SECURE_AGGREGATIONS = ("none", "secaggplus")
 SECAGG_STRATEGIES = ("fedavg", "fedprox")  # the server sees only the sum: no robust rules

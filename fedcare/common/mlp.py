@@ -16,6 +16,11 @@ TensorFlow itself depends on):
   ``model.weights.h5``, which ``tf.keras.models.load_model`` reads like one Keras wrote
   (tested: same config, same weights, same predictions).
 
+Processes that only score rows with a finished model (the membership audit after a
+simulation) read that file back (:func:`read_keras_file`: JSON and HDF5 numbers, nothing
+executed) and compute the model's risk with numpy (:func:`predict`: Keras's predictions
+up to float32 rounding, tested).
+
 The site trains with :mod:`fedcare.common.model` (TensorFlow); both sides agree on the
 model through the tests, not through a shared import.
 """
@@ -34,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fedcare.common.errors import ModelMismatch
 
 #: The Keras release whose file format and initialiser this module reproduces.
 KERAS_VERSION = "2.15.0"
@@ -200,3 +207,59 @@ def write_keras_file(path: Path, weights: Sequence[np.ndarray], *, input_dim: in
         archive.writestr(_WEIGHTS, _weights_h5(weights))
     os.replace(tmp, path)
     return path
+
+
+def _layer_group(index: int) -> str:
+    """Where Keras 2.15's saving library puts Dense layer ``index``'s arrays."""
+    return f"layers/{'dense' if index == 0 else f'dense_{index}'}/vars"
+
+
+def read_keras_file(path: Path, *, input_dim: int, hidden_units: Sequence[int],
+                    seed: int) -> list[np.ndarray]:
+    """The weights of the ``.keras`` file at ``path``, which must hold this model with
+    these dimensions and seed (its ``config.json`` equal to :func:`keras_config`'s), as
+    :func:`write_keras_file` or Keras 2.15 writes it. Only JSON and HDF5 arrays are read.
+
+    Raises:
+        ModelMismatch: the file is not such a ``.keras`` file (unreadable, another
+            architecture, arrays missing or of other shapes); the message names the file.
+    """
+    import h5py
+
+    expected = keras_config(input_dim=input_dim, hidden_units=hidden_units, seed=seed)
+    wanted = f"the fedcare model with {input_dim} inputs and hidden units {list(hidden_units)}"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read(_CONFIG))
+            if config != expected:
+                raise ModelMismatch(f"{path}: must hold {wanted} (seed {seed}); got another "
+                                    "model in its config.json")
+            with h5py.File(io.BytesIO(archive.read(_WEIGHTS)), "r") as h5:
+                weights = [np.asarray(h5[f"{_layer_group(i)}/{k}"][()], dtype=np.float32)
+                           for i in range(len(hidden_units) + 1) for k in ("0", "1")]
+    except ModelMismatch:
+        raise
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise ModelMismatch(f"{path}: must be a .keras file of {wanted}; got a file that "
+                            f"cannot be read as one ({type(err).__name__}: {err})") from err
+    try:
+        check_shapes(input_dim, hidden_units, weights)
+    except ValueError as err:
+        raise ModelMismatch(f"{path}: {err}") from err
+    return weights
+
+
+def predict(weights: Sequence[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """The model's risk (probability of label 1) for each row, shape ``(n,)``, float32:
+    ReLU hidden layers and a sigmoid output, as ``model.predict(rows)[:, 0]`` computes it
+    up to float32 rounding (the order of the sums differs)."""
+    h = np.asarray(rows, dtype=np.float32)
+    layers = list(zip(weights[::2], weights[1::2], strict=True))
+    for kernel, bias in layers[:-1]:
+        h = np.maximum(h @ kernel + bias, np.float32(0.0))
+    kernel, bias = layers[-1]
+    logits = (h @ kernel + bias)[:, 0]
+    # exp(large) = inf gives 0 or 1, as it should; the branch np.where drops may be inf/inf
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(logits >= 0, np.float32(1.0) / (np.float32(1.0) + np.exp(-logits)),
+                        np.exp(logits) / (np.float32(1.0) + np.exp(logits))).astype(np.float32)

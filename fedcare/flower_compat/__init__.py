@@ -831,6 +831,30 @@ def block_tensorflow() -> None:
     _block(TENSORFLOW)
 
 
+def import_flower_without_tensorflow() -> None:
+    """Import Flower with TensorFlow kept out while Flower's modules load, then allowed.
+
+    Two Flower modules try to import TensorFlow when they load
+    (``flwr.server.utils.tensorboard``, ``flwr.simulation.ray_transport.utils``): ~420 MB
+    and seconds of CPU in a process that never trains, such as a simulation's driver (the
+    ServerApp, Ray's head, the report and the audit; the sites train in Ray's workers, which
+    import TensorFlow themselves). Afterwards ``import tensorflow`` works as usual for code
+    that needs it (a pooled baseline); only those two modules saw it absent, as in the
+    consortium's processes. Does nothing once Flower or TensorFlow is loaded."""
+    import importlib
+
+    if "flwr" in sys.modules or TENSORFLOW in sys.modules:
+        return
+    sys.modules[TENSORFLOW] = None  # type: ignore[assignment]
+    try:
+        for module in ("flwr", "flwr.server.utils.tensorboard",
+                       "flwr.simulation.ray_transport.utils"):
+            importlib.import_module(module)
+    finally:
+        if TENSORFLOW in sys.modules and sys.modules[TENSORFLOW] is None:
+            del sys.modules[TENSORFLOW]
+
+
 def block_ray() -> None:
     """Make ``import ray`` fail in this process, and Flower see Ray as not installed.
 

@@ -206,6 +206,33 @@ def run_engine(*, client_app: Any, server_app: Any, num_sites: int, run_config: 
                         run=run if is_app else None, is_app=is_app)
 
 
+def _load_attribute(module: str, attribute: str) -> Any:
+    return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass(frozen=True)
+class AppByName:
+    """A ClientApp named by module and attribute, loaded where it runs.
+
+    Flower's engine ships the ClientApp to the Ray workers with every message and only
+    passes it along in the driver. Pickled, this is its name: a worker unpickles the real
+    app (importing its module once), while the driver never imports the site's code and
+    with it TensorFlow (~420 MB, seconds of CPU beside the workers). Called in a process,
+    it loads the app there and calls it."""
+
+    module: str
+    attribute: str
+
+    def load(self) -> Any:
+        return _load_attribute(self.module, self.attribute)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.load()(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[str, str]]:
+        return _load_attribute, (self.module, self.attribute)
+
+
 #: Context-state record that carries the Ray node a message ran on back to the driver.
 ENGINE_RECORD = "fedcare-engine"
 NODE_ID_KEY = "node-id"

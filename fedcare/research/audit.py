@@ -17,8 +17,10 @@ from typing import Any
 
 from fedcare.common.config import RunConfig
 from fedcare.common.errors import ConfigError, FedcareError
+from fedcare.common.mlp import predict, read_keras_file
 from fedcare.data.datasets import load_federated_site
 from fedcare.data.datasets.heart_disease import SITES as HEART_SITES
+from fedcare.data.schemas import schema_for
 from fedcare.privacy.empirical import audit_membership
 from fedcare.server.checkpoint import FINAL_MODEL
 from fedcare.server.report import REPORT_FILENAME, STATUS_REFUSED, write_json_atomic
@@ -71,8 +73,6 @@ def audit_run(run_dir: Path, *, num_sites: int | None = None,
     """Audit every site of a finished run that trained; add the results to its
     ``report.json``. A site that failed, refused or has too few rows is listed as skipped,
     with the reason, instead of ending the audit."""
-    import tensorflow as tf
-
     report_path = run_dir / REPORT_FILENAME
     report = json.loads(report_path.read_text())
     sites = run_sites(report, num_sites)
@@ -80,7 +80,11 @@ def audit_run(run_dir: Path, *, num_sites: int | None = None,
         raise ConfigError([f"audit: run {report.get('run')!r} must have trained a model; got "
                            "a refused run (no site trained, no model saved)"])
     config = RunConfig.from_mapping(report["config"])
-    model = tf.keras.models.load_model(run_dir / FINAL_MODEL)
+    # numpy, not TensorFlow: this process never trains. A model that is not the run's
+    # ends the audit (ModelMismatch): no site could be scored with it.
+    weights = read_keras_file(
+        run_dir / FINAL_MODEL, input_dim=len(schema_for(config.dataset).encoded_feature_names()),
+        hidden_units=config.hidden_layer_sizes, seed=config.seed)
     results: dict[str, Any] = {}
     for site, row in report["sites"].items():
         partition = _partition_id(config, site, sites)
@@ -94,9 +98,9 @@ def audit_run(run_dir: Path, *, num_sites: int | None = None,
                 split_seed=config.split_seed, test_fraction=config.test_fraction,
                 dirichlet_alpha=config.dirichlet_alpha, partition_seed=config.partition_seed)
             audit = audit_membership(
-                site=site, member_probabilities=model.predict(data.x_train, verbose=0),
-                member_labels=data.y_train, non_member_probabilities=model.predict(
-                    data.x_test, verbose=0), non_member_labels=data.y_test,
+                site=site, member_probabilities=predict(weights, data.x_train),
+                member_labels=data.y_train, non_member_probabilities=predict(
+                    weights, data.x_test), non_member_labels=data.y_test,
                 claimed_epsilon=row.get("epsilon"), delta=config.delta,
                 confidence=confidence, seed=config.seed)
         except (ValueError, FedcareError) as err:  # too few rows, a file gone since the run

@@ -150,7 +150,7 @@ def split_engine_settings(overrides: MutableMapping[str, Any]) -> dict[str, Any]
 
 def worker_env() -> dict[str, str]:
     """What every site worker's process environment gets (local and cluster alike)."""
-    from fedcare.site.faults import SIMULATION_ENV
+    from fedcare.common.config import SIMULATION_ENV
 
     return {**WORKER_ENV, SIMULATION_ENV: "1",
             # Flower's own runtime_env: the driver's import path, so workers import the

@@ -15,16 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fedcare.common.config import RunConfig
+from fedcare.common.config import SIMULATION_ENV, RunConfig
 from fedcare.common.errors import ConfigError
 from fedcare.common.files import write_json_atomic
 from fedcare.data.site_check import preflight_simulation
-from fedcare.flower_compat.simulation import FAST_POLL_SECONDS, run_engine
+from fedcare.flower_compat.simulation import FAST_POLL_SECONDS, AppByName, run_engine
 from fedcare.research.cluster import EngineConfig, engine_session, local_workers
 from fedcare.research.terminal import RunBar, RunLog, tame_flower
 from fedcare.server.federation import default_run_name
 from fedcare.server.report import REPORT_FILENAME, STATUS_REFUSED
-from fedcare.site.faults import SIMULATION_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +69,9 @@ def _simulate(config: RunConfig, *, num_sites: int, workers: int | None, poll_se
               audit: bool, engine: EngineConfig | None, run_log: RunLog, keep_bar: bool
               ) -> dict[str, Any]:
     from fedcare.server.app import app as server_app
-    from fedcare.site.app import app as client_app
 
+    # by name: the sites' code (and TensorFlow) is imported in the workers, not here
+    client_app = AppByName("fedcare.site.app", "app")
     tame_flower()
 
     if num_sites < max(1, config.min_sites):

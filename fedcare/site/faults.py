@@ -21,14 +21,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedcare.common.config import RunConfig
+from fedcare.common.config import SIMULATION_ENV, RunConfig
 from fedcare.common.errors import ConfigError, FedcareError
 from fedcare.site.site import SiteSpec
 from fedcare.site.training import derive_seed
 
 logger = logging.getLogger(__name__)
-
-SIMULATION_ENV = "FEDCARE_SIMULATION"
 
 
 class SimulatedSiteFailure(FedcareError, RuntimeError):

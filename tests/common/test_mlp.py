@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from fedcare.common.errors import ModelMismatch
 from fedcare.common.mlp import (
     check_shapes,
     initial_weights,
+    predict,
+    read_keras_file,
     weight_shapes,
     write_keras_file,
 )
@@ -98,3 +101,83 @@ def test_weights_of_another_shape_are_refused(tmp_path: Path) -> None:
 
 def test_check_shapes_accepts_matching_weights() -> None:
     check_shapes(3, (4,), initial_weights(input_dim=3, hidden_units=(4,), seed=0))
+
+
+def test_read_keras_file_gives_back_the_written_weights_bit_for_bit(tmp_path: Path) -> None:
+    weights = _random_weights(5, (4, 3))
+    path = write_keras_file(tmp_path / "m.keras", weights, input_dim=5, hidden_units=(4, 3),
+                            seed=7)
+
+    read = read_keras_file(path, input_dim=5, hidden_units=(4, 3), seed=7)
+
+    assert [w.dtype for w in read] == [np.float32] * 6
+    for a, b in zip(read, weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_read_keras_file_reads_a_file_keras_saved(tmp_path: Path) -> None:
+    model = build_model(input_dim=6, hidden_units=(8,), seed=3)
+    model.set_weights(_random_weights(6, (8,)))
+    model.save(tmp_path / "keras.keras", save_format="keras_v3")
+
+    read = read_keras_file(tmp_path / "keras.keras", input_dim=6, hidden_units=(8,), seed=3)
+
+    for a, b in zip(read, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("hidden", [(8,), (16, 4), ()])
+def test_predict_equals_keras_up_to_float32_rounding(hidden: tuple[int, ...]) -> None:
+    # Arrange: weights large enough that some rows saturate the sigmoid
+    weights = [3.0 * w for w in _random_weights(6, hidden)]
+    model = build_model(input_dim=6, hidden_units=hidden, seed=0)
+    model.set_weights(weights)
+    rows = np.random.default_rng(2).normal(scale=4.0, size=(200, 6)).astype(np.float32)
+
+    # Act
+    ours = predict(weights, rows)
+
+    # Assert
+    keras = model.predict(rows, verbose=0)[:, 0]
+    assert ours.shape == (200,) and ours.dtype == np.float32
+    assert ((ours >= 0.0) & (ours <= 1.0)).all()
+    np.testing.assert_allclose(ours, keras, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_saturates_without_nan() -> None:
+    weights = [np.ones((1, 1), np.float32), np.zeros(1, np.float32)]  # logistic regression
+
+    out = predict(weights, np.array([[-1e4], [0.0], [1e4]], dtype=np.float32))
+
+    np.testing.assert_array_equal(out, np.array([0.0, 0.5, 1.0], dtype=np.float32))
+
+
+def test_read_keras_file_refuses_another_architecture_naming_the_file(tmp_path: Path) -> None:
+    path = write_keras_file(tmp_path / "m.keras", _random_weights(5, (4,)), input_dim=5,
+                            hidden_units=(4,), seed=7)
+
+    with pytest.raises(ModelMismatch, match=r"m\.keras: must hold the fedcare model with 5 "
+                                            r"inputs and hidden units \[8\] \(seed 7\)"):
+        read_keras_file(path, input_dim=5, hidden_units=(8,), seed=7)
+
+
+def test_read_keras_file_refuses_a_file_that_is_not_a_keras_zip(tmp_path: Path) -> None:
+    path = tmp_path / "model.keras"
+    path.write_bytes(b"not a zip")
+
+    with pytest.raises(ModelMismatch, match=r"model\.keras: must be a \.keras file of the "
+                                            r"fedcare model .*BadZipFile"):
+        read_keras_file(path, input_dim=5, hidden_units=(4,), seed=7)
+
+
+def test_read_keras_file_refuses_missing_weights(tmp_path: Path) -> None:
+    path = write_keras_file(tmp_path / "m.keras", _random_weights(5, (4,)), input_dim=5,
+                            hidden_units=(4,), seed=7)
+    with zipfile.ZipFile(path) as archive:
+        members = {n: archive.read(n) for n in archive.namelist() if n != "model.weights.h5"}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+    with pytest.raises(ModelMismatch, match=r"KeyError"):
+        read_keras_file(path, input_dim=5, hidden_units=(4,), seed=7)

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedcare.common.config import RunConfig
+from fedcare.common.config import SIMULATION_ENV, RunConfig
 from fedcare.common.errors import ConfigError
 from fedcare.site.faults import (
-    SIMULATION_ENV,
     SimulatedSiteFailure,
     attack,
     maybe_attack,
