@@ -175,6 +175,11 @@ def keras_config(*, input_dim: int, hidden_units: Sequence[int], seed: int) -> d
     return model
 
 
+def _layer_group(index: int) -> str:
+    """Where Keras 2.15's saving library puts Dense layer ``index``'s arrays."""
+    return f"layers/{'dense' if index == 0 else f'dense_{index}'}/vars"
+
+
 def _weights_h5(weights: Sequence[np.ndarray]) -> bytes:
     """``model.weights.h5`` as Keras 2.15's saving library lays it out: one group per
     Dense layer (``dense``, ``dense_1``, ...), the optimizer's iteration count (0: the
@@ -184,7 +189,7 @@ def _weights_h5(weights: Sequence[np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as h5:
         for i in range(len(weights) // 2):
-            group = h5.create_group(f"layers/{'dense' if i == 0 else f'dense_{i}'}/vars")
+            group = h5.create_group(_layer_group(i))
             group.create_dataset("0", data=np.asarray(weights[2 * i], dtype=np.float32))
             group.create_dataset("1", data=np.asarray(weights[2 * i + 1], dtype=np.float32))
         h5.create_group("optimizer/vars").create_dataset("0", data=np.int64(0))
@@ -207,11 +212,6 @@ def write_keras_file(path: Path, weights: Sequence[np.ndarray], *, input_dim: in
         archive.writestr(_WEIGHTS, _weights_h5(weights))
     os.replace(tmp, path)
     return path
-
-
-def _layer_group(index: int) -> str:
-    """Where Keras 2.15's saving library puts Dense layer ``index``'s arrays."""
-    return f"layers/{'dense' if index == 0 else f'dense_{index}'}/vars"
 
 
 def read_keras_file(path: Path, *, input_dim: int, hidden_units: Sequence[int],

@@ -223,6 +223,14 @@ class AppByName:
     module: str
     attribute: str
 
+    @classmethod
+    def of(cls, component: str) -> AppByName:
+        """From Flower's ``module:attribute`` reference (as in ``pyproject.toml``)."""
+        module, _, attribute = component.partition(":")
+        if not module or not attribute:
+            raise ValueError(f"simulation: app must be MODULE:ATTRIBUTE; got {component!r}")
+        return cls(module, attribute)
+
     def load(self) -> Any:
         return _load_attribute(self.module, self.attribute)
 

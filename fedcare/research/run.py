@@ -19,6 +19,7 @@ from fedcare.common.config import SIMULATION_ENV, RunConfig
 from fedcare.common.errors import ConfigError
 from fedcare.common.files import write_json_atomic
 from fedcare.data.site_check import preflight_simulation
+from fedcare.flower_compat import CLIENTAPP_COMPONENT
 from fedcare.flower_compat.simulation import FAST_POLL_SECONDS, AppByName, run_engine
 from fedcare.research.cluster import EngineConfig, engine_session, local_workers
 from fedcare.research.terminal import RunBar, RunLog, tame_flower
@@ -71,7 +72,7 @@ def _simulate(config: RunConfig, *, num_sites: int, workers: int | None, poll_se
     from fedcare.server.app import app as server_app
 
     # by name: the sites' code (and TensorFlow) is imported in the workers, not here
-    client_app = AppByName("fedcare.site.app", "app")
+    client_app = AppByName.of(CLIENTAPP_COMPONENT)
     tame_flower()
 
     if num_sites < max(1, config.min_sites):

@@ -33,6 +33,12 @@ def test_an_app_by_name_travels_as_its_name_and_arrives_as_the_app() -> None:
     assert b"fedcare.common.config" in shipped and len(shipped) < 2_000
 
 
+def test_an_app_by_name_is_read_from_flowers_module_attribute_form() -> None:
+    assert AppByName.of("fedcare.site.app:app") == AppByName("fedcare.site.app", "app")
+    with pytest.raises(ValueError, match=r"app must be MODULE:ATTRIBUTE; got 'fedcare'"):
+        AppByName.of("fedcare")
+
+
 def test_an_app_by_name_called_in_place_loads_and_calls_the_app() -> None:
     ref = AppByName("fedcare.common.config", "RunConfig")
 
