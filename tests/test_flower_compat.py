@@ -360,6 +360,44 @@ def test_certs_sync_loads_neither_tensorflow_nor_ray() -> None:
     assert loaded["tensorflow"] is False and loaded["ray"] is False
 
 
+_SUPERLINK_STATUS = """
+import argparse
+from fedcare.cli import consortium
+from fedcare.deploy import launch
+def online_nodes(certs, control_address, timeout):
+    from flwr.common.grpc import create_channel  # what the Control API client imports
+    return 2
+launch.online_nodes = online_nodes
+assert consortium.cmd_superlink_status(
+    argparse.Namespace(certs="certs", control_address="x:1")) == 0
+"""
+
+_PERF_DEPLOY_DRIVER = """
+import argparse, tempfile
+from fedcare.cli import research
+from fedcare.deploy import perf
+class Result:
+    def table(self):
+        return "table"
+def run_perf(root, **kwargs):
+    from flwr.common.grpc import create_channel  # the driver's wait for sites online
+    return Result()
+perf.run_perf = run_perf
+assert research.cmd_perf_deploy(argparse.Namespace(
+    keep=tempfile.mkdtemp(), sites=1, rounds=1, poll_interval=None, no_dead_site=True)) == 0
+"""
+
+
+@pytest.mark.parametrize("command", [_SUPERLINK_STATUS, _PERF_DEPLOY_DRIVER],
+                         ids=["superlink-status", "perf-deploy-driver"])
+def test_operator_commands_load_neither_tensorflow_nor_ray(command: str) -> None:
+    # the status check runs every minute; the benchmark's driver would share the sites'
+    # TensorFlow pages, which a site then could not release
+    loaded = _loaded_after(command)
+
+    assert loaded["tensorflow"] is False and loaded["ray"] is False
+
+
 def test_a_site_process_does_not_load_ray() -> None:
     loaded = _loaded_after("from fedcare.flower_compat import block_ray, block_tensorflow\n"
                            "block_tensorflow(); block_ray()\n"

@@ -85,11 +85,9 @@ def cmd_certs_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_certs_sync(args: argparse.Namespace) -> int:
-    from fedcare.flower_compat import block_ray, block_tensorflow
+    from fedcare.flower_compat import keep_training_stack_out
 
-    # Flower's gRPC client would import both (~480 MB) for a call that trains nothing
-    block_tensorflow()
-    block_ray()
+    keep_training_stack_out()  # Flower's gRPC client would import both for a call
     done = launch.sync_sites(Path(args.certs), control_address=args.control_address)
     sys.stdout.write(f"registered: {', '.join(done['registered']) or 'none'}; unregistered "
                      f"node ids: {', '.join(done['unregistered']) or 'none'}; kept: "
@@ -158,6 +156,10 @@ def cmd_superlink(args: argparse.Namespace) -> int:
 def cmd_superlink_status(args: argparse.Namespace) -> int:
     """Health of the SuperLink for monitoring: its Control API answers over TLS."""
     import grpc
+
+    from fedcare.flower_compat import keep_training_stack_out
+
+    keep_training_stack_out()  # a check run every minute by monitoring: no TensorFlow
 
     try:
         online = launch.online_nodes(Path(args.certs), args.control_address,

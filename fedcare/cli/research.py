@@ -268,6 +268,11 @@ def _stop_perf_deploy(signum: int, frame: object) -> None:
 
 def cmd_perf_deploy(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop_perf_deploy)  # unwind: stop the test bed's processes
+    from fedcare.flower_compat import keep_training_stack_out
+
+    # the driver only watches: with TensorFlow mapped here too, the sites' pages of it
+    # would be shared with this process, and a site could not release them
+    keep_training_stack_out()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedcare-perf-"))
     root.mkdir(parents=True, exist_ok=True)
     from fedcare.deploy.perf import run_perf

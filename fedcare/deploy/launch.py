@@ -232,7 +232,11 @@ def run_site(plan: SuperNodePlan) -> None:
     """The whole site in this process: Flower's SuperNode and the installed ClientApp
     (:func:`fedcare.flower_compat.run_site`). The bundle the run names is hashed and
     inspected, never installed or imported."""
-    from fedcare.deploy.memory import ReturningFreeMemory, limit_malloc_arenas
+    from fedcare.deploy.memory import (
+        ReleasingFilePages,
+        ReturningFreeMemory,
+        limit_malloc_arenas,
+    )
     from fedcare.flower_compat import run_site as run_in_process
 
     if plan.insecure:
@@ -245,7 +249,7 @@ def run_site(plan: SuperNodePlan) -> None:
 
         return ReturningFreeMemory(app)
 
-    run_in_process(plan.site_node(), installed_app)
+    run_in_process(plan.site_node(), installed_app, loading=ReleasingFilePages)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:

@@ -62,6 +62,19 @@ def rss_kb(pid: int) -> int:
     return int(fields[21]) * PAGE_KB if fields else 0
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size: resident memory with each shared page divided among the
+    processes that map it (``/proc/PID/smaps_rollup``); 0 if unreadable. Four sites on
+    one host share TensorFlow's library pages, which each one's RSS counts whole."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / TICKS if fields else 0.0
@@ -74,11 +87,20 @@ def label(pid: int, names: dict[int, str]) -> str:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return str(pid)
+    return name_of(argv) or str(pid)
+
+
+def name_of(argv: list[bytes]) -> str:
+    """A process's name in the table, from its command line ("" if it has none)."""
     words = [Path(a.decode(errors="replace")).name for a in argv if a]
     if "fedcare.flower_compat" in words:  # python -m fedcare.flower_compat superexec ...
         return f"flower-{words[words.index('fedcare.flower_compat') + 1]} (fedcare)"
+    if "fedcare.cli" in words:  # python -m fedcare.cli certs sync ... (a helper)
+        start = words.index("fedcare.cli") + 1
+        return " ".join(["fedcare", *[w for w in words[start:start + 2]
+                                      if not w.startswith("-")]])
     named = [w for w in words if w.startswith(("flwr-", "flower-"))]
-    return named[0] if named else (words[0] if words else str(pid))
+    return named[0] if named else (words[0] if words else "")
 
 
 @dataclass
@@ -88,18 +110,24 @@ class Sampler:
     roots: dict[int, str]
     peak_total_kb: int = 0
     peak_kb: dict[str, int] = field(default_factory=dict)
+    peak_total_pss_kb: int = 0
+    peak_pss_kb: dict[str, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def sample(self) -> None:
-        total = 0
+        total = total_pss = 0
         for pid in descendants(self.roots):
             kb = rss_kb(pid)
             if not kb:
                 continue
+            pss = pss_kb(pid)
             total += kb
+            total_pss += pss
             name = label(pid, self.roots)
             self.peak_kb[name] = max(self.peak_kb.get(name, 0), kb)
+            self.peak_pss_kb[name] = max(self.peak_pss_kb.get(name, 0), pss)
         self.peak_total_kb = max(self.peak_total_kb, total)
+        self.peak_total_pss_kb = max(self.peak_total_pss_kb, total_pss)
 
     def run(self) -> None:
         while not self._stop.wait(SAMPLE_EVERY):
@@ -131,6 +159,9 @@ class PerfResult:
     idle_cpu: dict[str, float]
     dead_site_seconds: float | None
     dead_site_line: str
+    #: the same peaks as proportional set sizes (:func:`pss_kb`)
+    peak_total_pss_mb: float = 0.0
+    peak_pss_mb: dict[str, float] = field(default_factory=dict)
 
     @property
     def median_round(self) -> float:
@@ -144,11 +175,15 @@ class PerfResult:
                  f"{'s/round (each)':<40} "
                  + ", ".join(f"{s:.2f}" for s in self.round_seconds),
                  f"{'peak RSS, whole process tree':<40} {self.peak_total_mb / MB:.2f} GB",
-                 "peak RSS and idle CPU per process:"]
+                 f"{'peak PSS, whole process tree':<40} {self.peak_total_pss_mb / MB:.2f} GB",
+                 "per process: peak RSS, peak PSS (shared pages divided among the processes "
+                 "that map them), idle CPU:"]
         for name in sorted(self.peak_mb):
             cpu = self.idle_cpu.get(name)
             shown = "-" if cpu is None else f"{cpu:.1f} % of a core idle"
-            lines.append(f"  {name:<38} {self.peak_mb[name]:7.0f} MB   {shown}")
+            pss = self.peak_pss_mb.get(name)
+            pss_shown = "-" if pss is None else f"{pss:4.0f} MB"
+            lines.append(f"  {name:<38} {self.peak_mb[name]:7.0f} MB  {pss_shown:>7}   {shown}")
         dead = ("not measured" if self.dead_site_seconds is None
                 else f"{self.dead_site_seconds:.1f} s after the kill")
         lines.append(f"{'site killed mid-round dropped':<40} {dead}")
@@ -205,7 +240,9 @@ def run_perf(root: Path, *, sites: int, rounds: int, poll_interval: float | None
                           peak_total_mb=sampler.peak_total_kb / MB,
                           peak_mb={k: v / MB for k, v in sampler.peak_kb.items()},
                           idle_cpu=idle, dead_site_seconds=dead_seconds,
-                          dead_site_line=dead_line)
+                          dead_site_line=dead_line,
+                          peak_total_pss_mb=sampler.peak_total_pss_kb / MB,
+                          peak_pss_mb={k: v / MB for k, v in sampler.peak_pss_kb.items()})
     finally:
         sampler.stop()
         bed.stop_all()

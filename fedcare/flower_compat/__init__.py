@@ -57,6 +57,7 @@ import time
 import tomllib
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -467,25 +468,28 @@ class SiteNode:
     flower_dir: Path | None = None
 
 
-def run_site(node: SiteNode, app_loader: Callable[[], Any]) -> None:
+def run_site(node: SiteNode, app_loader: Callable[[], Any],
+             loading: Callable[[], AbstractContextManager[Any]] = nullcontext) -> None:
     """A whole site in this one process: Flower's SuperNode in the main thread (it
     installs signal handlers, which only the main thread may) with its sleeps capped at
     ``poll_interval``, and the installed ClientApp served by a thread, so the site pays
-    one TensorFlow import. Returns (or raises) when the SuperNode stops: it was refused
-    (e.g. its key is not registered) or told to stop."""
+    one TensorFlow import. Flower, TensorFlow (which ``import flwr`` loads) and the app
+    load inside ``loading()``. Returns (or raises) when the SuperNode stops: it was
+    refused (e.g. its key is not registered) or told to stop."""
     block_ray()
-    check_flower_version()
     check_poll_interval(node.poll_interval)
     import faulthandler
     import signal
 
-    import flwr.supernode.start_client_internal as supernode
-    from flwr.common.constant import ISOLATION_MODE_PROCESS, TRANSPORT_TYPE_GRPC_RERE
+    with loading():
+        check_flower_version()
+        import flwr.supernode.start_client_internal as supernode
+        from flwr.common.constant import ISOLATION_MODE_PROCESS, TRANSPORT_TYPE_GRPC_RERE
 
+        app = app_loader()  # TensorFlow and the app, once, before the site connects
     # `kill -USR1 PID` writes every thread's stack to stderr (the site's log): a site
     # that stops polling can be diagnosed without stopping it
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    app = app_loader()  # TensorFlow and the app, once, before the site connects
     stopping = threading.Event()
     abandoned = Abandoned()  # runs whose message the worker gave up on: no reply comes
     pace = PollPace(node.poll_interval)
@@ -831,6 +835,16 @@ def block_tensorflow() -> None:
     _block(TENSORFLOW)
 
 
+def keep_training_stack_out() -> None:
+    """Make ``import tensorflow`` and ``import ray`` fail in this process: one that
+    speaks to Flower but trains and simulates nothing (the SuperLink, its SuperExec,
+    ``flwr run``, the operator's ``certs sync`` and ``superlink status``, the deployment
+    benchmark's driver). Flower would import both when it loads (~480 MB, seconds of CPU).
+    Call before importing Flower."""
+    block_tensorflow()
+    block_ray()
+
+
 def import_flower_without_tensorflow() -> None:
     """Import Flower with TensorFlow kept out while Flower's modules load, then allowed.
 
@@ -900,8 +914,7 @@ def _register_instruction_objects_first(push_messages: Callable[..., Any]
 def run_superlink(argv: Sequence[str]) -> None:
     """``flower-superlink ARGV`` in this process, with the fixes of :func:`fix_superlink`
     and without TensorFlow and Ray."""
-    block_tensorflow()
-    block_ray()
+    keep_training_stack_out()
     check_flower_version()
     import flwr.server.app as superlink_app
     from flwr.server.app import run_superlink as flower_superlink
@@ -952,8 +965,7 @@ def run_superexec(argv: Sequence[str]) -> None:
     """``flower-superexec ARGV`` without TensorFlow, polling every
     :data:`SUPEREXEC_POLL_INTERVAL` seconds for a new run (Flower's own: 1 s), starting
     each ServerApp without TensorFlow and Ray (:data:`SERVERAPP_BOOTSTRAP`)."""
-    block_tensorflow()
-    block_ray()
+    keep_training_stack_out()
     check_flower_version()
     import flwr.supercore.superexec.plugin.base_exec_plugin as exec_plugin
     import flwr.supercore.superexec.run_superexec as superexec
@@ -971,8 +983,8 @@ def run_flwr_cli(argv: Sequence[str]) -> int:
     with telemetry off unless the caller turned it on."""
     import os
 
-    block_tensorflow()
-    block_ray()  # a simulation (`flwr run . local-sim`) runs in its own flower-simulation
+    # a simulation (`flwr run . local-sim`) runs in its own flower-simulation
+    keep_training_stack_out()
     os.environ.setdefault(TELEMETRY_ENV, "0")
     check_flower_version()
     from flwr.cli.app import app as flwr_app
