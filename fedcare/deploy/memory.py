@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import logging
 import threading
 from functools import cache
@@ -55,7 +54,7 @@ STATUS = Path("/proc/self/status")
 def _libc() -> Any:
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name, use_errno=True) if name else None
+        libc = ctypes.CDLL(name) if name else None
     except OSError:
         return None
     if libc is None or not hasattr(libc, "malloc_trim"):
@@ -86,7 +85,8 @@ def read_only_file_mappings(maps: str) -> list[tuple[int, int]]:
     ranges = []
     for line in maps.splitlines():
         fields = line.split(maxsplit=5)
-        if len(fields) < 6 or not fields[5].startswith("/") or "w" in fields[1]:
+        if (len(fields) < 6 or not fields[5].startswith("/") or "w" in fields[1]
+                or fields[5].startswith("/dev/")):  # a device's memory is not a file's
             continue
         start, _, end = fields[0].partition("-")
         ranges.append((int(start, 16), int(end, 16)))
@@ -117,10 +117,9 @@ def release_file_pages() -> int:
     except OSError:
         return 0
     for start, end in ranges:
-        if libc.madvise(start, end - start, MADV_PAGEOUT) != 0:
-            if ctypes.get_errno() == errno.EINVAL:  # a kernel before 5.4: nothing to do
-                return 0
-            continue  # a mapping that went away meanwhile (ENOMEM)
+        # refused ranges are skipped: a kernel before 5.4 (EINVAL for every one), locked
+        # pages (EINVAL), a mapping that went away meanwhile (ENOMEM)
+        libc.madvise(start, end - start, MADV_PAGEOUT)
     after = resident_file_bytes()
     return max(0, before - (after if after is not None else before))
 

@@ -69,6 +69,7 @@ MAPS = """\
 7f0000000000-7f0000100000 rw-p 00000000 00:00 0
 7f0000100000-7f0000180000 r-xp 00000000 fe:01 42 /opt/lib/libtensor flow.so
 7f0000180000-7f0000190000 r--p 00080000 fe:01 42 /opt/lib/libtensor flow.so (deleted)
+7f0000200000-7f0000201000 r--s 00000000 00:05 77 /dev/some-device
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
 7ffd00100000-7ffd00102000 r-xp 00000000 00:00 0 [vdso]
 """
@@ -78,7 +79,7 @@ def test_only_read_only_file_mappings_are_named() -> None:
     ranges = memory.read_only_file_mappings(MAPS)
 
     # the executable's constants and code, the library's code and constants; not the
-    # writable (relocated) data, the heap, anonymous memory, the stack or the vdso
+    # writable (relocated) data, the heap, anonymous memory, a device, the stack or the vdso
     assert ranges == [(0x55d0c0a00000, 0x55d0c0a21000), (0x55d0c0a21000, 0x55d0c0c00000),
                       (0x7f0000100000, 0x7f0000180000), (0x7f0000180000, 0x7f0000190000)]
 
