@@ -600,3 +600,30 @@ def test_a_site_told_to_stop_ends_even_when_flowers_graceful_exit_hangs() -> Non
                           text=True, timeout=120, cwd=PROJECT_ROOT, check=False)
 
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+_HEARTBEAT = """
+import flwr.client.grpc_rere_client.connection as connection
+import flwr.common.heartbeat as heartbeat
+from fedcare.flower_compat import SITE_HEARTBEAT_SECONDS, use_heartbeat_interval
+before = (connection.HEARTBEAT_DEFAULT_INTERVAL, heartbeat.HEARTBEAT_DEFAULT_INTERVAL)
+use_heartbeat_interval(SITE_HEARTBEAT_SECONDS)
+print(before, (connection.HEARTBEAT_DEFAULT_INTERVAL, heartbeat.HEARTBEAT_DEFAULT_INTERVAL))
+"""
+
+
+def test_a_site_declares_and_keeps_a_10_s_heartbeat_instead_of_flowers_30() -> None:
+    # in a fresh interpreter: the setting is the process's for good
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _HEARTBEAT], capture_output=True, text=True,
+                          check=True, timeout=120)
+
+    assert done.stdout.strip().splitlines()[-1] == "(30, 30) (10, 10)"
+
+
+@pytest.mark.parametrize("seconds", [9, 1801])
+def test_a_heartbeat_interval_flower_would_not_take_is_refused(seconds: int) -> None:
+    with pytest.raises(ValueError, match=r"heartbeat interval must be in \[10, 1800\] s"):
+        flower_compat.use_heartbeat_interval(seconds)

@@ -3,7 +3,9 @@
 Flower's SuperNode logs only "Connection attempt failed, retrying" for every failure (no
 TLS, a certificate from another CA, nothing listening) and retries forever. This probe
 does one TLS handshake per attempt with the site's CA certificate and names the problem;
-after ``attempts`` failures the site exits non-zero with that name.
+after ``attempts`` failures the site exits non-zero with that name. A problem that waiting
+cannot fix (a certificate from another CA, a site without TLS meeting a TLS SuperLink: the
+site's own settings) ends it at the first attempt.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class ConnectError(FedcareError):
 class ProbeResult:
     ok: bool
     problem: str = ""
+    #: the site's own settings are wrong: another attempt would fail the same way
+    settings: bool = False
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -66,7 +70,8 @@ def probe_once(address: str, root_certificates: bytes | None,
                                       "check that this site's CA certificate (--root-cert, "
                                       "default CERTS/ca/ca.pem) is the consortium's ca.pem "
                                       "(compare its fingerprint) and that --superlink uses a "
-                                      "host name in the SuperLink's certificate")
+                                      "host name in the SuperLink's certificate",
+                               settings=True)
         except (ssl.SSLError, OSError) as err:  # reset, wrong version: not a TLS server
             return ProbeResult(False, f"TLS: the SuperLink at {address} must speak TLS; got "
                                       f"{type(err).__name__}: {err} (is it started with "
@@ -86,7 +91,7 @@ def _plain_text_is_spoken(raw: socket.socket, address: str) -> ProbeResult:
             return ProbeResult(False, f"TLS: the SuperLink at {address} speaks TLS, so this "
                                       "site must too; got --insecure (no TLS): drop "
                                       "--insecure and give the consortium's ca.pem "
-                                      "(--root-cert or CERTS/ca/ca.pem)")
+                                      "(--root-cert or CERTS/ca/ca.pem)", settings=True)
     except (ssl.SSLError, OSError):  # not a TLS server: plain text, as the site expects
         return ProbeResult(True)
 
@@ -96,7 +101,8 @@ def wait_for_superlink(address: str, root_certificates: bytes | None, attempts: 
                        probe: Callable[[str, bytes | None], ProbeResult] = probe_once
                        ) -> int:
     """Probe up to ``attempts`` times with exponential back-off; return the attempts used
-    or raise :class:`ConnectError` naming the last problem."""
+    or raise :class:`ConnectError` naming the last problem (at once for a problem of the
+    site's own settings)."""
     if attempts < 1:
         raise ValueError(f"supernode: max-connect-attempts must be >= 1; got {attempts}")
     wait = FIRST_WAIT
@@ -106,6 +112,10 @@ def wait_for_superlink(address: str, root_certificates: bytes | None, attempts: 
             return attempt
         logger.warning("connection attempt %d/%d failed: %s", attempt, attempts,
                        result.problem)
+        if result.settings:
+            raise ConnectError(f"supernode: giving up after {attempt} connection attempt(s) "
+                               "(this site's settings: another attempt would fail the same "
+                               f"way): {result.problem}")
         if attempt < attempts:
             sleep(wait)
             wait = min(wait * 2, MAX_WAIT)

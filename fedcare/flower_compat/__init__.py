@@ -111,6 +111,12 @@ FAST_PULL_BACKOFF_CAP = 0.1
 #: instead of a try limit: Flower's 500 tries of up to 10 s waited ~83 min, and 500 tries
 #: of 0.1 s would give up after 50 s on a large model still being pushed.
 FAST_PULL_MAX_TIME = 600.0
+#: Seconds a site declares between its heartbeats (Flower: 30; its minimum, 10). The
+#: SuperLink counts a node gone after twice that without one: a killed site was listed
+#: online for up to 60 s, so the round after the one it died in was sent to it too and
+#: waited until then (58 s after the kill, runbook rehearsal 2026-12-01). With 10 s it is
+#: gone within 20 s, before a round-timeout of 30 s. Flower sends one every ~4 s then.
+SITE_HEARTBEAT_SECONDS = 10
 #: Why the SuperLink refuses a site's late reply (the gRPC status details the site logs).
 LATE_REPLY_REFUSED = ("reply refused by the SuperLink: message {message} it answers is no "
                       "longer awaited (the node was reported gone to the ServerApp after "
@@ -502,6 +508,7 @@ def run_site(node: SiteNode, app_loader: Callable[[], Any],
     supernode._pull_and_store_message = _forgetting_half_received(  # type: ignore[assignment]
         supernode._pull_and_store_message)
     use_fast_object_pulls(SITE)
+    use_heartbeat_interval(SITE_HEARTBEAT_SECONDS)
     supernode.register_signal_handlers = _with_bounded_stop(  # type: ignore[assignment]
         supernode.register_signal_handlers)
     keys = None if node.private_key is None else load_node_key(node.private_key)
@@ -521,6 +528,21 @@ def run_site(node: SiteNode, app_loader: Callable[[], Any],
             clientappio_api_address=node.clientappio_address)
     finally:
         stopping.set()
+
+
+def use_heartbeat_interval(seconds: int) -> None:
+    """The SuperNode of this process declares ``seconds`` between heartbeats and sends
+    them at Flower's pace for it. Flower 1.23 reads one module constant in two modules
+    (the connection's requests, the sender's sleep); both are set."""
+    import flwr.client.grpc_rere_client.connection as connection
+    import flwr.common.heartbeat as heartbeat
+    from flwr.common.constant import HEARTBEAT_MAX_INTERVAL, HEARTBEAT_MIN_INTERVAL
+
+    if not HEARTBEAT_MIN_INTERVAL <= seconds <= HEARTBEAT_MAX_INTERVAL:
+        raise ValueError(f"flower_compat: a heartbeat interval must be in "
+                         f"[{HEARTBEAT_MIN_INTERVAL}, {HEARTBEAT_MAX_INTERVAL}] s; got {seconds}")
+    connection.HEARTBEAT_DEFAULT_INTERVAL = seconds  # type: ignore[attr-defined]
+    heartbeat.HEARTBEAT_DEFAULT_INTERVAL = seconds  # type: ignore[attr-defined]
 
 
 def _forgetting_half_received(pull_and_store: Callable[..., int | None]

@@ -77,6 +77,7 @@ def test_another_ca_is_named_as_a_certificate_problem(server: str, certs: Path) 
     assert not result.ok
     assert "CERTIFICATE_VERIFY_FAILED" in result.problem and "CA certificate" in result.problem
     assert "(--root-cert, default CERTS/ca/ca.pem)" in result.problem  # the flag supernode has
+    assert result.settings  # waiting cannot fix it
 
 
 @pytest.mark.parametrize("server", ["plain"], indirect=True)
@@ -84,6 +85,7 @@ def test_a_superlink_without_tls_is_named_as_such(server: str, certs: Path) -> N
     result = probe_once(server, _ca(certs, "ours"), timeout=2.0)
     assert not result.ok
     assert "must speak TLS" in result.problem
+    assert not result.settings  # a SuperLink restarted with TLS would answer a later attempt
 
 
 @pytest.mark.parametrize("server", ["tls"], indirect=True)
@@ -91,6 +93,7 @@ def test_an_insecure_site_meeting_a_tls_superlink_is_told_to_use_tls(server: str
     result = probe_once(server, None)
     assert not result.ok
     assert "speaks TLS" in result.problem and "got --insecure (no TLS)" in result.problem
+    assert result.settings
 
 
 @pytest.mark.parametrize("server", ["plain"], indirect=True)
@@ -118,6 +121,22 @@ def test_gives_up_after_the_given_attempts_with_growing_waits() -> None:
 
     assert len(calls) == 6
     assert waits == [FIRST_WAIT, 2 * FIRST_WAIT, 4 * FIRST_WAIT, MAX_WAIT, MAX_WAIT]
+
+
+def test_a_problem_of_the_sites_own_settings_ends_at_the_first_attempt() -> None:
+    # Arrange: a certificate from another CA (the probe marks it as the site's settings)
+    calls: list[str] = []
+
+    def wrong_ca(address: str, roots: bytes | None) -> ProbeResult:
+        calls.append(address)
+        return ProbeResult(False, "TLS: the SuperLink's certificate must chain", settings=True)
+
+    # Act / Assert: no wait, no second attempt
+    with pytest.raises(ConnectError, match=r"after 1 connection attempt\(s\) \(this site's "
+                                           r"settings.*\): TLS: the SuperLink's certificate"):
+        wait_for_superlink("h:1", None, 5, sleep=lambda s: pytest.fail("waited"),
+                           probe=wrong_ca)
+    assert calls == ["h:1"]
 
 
 def test_returns_the_attempt_that_succeeded() -> None:
