@@ -87,7 +87,7 @@ def cmd_certs_remove(args: argparse.Namespace) -> int:
 def cmd_certs_sync(args: argparse.Namespace) -> int:
     from fedcare.flower_compat import keep_training_stack_out
 
-    keep_training_stack_out()  # Flower's gRPC client would import both for a call
+    keep_training_stack_out()  # Flower's gRPC client would load both; this call trains nothing
     done = launch.sync_sites(Path(args.certs), control_address=args.control_address)
     sys.stdout.write(f"registered: {', '.join(done['registered']) or 'none'}; unregistered "
                      f"node ids: {', '.join(done['unregistered']) or 'none'}; kept: "
