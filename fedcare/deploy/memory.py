@@ -93,15 +93,22 @@ def read_only_file_mappings(maps: str) -> list[tuple[int, int]]:
     return ranges
 
 
-def resident_file_bytes() -> int | None:
-    """This process's file-backed resident memory (``RssFile``); None where unknown."""
+def proc_kb(path: Path, key: str) -> int | None:
+    """The ``KEY:   N kB`` field of a /proc file (``status``, ``smaps_rollup``) in kB;
+    None where the file or the field is missing or unreadable."""
     try:
-        for line in STATUS.read_text().splitlines():
-            if line.startswith("RssFile:"):
-                return int(line.split()[1]) * 1024
+        for line in path.read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def resident_file_bytes() -> int | None:
+    """This process's file-backed resident memory (``RssFile``); None where unknown."""
+    kb = proc_kb(STATUS, "RssFile")
+    return None if kb is None else kb * 1024
 
 
 def release_file_pages() -> int:

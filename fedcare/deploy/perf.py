@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedcare.deploy.memory import proc_kb
 from fedcare.deploy.testbed import Testbed, wait_until, write_synthetic_heart
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -66,13 +67,7 @@ def pss_kb(pid: int) -> int:
     """Proportional set size: resident memory with each shared page divided among the
     processes that map it (``/proc/PID/smaps_rollup``); 0 if unreadable. Four sites on
     one host share TensorFlow's library pages, which each one's RSS counts whole."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-    return 0
+    return proc_kb(Path(f"/proc/{pid}/smaps_rollup"), "Pss") or 0
 
 
 def cpu_seconds(pid: int) -> float:

@@ -166,3 +166,12 @@ def test_pages_are_released_while_loading_and_once_more_at_the_end(
     assert after_exit >= 3
     assert loading.released == 3 * after_exit
     assert not loading._thread.is_alive()
+
+
+def test_a_proc_field_is_read_in_kb_and_a_missing_one_is_none(tmp_path: Any) -> None:
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmRSS:\t  402112 kB\nRssFile:\t   47104 kB\n")
+
+    assert memory.proc_kb(status, "RssFile") == 47104
+    assert memory.proc_kb(status, "Pss") is None
+    assert memory.proc_kb(tmp_path / "absent", "VmRSS") is None
